@@ -1,0 +1,119 @@
+"""Pieces every converter shares: its options, image re-encoding, and the manifest."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """Options of ``dino-convert`` (shared by every output format)."""
+
+    src: Path
+    dst: Path
+    format: str = "wds"          # "wds" (tar shards + DALI index files) or "ffcv" (.beton)
+    max_side: int = 500          # re-encode images whose longer side exceeds this
+    jpeg_quality: int = 90
+    workers: int = max(1, (os.cpu_count() or 1))
+    shard_size: int = 1000       # images per tar shard (wds)
+    write_mode: str = "jpg"      # ffcv: raw | jpg | proportion
+    compress_probability: float = 0.5  # ffcv, write_mode=proportion
+    strict: bool = False         # exit non-zero when any file was skipped
+    progress: bool = True
+
+
+class EncodeError(Exception):
+    """An input image that cannot be converted; the message is the reason."""
+
+
+def encode_jpeg(path: str | Path, max_side: int, quality: int) -> tuple[bytes, tuple[int, int]]:
+    """Decode ``path`` fully and return (JPEG bytes, (width, height)) of an RGB image.
+
+    A JPEG that is already RGB and small enough is passed through byte for byte (no
+    generation loss); anything else (other formats, CMYK, grayscale, alpha, palette, too
+    large) is converted to RGB, shrunk so its longer side is at most ``max_side`` (bicubic)
+    and re-encoded. Raises EncodeError with the reason for any unusable file.
+    """
+    raw = Path(path).read_bytes() if os.access(path, os.R_OK) else None
+    if raw is None:
+        raise EncodeError("permission denied")
+    if not raw:
+        raise EncodeError("zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as im:
+                fmt, mode = im.format, im.mode
+                im.load()
+                img = im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise EncodeError(f"decompression bomb: {e}") from None
+    except Exception as e:  # hostile input raises many types
+        raise EncodeError(f"not a decodable image ({type(e).__name__}: {e})") from None
+    w, h = img.size
+    if fmt == "JPEG" and mode == "RGB" and max(w, h) <= max_side:
+        return raw, (w, h)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    else:
+        img = img.convert("RGB")
+    if max(w, h) > max_side:
+        s = max_side / max(w, h)
+        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue(), img.size
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    """What a conversion produced: written last, so its presence marks a finished dataset."""
+
+    format: str
+    classes: list[str]
+    num_samples: int = 0
+    shards: list[dict] = field(default_factory=list)   # {"name", "count", "sha256", ...}
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    options: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_bytes(path, json.dumps(asdict(self), indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no manifest at {path}: not a converted dataset, or the "
+                                    "conversion did not finish (run dino-convert again)")
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"manifest {path} is corrupt: {e}") from None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file + fsync + rename: readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

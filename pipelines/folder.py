@@ -1,0 +1,142 @@
+"""Scanning ImageFolder trees (``root/<class>/<image>``) without ever failing on bad files.
+
+Every executor and converter that reads a raw folder starts here. Good images come back as
+``(path, label)`` samples with labels from the sorted class-folder names; everything else
+(non-image files, unreadable files, symlink loops, empty class folders and, with
+``verify=True``, files that do not decode) comes back as a ``Skipped`` line naming the file and
+the reason, so a caller can report it and carry on.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used at all (missing path, no classes, no images)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skipped {self.path}: {self.reason}"
+
+
+@dataclass
+class FolderScan:
+    root: Path
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+
+def check_image(path: str | Path) -> str | None:
+    """Decode ``path`` fully with PIL; return None if it is a usable image, else the reason."""
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                w, h = im.size
+    except Image.DecompressionBombError as e:
+        return f"decompression bomb: {e}"
+    except Image.DecompressionBombWarning as e:
+        return f"decompression bomb: {e}"
+    except PermissionError:
+        return "permission denied"
+    except OSError as e:
+        if Path(path).stat().st_size == 0:
+            return "zero-byte file"
+        return f"not a decodable image ({type(e).__name__}: {e})"
+    except Exception as e:  # PIL raises a zoo of types on hostile input
+        return f"not a decodable image ({type(e).__name__}: {e})"
+    if w < 1 or h < 1:
+        return f"empty image ({w}x{h})"
+    return None
+
+
+def _walk_files(class_dir: Path, skipped: list[Skipped]) -> list[Path]:
+    """All files below ``class_dir``, following symlinks but never around a loop."""
+    out: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(d: Path) -> None:
+        try:
+            real = os.path.realpath(d)
+        except OSError as e:
+            skipped.append(Skipped(str(d), f"unresolvable path ({e})"))
+            return
+        if real in seen:
+            skipped.append(Skipped(str(d), "symlink loop (directory already visited)"))
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append(Skipped(str(d), f"unreadable directory ({e.strerror or e})"))
+            return
+        for e in entries:
+            p = Path(e.path)
+            try:
+                if e.is_dir():
+                    visit(p)
+                elif e.is_file():
+                    out.append(p)
+                else:
+                    skipped.append(Skipped(str(p), "not a regular file (broken link or special)"))
+            except OSError as err:
+                skipped.append(Skipped(str(p), f"unreadable ({err.strerror or err})"))
+
+    visit(class_dir)
+    return out
+
+
+def scan_image_folder(root: str | Path, verify: bool = False) -> FolderScan:
+    """Scan ``root/<class>/...``. Raises DatasetError only when nothing usable is there."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset path does not exist: {root}")
+    if not root.is_dir():
+        raise DatasetError(f"dataset path is not a directory: {root}")
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: p.name)
+    if not class_dirs:
+        raise DatasetError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    classes = [p.name for p in class_dirs]
+    samples: list[tuple[str, int]] = []
+    skipped: list[Skipped] = []
+    for label, cdir in enumerate(class_dirs):
+        n_before = len(samples)
+        for f in _walk_files(cdir, skipped):
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(Skipped(str(f), f"not an image file (extension '{f.suffix}')"))
+                continue
+            if not os.access(f, os.R_OK):
+                skipped.append(Skipped(str(f), "permission denied"))
+                continue
+            if f.stat().st_size == 0:
+                skipped.append(Skipped(str(f), "zero-byte file"))
+                continue
+            if verify:
+                reason = check_image(f)
+                if reason is not None:
+                    skipped.append(Skipped(str(f), reason))
+                    continue
+            samples.append((str(f), label))
+        if len(samples) == n_before:
+            skipped.append(Skipped(str(cdir), "empty class folder (no usable images)"))
+    if not samples:
+        raise DatasetError(f"no usable images under {root} ({len(skipped)} files skipped)")
+    return FolderScan(root, classes, samples, skipped)

@@ -1,0 +1,248 @@
+"""The shared multi-crop augmentation spec: one typed description, compiled into every executor.
+
+Defaults are the DINO reference recipe (Caron et al. 2021, arXiv 2104.14294):
+
+    view      size  crop scale    blur p  solarize p
+    global 1  224   (0.4, 1.0)    1.0     0.0
+    global 2  224   (0.4, 1.0)    0.1     0.2
+    local xN   96   (0.05, 0.4)   0.5     0.0
+
+and for every view: random resized crop (ratio 3/4..4/3, bicubic), horizontal flip p=0.5,
+colour jitter with p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, random op
+order), grayscale p=0.2, gaussian blur sigma in [0.1, 2.0], solarize threshold 128, then
+ImageNet normalisation.
+
+Executors (reference PIL, DALI, FFCV + batched tensor ops) read every number from here; none
+of them restates a parameter. ``AugmentationSpec.views()`` expands the recipe into the
+ordered list of per-view specs: the global views first, then ``local_crops`` local views.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class SpecError(ValueError):
+    """An invalid augmentation spec value; the message names the field."""
+
+
+def _check(cond: bool, field_name: str, msg: str) -> None:
+    if not cond:
+        raise SpecError(f"augmentation spec field '{field_name}': {msg}")
+
+
+def _check_prob(value: float, field_name: str) -> None:
+    _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, field_name,
+           f"must be a probability in [0, 1], got {value!r}")
+
+
+def _check_range(value: tuple, field_name: str, lo: float, hi: float) -> None:
+    ok = (isinstance(value, tuple) and len(value) == 2
+          and all(isinstance(v, (int, float)) for v in value))
+    _check(ok, field_name, f"must be a pair (min, max) of numbers, got {value!r}")
+    _check(lo <= value[0] <= value[1] <= hi, field_name,
+           f"must satisfy {lo} <= min <= max <= {hi}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view: the crop it takes and the per-view photometric probabilities."""
+
+    size: int
+    scale: tuple[float, float]
+    blur_p: float
+    solarize_p: float
+
+    def validate(self, prefix: str) -> None:
+        _check(isinstance(self.size, int) and self.size >= 8, f"{prefix}.size",
+               f"must be an integer >= 8, got {self.size!r}")
+        _check_range(self.scale, f"{prefix}.scale", 1e-6, 1.0)
+        _check(self.scale[0] > 0, f"{prefix}.scale", "minimum must be > 0")
+        _check_prob(self.blur_p, f"{prefix}.blur_p")
+        _check_prob(self.solarize_p, f"{prefix}.solarize_p")
+
+
+@dataclass(frozen=True)
+class ColorJitterSpec:
+    """Colour jitter applied with probability ``p``; the four ops run in a random order.
+
+    brightness/contrast/saturation factors are drawn uniformly in [1-x, 1+x] (clipped at 0);
+    the hue shift is drawn in [-hue, hue] of a full turn (true HSV hue rotation). Contrast
+    blends toward the mean of the grayscale image, as the reference does.
+    """
+
+    p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+
+    def validate(self, prefix: str) -> None:
+        _check_prob(self.p, f"{prefix}.p")
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and v >= 0, f"{prefix}.{name}",
+                   f"must be a number >= 0, got {v!r}")
+        _check(isinstance(self.hue, (int, float)) and 0 <= self.hue <= 0.5, f"{prefix}.hue",
+               f"must be in [0, 0.5] (fraction of a turn), got {self.hue!r}")
+
+
+def _default_globals() -> tuple[ViewSpec, ...]:
+    return (ViewSpec(224, (0.4, 1.0), blur_p=1.0, solarize_p=0.0),
+            ViewSpec(224, (0.4, 1.0), blur_p=0.1, solarize_p=0.2))
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """The whole DINO multi-crop recipe. Frozen; validated on construction."""
+
+    global_views: tuple[ViewSpec, ...] = field(default_factory=_default_globals)
+    local_view: ViewSpec = ViewSpec(96, (0.05, 0.4), blur_p=0.5, solarize_p=0.0)
+    local_crops: int = 10
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "bicubic"
+    flip_p: float = 0.5
+    jitter: ColorJitterSpec = ColorJitterSpec()
+    grayscale_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_threshold: int = 128
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    output_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        _check(isinstance(self.global_views, tuple) and len(self.global_views) >= 1,
+               "global_views", "must be a non-empty list of views")
+        for i, v in enumerate(self.global_views):
+            _check(isinstance(v, ViewSpec), f"global_views[{i}]", "must be a view")
+            v.validate(f"global_views[{i}]")
+        _check(isinstance(self.local_view, ViewSpec), "local_view", "must be a view")
+        self.local_view.validate("local_view")
+        _check(isinstance(self.local_crops, int) and not isinstance(self.local_crops, bool)
+               and self.local_crops >= 0, "local_crops",
+               f"must be an integer >= 0, got {self.local_crops!r}")
+        _check_range(self.ratio, "ratio", 1e-3, 1e3)
+        _check(self.interpolation in INTERPOLATIONS, "interpolation",
+               f"must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        _check_prob(self.flip_p, "flip_p")
+        _check(isinstance(self.jitter, ColorJitterSpec), "jitter", "must be a jitter spec")
+        self.jitter.validate("jitter")
+        _check_prob(self.grayscale_p, "grayscale_p")
+        _check_range(self.blur_sigma, "blur_sigma", 1e-3, 100.0)
+        _check(isinstance(self.solarize_threshold, int) and 0 <= self.solarize_threshold <= 256,
+               "solarize_threshold", f"must be an integer in [0, 256], got {self.solarize_threshold!r}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            _check(isinstance(v, tuple) and len(v) == 3
+                   and all(isinstance(x, (int, float)) for x in v), name,
+                   f"must be three numbers (R, G, B), got {v!r}")
+        _check(all(s > 0 for s in self.std), "std", "every entry must be > 0")
+        _check(self.output_dtype in OUTPUT_DTYPES, "output_dtype",
+               f"must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}")
+
+    # ----------------------------------------------------------------- views
+    @property
+    def num_global(self) -> int:
+        return len(self.global_views)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.global_views) + self.local_crops
+
+    def views(self) -> list[ViewSpec]:
+        """Per-view specs in output order: globals first, then the local crops."""
+        return list(self.global_views) + [self.local_view] * self.local_crops
+
+    def with_overrides(self, **changes: Any) -> "AugmentationSpec":
+        """A copy with top-level fields replaced (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------- YAML
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "AugmentationSpec":
+        return _build(cls, data or {}, "")
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> "AugmentationSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"augmentation spec file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise SpecError(f"augmentation spec file {path} is not valid YAML: {e}") from None
+        if data is not None and not isinstance(data, dict):
+            raise SpecError(f"augmentation spec file {path} must hold a mapping at top level")
+        return cls.from_dict(data)
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from plain data, naming the field on any type error."""
+    where = prefix or "<top level>"
+    if not isinstance(data, dict):
+        raise SpecError(f"augmentation spec field '{where}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"augmentation spec field '{prefix + unknown[0]}': unknown key "
+                        f"(known keys: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SpecError(f"augmentation spec field '{where}': {e}") from None
+
+
+def _convert(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name + ".")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"augmentation spec field '{name}': expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise SpecError(f"augmentation spec field '{name}': expected {len(args)} values, "
+                            f"got {len(value)}")
+        return tuple(_convert(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpecError(f"augmentation spec field '{name}': expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"augmentation spec field '{name}': expected an integer, got {value!r}")
+        return value
+    if hint is str and not isinstance(value, str):
+        raise SpecError(f"augmentation spec field '{name}': expected a string, got {value!r}")
+    return value
