@@ -19,13 +19,13 @@ ordered list of per-view specs: the global views first, then ``local_crops`` loc
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .config_io import from_plain, to_plain
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
@@ -172,11 +172,11 @@ class AugmentationSpec:
 
     # ----------------------------------------------------------------- YAML
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "AugmentationSpec":
-        return _build(cls, data or {}, "")
+        return from_plain(cls, data or {}, "augmentation spec", SpecError)
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -193,56 +193,3 @@ class AugmentationSpec:
         if data is not None and not isinstance(data, dict):
             raise SpecError(f"augmentation spec file {path} must hold a mapping at top level")
         return cls.from_dict(data)
-
-
-def _to_plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from plain data, naming the field on any type error."""
-    where = prefix or "<top level>"
-    if not isinstance(data, dict):
-        raise SpecError(f"augmentation spec field '{where}': expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpecError(f"augmentation spec field '{prefix + unknown[0]}': unknown key "
-                        f"(known keys: {', '.join(sorted(names))})")
-    kwargs = {k: _convert(hints[k], v, prefix + k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise SpecError(f"augmentation spec field '{where}': {e}") from None
-
-
-def _convert(hint: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, name + ".")
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(f"augmentation spec field '{name}': expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise SpecError(f"augmentation spec field '{name}': expected {len(args)} values, "
-                            f"got {len(value)}")
-        return tuple(_convert(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpecError(f"augmentation spec field '{name}': expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"augmentation spec field '{name}': expected an integer, got {value!r}")
-        return value
-    if hint is str and not isinstance(value, str):
-        raise SpecError(f"augmentation spec field '{name}': expected a string, got {value!r}")
-    return value

@@ -1,0 +1,97 @@
+"""Atomic checkpoints of plain data, loaded with ``weights_only=True``.
+
+Layout (see CONTRIBUTING.md): ``student`` (keys ``module.backbone.*`` / ``module.head.*``, as
+the reference's DDP-wrapped student), ``teacher`` (``backbone.*`` / ``head.*``), ``optimizer``,
+``fp16_scaler``, ``dino_loss`` (``{"center": [1, K]}``), ``epoch`` (epochs finished),
+``iteration``, ``config`` (plain dict) and ``rng`` (generator states).
+
+Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
+target: a crash at any moment leaves either the previous checkpoint or the new one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old content or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Serialise ``state`` (tensors and plain data only) and write it atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load with ``weights_only=True``; every failure becomes one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {path} contains pickled Python objects, which are refused for safety "
+            f"(weights_only=True): {str(e).splitlines()[0]}. Convert it once, in an environment "
+            "you trust: obj = torch.load(path, weights_only=False); keep only tensors and plain "
+            "data (e.g. replace an argparse Namespace by vars(args)); torch.save(obj, new_path)"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def check_compatible(ckpt: dict, model_cfg: dict, path: str | os.PathLike) -> None:
+    """Refuse, with one line, a checkpoint whose model differs from the one being built."""
+    saved = (ckpt.get("config") or {}).get("model")
+    if not saved:
+        return
+    for key in ("arch", "patch_size", "out_dim"):
+        if key in saved and saved[key] != model_cfg.get(key):
+            raise CheckpointError(
+                f"checkpoint {path} is for {key}={saved[key]!r} but this run uses "
+                f"{key}={model_cfg.get(key)!r}; use a matching --arch/--patch-size/out_dim or "
+                "another --output-dir")
+
+
+def load_state(module: torch.nn.Module, state: dict, what: str, path: str | os.PathLike) -> None:
+    """``load_state_dict(strict=True)`` with a readable error instead of a size-mismatch dump."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:3]
+        raise CheckpointError(f"checkpoint {path}: {what} does not match this model "
+                              f"({' '.join(s.strip() for s in first)})") from None

@@ -1,0 +1,265 @@
+"""The DINO training loop: build, resume, iterate epochs, log, checkpoint, evaluate.
+
+``train(cfg)`` runs on one CPU, one GPU, or every rank of a torchrun / SLURM job (each rank
+calls it; ``distributed.init_distributed`` joins the group). Checkpoints are written by rank 0
+at the end of every epoch, atomically; a run restarted with the same ``output_dir`` resumes
+from the last one and continues exactly (model, optimiser, scaler, loss center, schedules
+position, RNG states, data order).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import distributed as dist_utils
+from .checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_state,
+                         save_checkpoint)
+from .config import TrainConfig
+from .models import DINOHead, MultiCropWrapper, build_vit
+from .schedules import Schedules, teacher_temp_schedule
+from .step import DINOStep, resolve_precision
+
+log = logging.getLogger("dino_core.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the last good checkpoint was kept."""
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is available "
+                           "(use --device cpu)")
+    return device
+
+
+def resolve_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """(training data, root with train/ and val/ for k-NN, or None)."""
+    if cfg.data.path is None:
+        from pipelines.embedded import default_dataset
+        root = default_dataset()
+        return root / "train", root
+    path = Path(cfg.data.path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset path does not exist: {path}")
+    root = path.parent if path.name == "train" else path
+    has_split = (root / "train").is_dir() and (root / "val").is_dir()
+    return path, (root if has_split else None)
+
+
+def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+    """Student (with drop path) and teacher (without), the teacher a copy of the student."""
+    m = cfg.model
+
+    def make(drop_path: float) -> MultiCropWrapper:
+        backbone = build_vit(m.arch, m.patch_size, drop_path_rate=drop_path)
+        head = DINOHead(backbone.embed_dim, m.out_dim, use_bn=m.use_bn_in_head,
+                        norm_last_layer=m.norm_last_layer)
+        return MultiCropWrapper(backbone, head)
+
+    student, teacher = make(m.drop_path_rate), make(0.0)
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher
+
+
+@dataclass
+class Run:
+    """Everything a training run holds."""
+
+    cfg: TrainConfig
+    env: dist_utils.DistEnv
+    device: torch.device
+    student: nn.Module            # maybe DDP-wrapped
+    teacher: MultiCropWrapper
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: DINOStep
+    loader: object                # pipelines.MultiCropLoader
+    schedules: Schedules
+    iters_per_epoch: int
+    knn_root: Path | None
+    start_epoch: int = 0
+
+    @property
+    def bare_student(self) -> MultiCropWrapper:
+        return getattr(self.student, "module", self.student)
+
+    def state(self, epoch: int) -> dict:
+        """The checkpoint after ``epoch`` epochs (plain data and tensors only)."""
+        student = {f"module.{k}": v for k, v in self.bare_student.state_dict().items()}
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {"student": student, "teacher": self.teacher.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                 "iteration": epoch * self.iters_per_epoch,
+                 "dino_loss": {"center": self.loss_fn.center.detach().cpu()},
+                 "config": self.cfg.to_dict(), "rng": rng}
+        if self.step.scaler is not None:
+            state["fp16_scaler"] = self.step.scaler.state_dict()
+        return state
+
+    def restore(self, ckpt: dict, path: Path) -> None:
+        check_compatible(ckpt, self.cfg.model.__dict__, path)
+        student = {k.removeprefix("module."): v for k, v in ckpt["student"].items()}
+        load_state(self.bare_student, student, "student", path)
+        load_state(self.teacher, ckpt["teacher"], "teacher", path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        with torch.no_grad():
+            self.loss_fn.center.copy_(ckpt["dino_loss"]["center"])
+        if self.step.scaler is not None and "fp16_scaler" in ckpt:
+            self.step.scaler.load_state_dict(ckpt["fp16_scaler"])
+        rng = ckpt.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.start_epoch = int(ckpt["epoch"])
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    from pipelines import build_loader
+    from .loss import DINOLoss
+    from .optim import build_optimizer
+
+    device_kind = "cuda" if cfg.device.startswith("cuda") or (
+        cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    env = dist_utils.init_distributed(device_kind)
+    device = resolve_device(cfg.device, env.local_rank)
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts)
+    data, knn_root = resolve_data(cfg)
+    loader = build_loader(data, backend=cfg.data.backend, batch_size=cfg.data.batch_size,
+                          spec=cfg.data.aug, device=device, num_workers=cfg.data.num_workers,
+                          seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+    iters = len(loader)
+    if cfg.max_iters_per_epoch:
+        iters = min(iters, cfg.max_iters_per_epoch)
+    if iters < 1:
+        raise ValueError(f"dataset {data} yields no full batch of {cfg.data.batch_size} per rank "
+                         f"({loader.num_samples} images, {env.world_size} ranks): lower "
+                         "--batch-size")
+    student, teacher = build_models(cfg)
+    if cfg.model.use_bn_in_head and env.distributed:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+    student, teacher = student.to(device), teacher.to(device)
+    optimizer = build_optimizer(student, cfg.optim.optimizer, device)
+    if env.distributed:
+        student = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = DINOLoss(cfg.model.out_dim, cfg.data.aug.num_views, cfg.loss.warmup_teacher_temp,
+                       cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs, cfg.epochs,
+                       student_temp=cfg.loss.student_temp,
+                       center_momentum=cfg.loss.center_momentum, impl=cfg.loss.impl).to(device)
+    precision = resolve_precision(cfg.precision, device)
+    step = DINOStep(student, teacher, loss_fn, optimizer, device, precision,
+                    cfg.optim.clip_grad, cfg.optim.freeze_last_layer)
+    schedules = Schedules.build(cfg.optim, cfg.epochs, iters,
+                                cfg.data.batch_size * env.world_size)
+    return Run(cfg, env, device, student, teacher, loss_fn, optimizer, step, loader, schedules,
+               iters, knn_root)
+
+
+def _maybe_resume(run: Run, out: Path, resume_from: str | None) -> None:
+    path = Path(resume_from) if resume_from else out / "checkpoint.pth"
+    if not resume_from and not path.is_file():
+        return
+    ckpt = load_checkpoint(path, map_location=run.device)
+    run.restore(ckpt, path)
+    if run.env.is_main:
+        log.info("resumed from %s after epoch %d", path, run.start_epoch)
+
+
+def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
+    """Train; returns a summary (images/s, data-wait share, last loss, k-NN accuracy)."""
+    run = build_run(cfg)
+    out = Path(cfg.output_dir)
+    try:
+        if run.env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save_yaml(out / "config.yaml")
+        _maybe_resume(run, out, resume_from)
+        summary = _train_epochs(run, out)
+        if cfg.knn_eval and run.knn_root is not None and run.env.is_main:
+            from .eval.knn import knn_accuracy
+            summary["knn"] = knn_accuracy(run.teacher.backbone, run.knn_root, run.device)
+        return summary
+    finally:
+        run.loader.close()
+        dist_utils.shutdown()
+
+
+def _train_epochs(run: Run, out: Path) -> dict:
+    from .progress import ProgressLogger
+    cfg, n = run.cfg, run.iters_per_epoch
+    teacher_temp = teacher_temp_schedule(cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp,
+                                         cfg.loss.warmup_teacher_temp_epochs, cfg.epochs)
+    batch_images = cfg.data.batch_size * run.env.world_size
+    logger = ProgressLogger(out, enabled=run.env.is_main, progress=cfg.progress,
+                            total=(cfg.epochs - run.start_epoch) * n)
+    wait_total = wall_total = 0.0
+    images = 0
+    last_loss = float("nan")
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            run.loader.set_epoch(epoch)
+            it0 = epoch * n
+            t_prev = time.perf_counter()
+            batches = iter(run.loader)
+            for i in range(n):
+                # fetch
+                try:
+                    views, _labels = next(batches)
+                except StopIteration:
+                    raise RuntimeError(f"loader ended after {i} of {n} batches in epoch {epoch}") from None
+                t_data = time.perf_counter()
+                it = it0 + i
+                run.step(views, epoch, it, float(run.schedules.lr[it]), float(run.schedules.wd[it]),
+                         float(run.schedules.momentum[it]))
+                t_end = time.perf_counter()
+                wait_total += t_data - t_prev
+                wall_total += t_end - t_prev
+                images += batch_images
+                t_prev = t_end
+                if (it + 1) % cfg.log_every == 0 or i == n - 1:
+                    mean_loss, last_loss, bad = run.step.stats.read()  # host sync (logging step)
+                    _stop_if_diverged(bad, epoch, n)
+                    logger.log(it + 1, epoch, {
+                        "loss": mean_loss, "lr": run.schedules.lr[it], "wd": run.schedules.wd[it],
+                        "momentum": run.schedules.momentum[it],
+                        "teacher_temp": float(teacher_temp[epoch]),
+                        "images_per_s": images / max(wall_total, 1e-9),
+                        "data_wait_share": wait_total / max(wall_total, 1e-9)})
+                logger.advance()
+            del batches
+            if run.env.is_main:
+                save_checkpoint(run.state(epoch + 1), out / "checkpoint.pth")
+                if cfg.saveckp_freq and (epoch + 1) % cfg.saveckp_freq == 0:
+                    save_checkpoint(run.state(epoch + 1), out / f"checkpoint{epoch + 1:04d}.pth")
+            dist_utils.barrier()
+    finally:
+        logger.close()
+    return {"epochs": cfg.epochs, "iterations": cfg.epochs * n, "final_loss": last_loss,
+            "images_per_s": images / max(wall_total, 1e-9),
+            "data_wait_share": wait_total / max(wall_total, 1e-9)}
+
+
+def _stop_if_diverged(bad_iteration: int, epoch: int, n: int) -> None:
+    if bad_iteration >= 0:
+        raise TrainingDiverged(
+            f"loss is not finite at iteration {bad_iteration} (epoch {bad_iteration // n}, "
+            f"step {bad_iteration % n}); stopped without writing a checkpoint, the last good "
+            "one is kept. Try --precision bf16/fp32, a lower lr, or a lower teacher_temp.")
+
