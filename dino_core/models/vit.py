@@ -114,7 +114,7 @@ class VisionTransformer(nn.Module):
         grid = img_size // patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # linear over depth
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear over depth
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
