@@ -32,6 +32,8 @@ class ModelConfig:
     use_bn_in_head: bool = False
     norm_last_layer: bool = True  # freeze weight_g of the last layer at 1 (more stable)
     drop_path_rate: float = 0.1   # student only; the teacher has none
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     def make(drop_path: float) -> MultiCropWrapper:
         backbone = build_vit(m.arch, m.patch_size, drop_path_rate=drop_path)
         head = DINOHead(backbone.embed_dim, m.out_dim, use_bn=m.use_bn_in_head,
-                        norm_last_layer=m.norm_last_layer)
+                        norm_last_layer=m.norm_last_layer, hidden_dim=m.head_hidden_dim,
+                        bottleneck_dim=m.head_bottleneck_dim)
         return MultiCropWrapper(backbone, head)
 
     student, teacher = make(m.drop_path_rate), make(0.0)
@@ -99,6 +100,7 @@ class Run:
     def state(self, epoch: int) -> dict:
         """The checkpoint after ``epoch`` epochs (plain data and tensors only)."""
         student = {f"module.{k}": v for k, v in self.bare_student.state_dict().items()}
+        self.loss_fn.sync_center()  # fold a pending center all-reduce in before saving
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -117,8 +119,7 @@ class Run:
         load_state(self.bare_student, student, "student", path)
         load_state(self.teacher, ckpt["teacher"], "teacher", path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        with torch.no_grad():
-            self.loss_fn.center.copy_(ckpt["dino_loss"]["center"])
+        self.loss_fn.load_state_dict({"center": ckpt["dino_loss"]["center"]})
         if self.step.scaler is not None and "fp16_scaler" in ckpt:
             self.step.scaler.load_state_dict(ckpt["fp16_scaler"])
         rng = ckpt.get("rng", {})

@@ -1,0 +1,30 @@
+"""Train a few steps under torchrun (or alone) and save this rank's teacher for comparison.
+
+    python -m tests.dino_core.dist_worker OUT_DIR KEY=VALUE ...
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+from dino_core import distributed
+from dino_core.config import load_config
+from dino_core.train import _train_epochs, build_run
+
+
+def main(out: str, *overrides: str) -> None:
+    cfg = load_config(None, [f"output_dir={out}", *overrides])
+    run = build_run(cfg)
+    try:
+        _train_epochs(run, Path(out))
+        run.loss_fn.sync_center()
+        torch.save({"teacher": run.teacher.state_dict(), "center": run.loss_fn.center.cpu(),
+                    "world_size": run.env.world_size},
+                   Path(out) / f"teacher_rank{run.env.rank}.pt")
+    finally:
+        run.loader.close()
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
