@@ -83,7 +83,6 @@ class TrainConfig:
     saveckp_freq: int = 0         # also keep checkpointNNNN.pth every N epochs (0: never)
     max_iters_per_epoch: int = 0  # cap on iterations per epoch (0: the whole epoch)
     knn_eval: bool = True         # weighted k-NN on the val split at the end, when there is one
-    cuda_graphs: bool = False     # capture the whole step as a CUDA graph (static shapes)
     progress: bool = True         # console progress bar
 
     def __post_init__(self) -> None:

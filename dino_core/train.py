@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
             cfg.save_yaml(out / "config.yaml")
         _maybe_resume(run, out, resume_from)
         summary = _train_epochs(run, out)
-        if cfg.knn_eval and run.knn_root is not None and run.env.is_main:
+        if cfg.knn_eval and run.knn_root is not None:  # every rank extracts its shard
             from .eval.knn import knn_accuracy
             summary["knn"] = knn_accuracy(run.teacher.backbone, run.knn_root, run.device)
         return summary
