@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -60,13 +62,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))  # the pickled class, e.g. argparse.Namespace
+        if not found:  # not a pickle of objects: random bytes or another format
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint "
+                                  "(it does not unpickle)") from None
         raise CheckpointError(
-            f"checkpoint {path} contains pickled Python objects, which are refused for safety "
-            f"(weights_only=True): {str(e).splitlines()[0]}. Convert it once, in an environment "
+            f"checkpoint {path} contains pickled Python objects ({found.group(1)}), which are "
+            f"refused for safety (weights_only=True). Convert it once, in an environment "
             "you trust: obj = torch.load(path, weights_only=False); keep only tensors and plain "
             "data (e.g. replace an argparse Namespace by vars(args)); torch.save(obj, new_path)"
         ) from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, struct.error) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
                               f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(obj, dict):

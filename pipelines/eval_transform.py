@@ -102,5 +102,7 @@ class EvalImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img, label = self._reader.read(index)
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} images")
+        img, label = self._reader.read(index % len(self.samples))
         return self.transform(img), label

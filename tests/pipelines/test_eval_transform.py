@@ -59,3 +59,11 @@ def test_eval_image_folder_labels_and_bad_files(tmp_path):
     assert [y for _, y in items][:3] == [0, 0, 0] and ds.targets[:3] == [0, 0, 0]
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
     assert sum(len(y) for _, y in loader) == len(ds)
+
+
+def test_iteration_ends_at_the_last_image(tmp_path):
+    from pipelines.eval_transform import EvalImageFolder
+    from tests.pipelines.images import write_image_folder
+    root = write_image_folder(tmp_path / "d", num_classes=2, per_class=2)
+    ds = EvalImageFolder(root, resize=32, crop=32)
+    assert len(list(iter(ds))) == 4

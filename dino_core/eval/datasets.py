@@ -1,0 +1,77 @@
+"""Image datasets of the evaluation protocols.
+
+- ``open_eval_splits(root)``: ``root/train`` and ``root/val`` through the evaluation transform
+  of ``pipelines.eval_transform`` (Resize shorter side 256 bicubic, CenterCrop 224, normalise),
+  with a check that both splits have the same classes (else labels would silently differ).
+- ``ProbeTrainFolder``: the linear probe's training view, a random resized crop (the
+  ``sample_crop_box`` of the shared sampler, ratio from the spec) and a horizontal flip,
+  seeded per (seed, rank, epoch, index) like every other sampler of the project.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from pipelines.folder import DatasetError, scan_image_folder
+from pipelines.reference import hflip, resized_crop, to_normalized_tensor
+from pipelines.reference_loader import SampleReader, report_skipped
+from pipelines.sampling import sample_crop_box, sample_rng
+from pipelines.spec import AugmentationSpec
+
+
+def split_dirs(root: str | Path) -> tuple[Path, Path]:
+    """(root/train, root/val), or a DatasetError naming what is missing."""
+    root = Path(root)
+    dirs = (root / "train", root / "val")
+    for d in dirs:
+        if not d.is_dir():
+            raise DatasetError(f"evaluation data {root} must hold train/ and val/ class folders "
+                               f"(root/<split>/<class>/<image>); {d} is missing")
+    return dirs
+
+
+def open_eval_splits(root: str | Path) -> tuple[Dataset, Dataset, list[str]]:
+    """(train, val, classes): both splits under the evaluation transform, same classes."""
+    from pipelines.eval_transform import EvalImageFolder
+
+    train_dir, val_dir = split_dirs(root)
+    train, val = EvalImageFolder(train_dir), EvalImageFolder(val_dir)
+    if list(train.classes) != list(val.classes):
+        only = sorted(set(train.classes) ^ set(val.classes))
+        raise DatasetError(f"{train_dir} and {val_dir} have different class folders "
+                           f"(in one only: {', '.join(only) or 'same names, other order'}); "
+                           "k-NN and linear evaluation need identical classes")
+    return train, val, list(train.classes)
+
+
+class ProbeTrainFolder(Dataset):
+    """ImageFolder with the probe's training augmentation; items (tensor [3, S, S], label)."""
+
+    def __init__(self, root: str | Path, size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
+                 seed: int = 0, rank: int = 0, spec: AugmentationSpec | None = None):
+        scan = scan_image_folder(root)
+        report_skipped(scan.skipped)
+        self.samples, self.classes = scan.samples, scan.classes
+        self._reader = SampleReader(scan.samples)  # an undecodable file is replaced, not fatal
+        self.size, self.scale, self.seed, self.rank = size, scale, seed, rank
+        self.spec = spec or AugmentationSpec()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} images")
+        image, label = self._reader.read(index)
+        rng = sample_rng(self.seed, self.rank, self.epoch, index)
+        box = sample_crop_box(image.width, image.height, self.scale, self.spec.ratio, rng)
+        image = resized_crop(image, box, self.size, self.spec.interpolation)
+        if rng.random() < self.spec.flip_p:
+            image = hflip(image)
+        return to_normalized_tensor(image, self.spec.mean, self.spec.std), label
