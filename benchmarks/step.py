@@ -117,8 +117,8 @@ def run_step_benchmark(device: str = "auto", archs: tuple[str, ...] | None = Non
     result = BenchmarkResult(
         what="step", title="DINO training step: ours vs the reference recipe's step",
         machine=machine, baseline="reference step recreated in benchmarks/step.py, same run",
-        rows=rows, columns=["arch", "impl", "batch", "precision", "images_per_s", "step_s_median",
-                            "step_s_iqr", "mfu", "peak_mem_mb", "speedup_vs_reference"],
+        rows=rows, columns=["arch", "impl", "batch", "precision", "images_per_s", "step_s_median_ms",
+                            "step_s_iqr_ms", "mfu", "peak_mem_mb", "speedup_vs_reference"],
         config={"shape": shape.__dict__, "patch": patch, "iters": iters, "peak": peak.source},
         notes=[f"Crops per image: {shape.n_global}x{shape.global_res} + "
                f"{shape.n_local}x{shape.local_res}, K={shape.out_dim}, synthetic inputs.",

@@ -1,0 +1,325 @@
+"""``dino-bench``: the project's benchmarks, one sub-command each, one harness for all.
+
+Every sub-command writes ``<machine>_<yyyymm>_<what>.{json,csv,md,png}`` and tensorboard
+scalars under ``--output-dir`` (default: ``benchmarks/results``) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+from .harness import BenchmarkResult, PlotSpec, describe_machine, resolve_device, write_results
+from .report import render_markdown
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WRITTEN = PlotSpec(x="", panels=())  # marks a result whose sub-benchmark wrote its own files
+
+DESCRIPTION = """\
+Measure how fast DINO trains here, and where the time goes. Every figure is a median over
+repeated timings after warm-up, with its spread; every comparison is a ratio against a
+baseline measured in the same run (machines are shared and noisy: never compare absolute
+numbers across runs). Results name the machine, date, command line and baseline."""
+
+# What each sub-command measures and how to read it: shown in --help and in each sub-help.
+HELP = {
+    "patch": "images/s against patch size (16, 14, 8, 5) for ViT-S and ViT-B: backbone "
+             "forward at 224 px (the DINO paper's inference column; its V100 figures are "
+             "shown next to ours) and the full DINO train step with multi-crop; MFU against "
+             "the device peak; peak memory. Read: the train column is what a GPU-hour buys; "
+             "MFU says how much of the hardware the step uses (goal on H200: >= 30% for "
+             "ViT-S/16).",
+    "pipeline": "multi-crop images/s of each loader backend (reference, dali, ffcv), and "
+                "images per CPU core-second, next to the reference PIL executor in the same "
+                "run. Read: speedup_per_core (goal >= 4x on CPU) and whether images/s exceeds "
+                "what the train step consumes (see patch).",
+    "loss": "DINO loss forward+backward time and peak extra memory per implementation "
+            "(reference pair loop, fused, cuda) at 12 views, K=65536. Read: the ratios to "
+            "the reference row (goal on CPU: >= 3x faster, >= 5x less memory).",
+    "step": "one training step's images/s and MFU next to a recreated reference step "
+            "(pair-loop loss, Python EMA loop, per-tensor host syncs). Read: the ratio "
+            "(goal >= 2x on the same GPU).",
+    "e2e": "a short real training run through a backend next to the same run fed by the "
+           "reference executor: training images/s and the share of step time spent waiting "
+           "for data. Read: data_wait_share (goal <= 2% on a GPU with ViT-S/16).",
+}
+
+
+def _epilog() -> str:
+    wrap = textwrap.TextWrapper(width=88, initial_indent="", subsequent_indent=" " * 12)
+    lines = ["sub-commands:"] + [wrap.fill(f"  {name:<9} {text}") for name, text in HELP.items()]
+    return "\n".join(lines) + """
+
+--quick runs a CPU-sized version of any sub-command in seconds to a minute (ViT-tiny,
+small inputs, few iterations): a smoke test of the harness, not a measurement to quote.
+
+examples:
+  dino-bench patch --quick
+  dino-bench pipeline --backends reference dali ffcv --data /data/imagenet/train
+  dino-bench e2e --backends dali --data /data/imagenet/train --steps 100
+"""
+
+
+def _overrides(args: argparse.Namespace, names: dict[str, str]) -> dict:
+    """Config fields explicitly given on the command line (``names``: arg -> field)."""
+    out = {}
+    for arg, fld in names.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            out[fld] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _backend_data(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"dino-bench: --backend-data expects BACKEND=PATH, got {pair!r}")
+        out[name] = path
+    return out
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_patch(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .patch import PATCH_PLOT, PatchBenchConfig, run_patch_benchmark
+
+    base = PatchBenchConfig.quick() if args.quick else PatchBenchConfig()
+    fields = _overrides(args, {"archs": "archs", "patches": "patches", "batch": "train_batch",
+                               "infer_batch": "infer_batch", "iters": "iters",
+                               "warmup": "warmup", "out_dim": "out_dim",
+                               "precision": "precision"})
+    cfg = dataclasses.replace(base, **fields, train=not args.no_train)
+    return run_patch_benchmark(cfg, device, argv), PATCH_PLOT
+
+
+def cmd_pipeline(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .pipeline import PIPELINE_PLOT, PipelineBenchConfig, run_pipeline_benchmark
+
+    fields = _overrides(args, {"backends": "backends", "data": "data", "batch_size": "batch_size",
+                               "workers": "num_workers", "local_crops": "local_crops",
+                               "batches": "batches", "warmup_batches": "warmup_batches"})
+    fields["backend_data"] = _backend_data(args.backend_data)
+    cfg = PipelineBenchConfig.quick(**fields) if args.quick else PipelineBenchConfig(**fields)
+    return run_pipeline_benchmark(cfg, device, argv), PIPELINE_PLOT
+
+
+def cmd_e2e(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .e2e import E2E_PLOT, E2EConfig, run_e2e_benchmark
+
+    fields = _overrides(args, {"backends": "backends", "data": "data", "arch": "arch",
+                               "patch": "patch", "batch_size": "batch_size",
+                               "workers": "num_workers", "local_crops": "local_crops",
+                               "steps": "steps", "warmup_steps": "warmup_steps",
+                               "out_dim": "out_dim", "precision": "precision",
+                               "engine": "engine"})
+    fields["backend_data"] = _backend_data(args.backend_data)
+    cfg = E2EConfig.quick(**fields) if args.quick else E2EConfig(**fields)
+    return run_e2e_benchmark(cfg, device, argv), E2E_PLOT
+
+
+def _lazy(module: str, function: str, issue: str):
+    """``benchmarks.<module>.<function>``, or a clear error while it is not written yet."""
+    try:
+        mod = importlib.import_module(f"benchmarks.{module}")
+    except ModuleNotFoundError as err:
+        if err.name != f"benchmarks.{module}":
+            raise
+        raise SystemExit(f"dino-bench: benchmarks/{module}.py is not there yet ({issue}); "
+                         f"this sub-command runs `{function}` from it once it lands") from None
+    fn = getattr(mod, function, None)
+    if fn is None:
+        raise SystemExit(f"dino-bench: benchmarks/{module}.py has no `{function}` ({issue})")
+    return fn
+
+
+def _rows_result(what: str, title: str, rows: list[dict], device, argv, baseline: str,
+                 config: dict) -> tuple[BenchmarkResult, PlotSpec | None]:
+    """Wrap plain rows from another engineer's benchmark into a result and a bar plot."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise SystemExit(f"dino-bench {what}: expected a list of dict rows, "
+                         f"got {type(rows).__name__}")
+    result = BenchmarkResult(what=what, title=title, machine=describe_machine(device, argv),
+                             baseline=baseline, rows=rows, config=config)
+    if not rows:
+        return result, None
+    label = next((k for k, v in rows[0].items() if isinstance(v, str)), None)
+    numeric = [k for k, v in rows[0].items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    time_cols = tuple(k for k in numeric if "ms" in k or k.endswith("_s"))
+    mem_cols = tuple(k for k in numeric if any(m in k for m in ("mib", "mem", "bytes")))
+    panels = tuple(p for p in (("time", time_cols[:1]), ("memory", mem_cols[:1])) if p[1])
+    if not panels and numeric:
+        panels = ((numeric[0], (numeric[0],)),)
+    if not panels:
+        return result, None
+    return result, PlotSpec(x=label or "", group=(label,) if label else (), kind="bar",
+                            panels=panels)
+
+
+def cmd_loss(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
+    run = _lazy("loss", "run_loss_benchmark", "issue 5, the fused loss")
+    gpu = device.type == "cuda"
+    batch = args.batch or (8 if args.quick else (64 if gpu else 32))
+    out_dim = args.out_dim or (4096 if args.quick else 65536)
+    iters = args.iters or (3 if args.quick else 20)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else torch.float32)
+    config = dict(batch=batch, views=args.views, out_dim=out_dim, iters=iters,
+                  dtype=str(dtype).replace("torch.", ""))
+    rows = run(device=device, batch=batch, views=args.views, out_dim=out_dim, iters=iters,
+               dtype=dtype)
+    if isinstance(rows, BenchmarkResult):
+        return rows, None
+    return _rows_result("loss", "DINO loss: time and memory per implementation", rows, device,
+                        argv, "the reference pair loop in the same run", config)
+
+
+def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
+    run = _lazy("step", "run_step_benchmark", "issue 6, the fused step")
+    offered = {"device": device, "quick": args.quick, "iters": args.iters, "batch": args.batch,
+               "archs": tuple(args.archs) if args.archs else None, "patch": args.patch,
+               "precision": args.precision, "output_dir": args.output_dir, "argv": argv}
+    params = inspect.signature(run).parameters
+    kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
+    out = run(**kwargs)
+    if isinstance(out, BenchmarkResult):
+        # benchmarks/step.py writes its own files when it takes output_dir
+        return out, WRITTEN if "output_dir" in params else None
+    config = {k: str(v) for k, v in kwargs.items() if k not in ("argv", "output_dir")}
+    return _rows_result("step", "DINO training step against the reference step", out, device,
+                        argv, "the recreated reference step in the same run", config)
+
+
+COMMANDS = {"patch": cmd_patch, "pipeline": cmd_pipeline, "loss": cmd_loss, "step": cmd_step,
+            "e2e": cmd_e2e}
+
+
+# ----------------------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="CPU-sized run (ViT-tiny, small inputs, few iterations): a smoke test")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda when present, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--output-dir", type=Path, default=RESULTS_DIR,
+                   help="where result files go (default: benchmarks/results)")
+    p.add_argument("--no-tensorboard", action="store_true", help="skip tensorboard scalars")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op CPU threads (default: torch's choice). On a shared "
+                   "machine, fewer threads than busy cores avoids OpenMP stalls")
+
+
+def _precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="autocast precision of the model (default auto: bf16 on GPU, fp32 on CPU)")
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   help="loader backends to measure (reference, dali, ffcv); the reference "
+                   "executor always runs first as the baseline")
+    p.add_argument("--data", help="ImageFolder tree (default: the embedded dataset, or a "
+                   "synthetic folder while that is absent)")
+    p.add_argument("--backend-data", action="append", metavar="BACKEND=PATH",
+                   help="a backend's own copy of the data, e.g. ffcv=/data/train.beton "
+                   "(repeatable; ffcv otherwise converts --data to a temporary .beton)")
+    p.add_argument("--batch-size", type=int, help="images per batch (multi-crop samples)")
+    p.add_argument("--workers", type=int, help="loader worker processes / threads")
+    p.add_argument("--local-crops", type=int, help="local views per image (recipe: 10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dino-bench", description=DESCRIPTION, epilog=_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("patch", help="throughput and MFU against patch size per architecture",
+                       description=HELP["patch"])
+    _common(p)
+    p.add_argument("--archs", nargs="+", help="e.g. vit_small vit_base (quick: vit_tiny)")
+    p.add_argument("--patches", nargs="+", type=int, help="patch sizes (default 16 14 8 5)")
+    p.add_argument("--batch", type=int, help="train-step batch (images, each with all crops)")
+    p.add_argument("--infer-batch", type=int, help="forward-only batch")
+    p.add_argument("--iters", type=int, help="timed iterations per measurement")
+    p.add_argument("--warmup", type=int, help="untimed warm-up iterations")
+    p.add_argument("--out-dim", type=int, help="DINO head prototypes K (65536; quick 4096)")
+    p.add_argument("--no-train", action="store_true", help="forward-only, skip the train step")
+    _precision(p)
+
+    p = sub.add_parser("pipeline", help="multi-crop loader images/s per backend and per core",
+                       description=HELP["pipeline"])
+    _common(p)
+    _data_options(p)
+    p.add_argument("--batches", type=int, help="timed batches per backend")
+    p.add_argument("--warmup-batches", type=int, help="untimed batches first")
+
+    p = sub.add_parser("loss", help="DINO loss time and memory per implementation",
+                       description=HELP["loss"])
+    _common(p)
+    p.add_argument("--batch", type=int, help="per-view batch (default 32 CPU, 64 GPU)")
+    p.add_argument("--views", type=int, default=12, help="student views (default 12)")
+    p.add_argument("--out-dim", type=int, help="prototypes K (default 65536)")
+    p.add_argument("--iters", type=int, help="timed iterations")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
+                   help="logits dtype (default bf16 on GPU, float32 on CPU)")
+
+    p = sub.add_parser("step", help="training-step images/s and MFU vs the reference step",
+                       description=HELP["step"])
+    _common(p)
+    p.add_argument("--archs", nargs="+", help="architectures (default vit_small vit_base on "
+                   "GPU, vit_tiny on CPU)")
+    p.add_argument("--patch", type=int, help="patch size (default 16)")
+    p.add_argument("--batch", type=int, help="images per step")
+    p.add_argument("--iters", type=int, help="timed iterations")
+    _precision(p)
+
+    p = sub.add_parser("e2e", help="short real training run: images/s and data-wait share",
+                       description=HELP["e2e"])
+    _common(p)
+    _data_options(p)
+    p.add_argument("--arch", help="architecture (default vit_small; quick vit_tiny)")
+    p.add_argument("--patch", type=int, help="patch size dividing 224 and 96 (default 16)")
+    p.add_argument("--steps", type=int, help="timed training steps")
+    p.add_argument("--warmup-steps", type=int, help="untimed steps first")
+    p.add_argument("--out-dim", type=int, help="DINO head prototypes K")
+    p.add_argument("--engine", choices=("trainer", "loop"),
+                   help="trainer (default): dino_core.train.train and its own accounting; "
+                   "loop: loader + step with warm-up excluded and, on a GPU, the stream's idle "
+                   "time from CUDA events")
+    _precision(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dino-bench``; returns the process exit status."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(args_list)
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"dino-bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except (RuntimeError, ValueError) as err:
+        print(f"dino-bench: {err}", file=sys.stderr)
+        return 2
+    result, plot_spec = COMMANDS[args.command](args, device, ["dino-bench"] + args_list)
+    if plot_spec is WRITTEN:
+        print(render_markdown(result, None))
+        print(f"wrote {Path(args.output_dir) / result.stem}.*")
+        return 0
+    paths = write_results(result, args.output_dir, plot_spec, tensorboard=not args.no_tensorboard)
+    print(paths["md"].read_text())
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""``dino-bench loss``: DINO loss forward+backward time and peak extra memory per implementation.
+
+Implementations, all measured in the same run on the same inputs:
+- ``reference``: the paper's pair loop (one log-softmax per pair; the baseline);
+- ``einsum``: one log-softmax for all views and one einsum over all pairs (plain autograd);
+- ``fused``: one softmax per view, closed-form backward (``dino_core.loss.fused``);
+- ``cuda``: the CUDA kernels (GPU only, when the extension builds).
+
+Each timed call is teacher softmax + loss forward + backward to the student logits (the
+center EMA, one column sum shared by all, is left out). Inputs: logits ~ N(0, 1), teacher
+temperature 0.04, student temperature 0.1. Timing: ``harness.time_fn`` (warm-up, then
+median and spread), the implementations interleaved over several rounds so that machine
+noise falls on all of them alike.
+
+Peak extra memory (bytes above what was allocated before the call; it includes the
+``[views*B, K]`` gradient every implementation must return):
+- GPU: ``torch.cuda.max_memory_allocated`` (via ``harness.PeakMemory``).
+- CPU: torch's CPU allocator reports no peak, so each implementation runs once in a fresh
+  subprocess: a small warm-up call loads the kernels, then the peak resident set size
+  (Linux ``VmHWM``, reset just before) of one full-size call minus the resident set size
+  just before it. glibc is
+  told to map every block over 128 KiB directly (``MALLOC_MMAP_THRESHOLD_``), so freed
+  tensors leave the resident set at once and the peak is the live memory's peak.
+
+    python3 -m benchmarks.loss                  # B=32 on CPU / 64 on GPU, 12 views, K=65536
+    python3 -m benchmarks.loss --quick          # a smoke run in seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import torch
+
+from dino_core.loss import einsum_dino_loss, fused_dino_loss, reference_dino_loss, teacher_probs
+from dino_core.loss import cuda as cuda_ext
+
+from .harness import (BenchmarkResult, PeakMemory, describe_machine, resolve_device, summarize,
+                      time_fn, write_results)
+
+IMPLS = ("reference", "einsum", "fused", "cuda")
+TEACHER_TEMP, STUDENT_TEMP = 0.04, 0.1
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIB = 2.0 ** 20
+
+
+def make_inputs(device: torch.device, batch: int, views: int, out_dim: int, dtype: torch.dtype,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Student logits ``[views*B, K]`` (a leaf requiring grad), teacher logits ``[2*B, K]``,
+    center ``[1, K]`` (float32), all on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(views * batch, out_dim, generator=g).to(device, dtype)
+    teacher = torch.randn(2 * batch, out_dim, generator=g).to(device, dtype)
+    center = 0.1 * torch.randn(1, out_dim, generator=g).to(device)
+    return student.requires_grad_(), teacher, center
+
+
+def loss_fn(impl: str, views: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                                torch.Tensor]:
+    """``(student, teacher, center) -> loss`` for one implementation."""
+    if impl == "reference":
+        return lambda s, t, c: reference_dino_loss(s, t, c, TEACHER_TEMP, views, STUDENT_TEMP)
+    if impl == "einsum":
+        return lambda s, t, c: einsum_dino_loss(s, t, c, TEACHER_TEMP, views, STUDENT_TEMP)
+    if impl == "fused":
+        return lambda s, t, c: fused_dino_loss(s, teacher_probs(t, c, TEACHER_TEMP), views,
+                                               STUDENT_TEMP)
+    if impl == "cuda":
+        return lambda s, t, c: cuda_ext.cuda_dino_loss(
+            s, cuda_ext.cuda_teacher_probs(t, c, TEACHER_TEMP), views, STUDENT_TEMP)
+    raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
+
+
+def step_fn(impl: str, student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
+            views: int) -> Callable[[], torch.Tensor]:
+    """One timed call: loss forward and backward; the gradient replaces ``student.grad``."""
+    fn = loss_fn(impl, views)
+
+    def step() -> torch.Tensor:
+        student.grad = None
+        loss = fn(student, teacher, center)
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def unavailable(impl: str, device: torch.device) -> str | None:
+    """Why ``impl`` cannot run on ``device`` here, or None."""
+    if impl != "cuda":
+        return None
+    if device.type != "cuda":
+        return "needs a CUDA device"
+    return cuda_ext.unavailable_reason()
+
+
+# ----------------------------------------------------------------------------- memory
+def cpu_peak_extra_bytes(impl: str, batch: int, views: int, out_dim: int,
+                         dtype: torch.dtype) -> int:
+    """Peak resident-set growth of one call of ``impl``, measured in a fresh subprocess."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                        os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "benchmarks.loss", "--memory-probe", impl, "--batch",
+           str(batch), "--views", str(views), "--out-dim", str(out_dim), "--dtype",
+           str(dtype).replace("torch.", ""), "--threads", str(torch.get_num_threads())]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe for {impl} failed:\n{proc.stderr[-2000:]}")
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_extra_bytes"])
+
+
+def _vm_hwm_bytes() -> int | None:
+    """This process's peak resident set (``VmHWM`` in /proc/self/status), None if unknown."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+)\s+kB", status, flags=re.M)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current resident set (Linux >= 4.0); False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _memory_probe(impl: str, batch: int, views: int, out_dim: int, dtype: torch.dtype) -> int:
+    """Run in the subprocess: warm up small, then one full-size call; its peak RSS growth.
+
+    The peak is VmHWM reset right before the call. (``ru_maxrss`` is no use here: Linux
+    carries the parent's high-water mark into a child across fork and exec.)
+    """
+    cpu = torch.device("cpu")
+    small = make_inputs(cpu, 2, views, 64, dtype)
+    step_fn(impl, *small, views)()
+    student, teacher, center = make_inputs(cpu, batch, views, out_dim, dtype)
+    del small
+    before = psutil.Process().memory_info().rss
+    if not _reset_peak_rss() or _vm_hwm_bytes() is None:
+        raise RuntimeError("peak RSS needs Linux /proc/self/clear_refs and VmHWM")
+    step_fn(impl, student, teacher, center, views)()
+    return max(0, _vm_hwm_bytes() - before)
+
+
+def gpu_peak_extra_bytes(step: Callable[[], torch.Tensor], device: torch.device) -> int:
+    with PeakMemory(device) as mem:
+        step()
+    return mem.extra
+
+
+# ----------------------------------------------------------------------------- benchmark
+def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_dim: int,
+                       iters: int, dtype: torch.dtype, rounds: int = 5, warmup: int = 2,
+                       memory: bool = True) -> list[dict]:
+    """Time (and measure memory of) every implementation on the same inputs.
+
+    Returns one row per implementation in ``IMPLS``: ``time_*_ms`` (median, IQR, min, max,
+    n), ``speedup_vs_reference`` (reference median / this median), ``peak_extra_mib``,
+    ``memory_ratio_vs_reference`` (reference peak / this peak), ``working_mib`` and
+    ``working_ratio_vs_reference`` (the same without the student gradient), ``loss_rel_diff`` and
+    ``grad_rel_diff`` (max error against the reference, relative to its largest value), or
+    a ``status`` saying why it did not run.
+    """
+    device = torch.device(device)
+    student, teacher, center = make_inputs(device, batch, views, out_dim, dtype)
+    runnable = [i for i in IMPLS if unavailable(i, device) is None]
+    steps = {i: step_fn(i, student, teacher, center, views) for i in runnable}
+
+    checks: dict[str, tuple[float, float]] = {}
+    ref_loss = steps["reference"]().double()
+    ref_grad = student.grad.detach().double()
+    for impl in runnable:
+        loss = steps[impl]().double()
+        grad_err = (student.grad.double() - ref_grad).abs().max() / ref_grad.abs().max()
+        checks[impl] = (((loss - ref_loss).abs() / ref_loss.abs()).item(), grad_err.item())
+    del ref_grad
+    student.grad = None
+
+    per_round = max(1, -(-iters // rounds))
+    samples: dict[str, list[float]] = {i: [] for i in runnable}
+    for r in range(rounds):  # interleaved, so slow phases of a shared machine hit all alike
+        for impl in runnable:
+            timing = time_fn(steps[impl], device, warmup=warmup if r == 0 else 0,
+                             iters=per_round)
+            samples[impl].extend(timing.samples)
+            student.grad = None
+
+    peaks: dict[str, int] = {}
+    if memory:
+        for impl in runnable:
+            peaks[impl] = (gpu_peak_extra_bytes(steps[impl], device) if device.type == "cuda"
+                           else cpu_peak_extra_bytes(impl, batch, views, out_dim, dtype))
+            student.grad = None
+
+    ref_median = summarize(samples["reference"]).median
+    grad_bytes = student.numel() * student.element_size()
+    rows = []
+    for impl in IMPLS:
+        row: dict = {"impl": impl}
+        reason = unavailable(impl, device)
+        if reason is not None:
+            rows.append({**row, "status": f"not run: {reason}"})
+            continue
+        timing = summarize(samples[impl])
+        row.update(status="ok", **timing.as_row("time"),
+                   speedup_vs_reference=ref_median / timing.median)
+        if impl in peaks:
+            working = {i: max(peaks[i] - grad_bytes, 1) for i in peaks}
+            row.update(peak_extra_mib=peaks[impl] / MIB,
+                       memory_ratio_vs_reference=peaks["reference"] / max(peaks[impl], 1),
+                       working_mib=working[impl] / MIB,
+                       working_ratio_vs_reference=working["reference"] / working[impl])
+        row.update(loss_rel_diff=checks[impl][0], grad_rel_diff=checks[impl][1])
+        rows.append(row)
+    return rows
+
+
+COLUMNS = ["impl", "status", "time_median_ms", "time_iqr_ms", "time_min_ms", "time_max_ms",
+           "time_n", "speedup_vs_reference", "peak_extra_mib", "memory_ratio_vs_reference",
+           "working_mib", "working_ratio_vs_reference", "loss_rel_diff", "grad_rel_diff"]
+
+
+def build_result(rows: list[dict], device: torch.device, config: dict,
+                 argv: list[str]) -> BenchmarkResult:
+    notes = [
+        "time: teacher softmax + loss forward + backward to the student logits, per call; "
+        "median over the timed calls after warm-up, IQR and min-max for the spread.",
+        "peak_extra_mib: peak memory above the level before the call, including the "
+        "[views*B, K] student gradient. working_mib: the same minus that gradient's size "
+        "(the memory an implementation needs beyond its inputs and its output). " + (
+            "GPU: torch.cuda.max_memory_allocated." if device.type == "cuda" else
+            "CPU: peak resident set (VmHWM, reset before the call) of one call in a fresh "
+            "subprocess per implementation minus the resident set just before it "
+            "(MALLOC_MMAP_THRESHOLD_=131072)."),
+        "loss_rel_diff / grad_rel_diff: agreement with the reference in this run "
+        "(max |diff| / max |reference|).",
+        "inputs: logits ~ N(0, 1), teacher temperature 0.04, student temperature 0.1.",
+    ]
+    if device.type != "cuda":
+        notes.append("GPU figures are not measured in this file (CPU run).")
+    return BenchmarkResult(what="loss", title="DINO loss: time and memory per implementation",
+                           machine=describe_machine(device, argv),
+                           baseline="the reference pair loop (impl=reference) in the same run",
+                           rows=rows, columns=COLUMNS, notes=notes, config=config)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python3 -m benchmarks.loss",
+        description="DINO loss forward+backward time and peak extra memory of the reference "
+                    "pair loop, an einsum formulation, the fused loss and the CUDA kernels, "
+                    "in one run. Writes <machine>_<yyyymm>_loss.{json,csv,md}.")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    p.add_argument("--batch", type=int, help="per-view batch B (default 32 CPU, 64 GPU)")
+    p.add_argument("--views", type=int, default=12, help="student views (default 12)")
+    p.add_argument("--out-dim", type=int, default=65536, help="prototypes K (default 65536)")
+    p.add_argument("--iters", type=int, help="timed calls per implementation "
+                   "(default 20 CPU, 200 GPU)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
+                   help="logits dtype (default float32 on CPU, bfloat16 on GPU)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed calls "
+                   "are split into (default 5)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
+    p.add_argument("--quick", action="store_true", help="B=4, K=4096, 4 iterations: a smoke run")
+    p.add_argument("--output-dir", default=str(RESULTS_DIR), help="where results are written")
+    p.add_argument("--memory-probe", choices=IMPLS, help=argparse.SUPPRESS)  # subprocess mode
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else
+                                                           torch.float32)
+    batch = args.batch or (4 if args.quick else (64 if gpu else 32))
+    out_dim = 4096 if args.quick and args.out_dim == 65536 else args.out_dim
+    if args.memory_probe:
+        extra = _memory_probe(args.memory_probe, batch, args.views, out_dim, dtype)
+        print(json.dumps({"impl": args.memory_probe, "peak_extra_bytes": extra}))
+        return
+    iters = args.iters or (4 if args.quick else (200 if gpu else 20))
+    config = dict(batch=batch, views=args.views, out_dim=out_dim, iters=iters,
+                  dtype=str(dtype).replace("torch.", ""), rounds=args.rounds,
+                  threads=torch.get_num_threads())
+    rows = run_loss_benchmark(device, batch, args.views, out_dim, iters, dtype,
+                              rounds=args.rounds, memory=not args.no_memory)
+    result = build_result(rows, device, config, ["python3 -m benchmarks.loss", *argv])
+    paths = write_results(result, args.output_dir, tensorboard=False)
+    print(Path(paths["md"]).read_text())
+
+
+if __name__ == "__main__":
+    main()

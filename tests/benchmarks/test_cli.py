@@ -1,0 +1,119 @@
+"""Smoke tests of ``dino-bench``: every sub-command runs --quick on the CPU and writes its
+files. These check the harness end to end; they assert no timing."""
+import json
+import sys
+import types
+
+import pytest
+
+from benchmarks import cli
+from benchmarks.pipeline import make_image_folder
+
+QUICK = ["--quick", "--device", "cpu", "--threads", "1", "--no-tensorboard"]
+
+
+def _rows(out_dir, what):
+    files = {p.suffix: p for p in out_dir.iterdir() if p.name.endswith(f"_{what}" + p.suffix)}
+    assert {".json", ".csv", ".md"} <= set(files), sorted(p.name for p in out_dir.iterdir())
+    data = json.loads(files[".json"].read_text())
+    assert data["machine"]["command"].startswith(f"dino-bench {what}")
+    assert data["baseline"] and data["what"] == what
+    return data["rows"], files
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data"), classes=2, per_class=6,
+                             size=(96, 72))
+
+
+def test_help_teaches_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("patch", "pipeline", "loss", "step", "e2e", "--quick", "Read:"):
+        assert name in text
+
+
+def test_patch_quick(tmp_path):
+    rc = cli.main(["patch", *QUICK, "--patches", "16", "8", "--iters", "1", "--warmup", "0",
+                   "--batch", "2", "--infer-batch", "2", "--output-dir", str(tmp_path)])
+    assert rc == 0
+    rows, files = _rows(tmp_path, "patch")
+    measured = [r for r in rows if r["device"] == "cpu"]
+    assert [(r["arch"], r["patch"]) for r in measured] == [("vit_tiny", 16), ("vit_tiny", 8)]
+    for r in measured:
+        assert r["forward_im_s"] > 0 and r["train_im_s"] > 0 and r["train_mfu"] > 0
+        assert r["train_gflop_per_img"] > 0 and r["status"] == "ok"
+    # patch 8 costs more FLOPs per image than patch 16 at the same resolution
+    assert measured[1]["train_gflop_per_img"] > measured[0]["train_gflop_per_img"]
+    gpu = [r for r in rows if r["device"] == "cuda"]
+    assert gpu and all(r["train_im_s"] is None and "not measured yet" in r["status"] for r in gpu)
+    assert {(r["arch"], r["patch"], r["paper_v100_im_s"]) for r in gpu} >= {
+        ("vit_small", 16, 1007), ("vit_small", 8, 180), ("vit_base", 16, 312),
+        ("vit_base", 8, 63), ("vit_small", 5, 44)}
+    assert (tmp_path / files[".json"].name.replace(".json", ".png")).exists()
+
+
+def test_pipeline_quick_reference_and_skips(tmp_path, folder):
+    rc = cli.main(["pipeline", *QUICK, "--data", str(folder), "--batch-size", "2",
+                   "--batches", "2", "--warmup-batches", "1", "--workers", "0",
+                   "--backends", "reference", "nope", "--output-dir", str(tmp_path)])
+    assert rc == 0
+    rows, _ = _rows(tmp_path, "pipeline")
+    assert [r["backend"] for r in rows] == ["reference", "nope"]
+    ref = rows[0]
+    assert ref["status"] == "ok" and ref["images"] == 4 and ref["views"] == 12
+    assert ref["images_per_s"] > 0 and ref["images_per_core_s"] > 0 and ref["speedup"] == 1.0
+    assert rows[1]["status"].startswith("skipped: ValueError: unknown backend 'nope'")
+
+
+@pytest.mark.parametrize("engine,steps,images", [("trainer", 3, 6), ("loop", 2, 4)])
+def test_e2e_quick(tmp_path, folder, engine, steps, images):
+    rc = cli.main(["e2e", *QUICK, "--data", str(folder), "--steps", "2", "--warmup-steps", "1",
+                   "--batch-size", "2", "--workers", "0", "--engine", engine,
+                   "--output-dir", str(tmp_path)])
+    assert rc == 0
+    rows, _ = _rows(tmp_path, "e2e")
+    (row,) = rows
+    assert row["status"] == "ok" and row["backend"] == "reference"
+    assert row["steps"] == steps and row["images"] == images  # the trainer counts warm-up
+    assert 0.0 <= row["data_wait_share"] <= 1.0 and row["images_per_s"] > 0
+
+
+def test_loss_and_step_are_wired_to_their_modules(tmp_path, monkeypatch):
+    seen = {}
+
+    def run_loss_benchmark(device, batch, views, out_dim, iters, dtype):
+        seen["loss"] = (device.type, batch, views, out_dim, iters, str(dtype))
+        return [{"impl": "reference", "time_ms": 2.0, "peak_mib": 8.0},
+                {"impl": "fused", "time_ms": 1.0, "peak_mib": 1.0}]
+
+    def run_step_benchmark(device, quick=False, iters=None):
+        seen["step"] = (device.type, quick, iters)
+        return [{"impl": "reference", "images_per_s": 1.0}, {"impl": "ours", "images_per_s": 2.0}]
+
+    monkeypatch.setitem(sys.modules, "benchmarks.loss",
+                        types.SimpleNamespace(run_loss_benchmark=run_loss_benchmark))
+    monkeypatch.setitem(sys.modules, "benchmarks.step",
+                        types.SimpleNamespace(run_step_benchmark=run_step_benchmark))
+    assert cli.main(["loss", *QUICK, "--views", "6", "--output-dir", str(tmp_path)]) == 0
+    assert seen["loss"] == ("cpu", 8, 6, 4096, 3, "torch.float32")
+    rows, files = _rows(tmp_path, "loss")
+    assert [r["impl"] for r in rows] == ["reference", "fused"] and ".png" in files
+    assert cli.main(["step", *QUICK, "--iters", "2", "--output-dir", str(tmp_path)]) == 0
+    assert seen["step"] == ("cpu", True, 2)
+    assert [r["impl"] for r in _rows(tmp_path, "step")[0]] == ["reference", "ours"]
+
+
+def test_missing_loss_module_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "benchmarks.loss", None)  # import raises ImportError
+    with pytest.raises(SystemExit, match="benchmarks/loss.py"):
+        cli.main(["loss", *QUICK])
+
+
+def test_bad_arguments(capsys):
+    assert cli.main(["patch", "--threads", "0"]) == 2
+    with pytest.raises(SystemExit, match="BACKEND=PATH"):
+        cli.main(["pipeline", "--quick", "--backend-data", "ffcv", "--device", "cpu"])
