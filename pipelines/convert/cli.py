@@ -12,7 +12,7 @@ WRITERS = {"wds": "pipelines.convert.wds:convert", "ffcv": "pipelines.convert.be
 
 EPILOG = """\
 formats:
-  wds   WebDataset-style tar shards (NNNNNN.jpg + NNNNNN.cls), one DALI index file per
+  wds   WebDataset-style tar shards (<key>.jpg + <key>.cls, 9-digit keys), one DALI index per
         shard (.idx, the format of DALI's wds2idx), and manifest.json. Read it with
         `dino-train --backend dali --data DST`. Resumable: finished shards are kept.
   ffcv  one .beton file (FFCV's writer: RGB image field + int label) next to a
