@@ -162,6 +162,36 @@ def gpu_peak_extra_bytes(step: Callable[[], torch.Tensor], device: torch.device)
 
 
 # ----------------------------------------------------------------------------- benchmark
+FLOOR = "gradient write (floor)"  # allocate and write one [views*B, K] tensor
+
+
+def agreement(steps: dict[str, Callable[[], torch.Tensor]], student: torch.Tensor
+              ) -> dict[str, tuple[float, float]]:
+    """(loss, gradient) relative error of each implementation against the reference."""
+    ref_loss = steps["reference"]().double()
+    ref_grad = student.grad.detach().double()
+    out = {}
+    for impl, step in steps.items():
+        loss = step().double()
+        grad_err = (student.grad.double() - ref_grad).abs().max() / ref_grad.abs().max()
+        out[impl] = (((loss - ref_loss).abs() / ref_loss.abs()).item(), grad_err.item())
+    student.grad = None
+    return out
+
+
+def interleaved_samples(fns: dict[str, Callable[[], object]], device: torch.device, iters: int,
+                        rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Per-call seconds of each function: ``rounds`` rounds, every function timed in each,
+    so slow phases of a shared machine fall on all of them alike."""
+    per_round = max(1, -(-iters // rounds))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            timing = time_fn(fn, device, warmup=warmup if r == 0 else 0, iters=per_round)
+            samples[name].extend(timing.samples)
+    return samples
+
+
 def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_dim: int,
                        iters: int, dtype: torch.dtype, rounds: int = 5, warmup: int = 2,
                        memory: bool = True) -> list[dict]:
@@ -170,33 +200,19 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
     Returns one row per implementation in ``IMPLS``: ``time_*_ms`` (median, IQR, min, max,
     n), ``speedup_vs_reference`` (reference median / this median), ``peak_extra_mib``,
     ``memory_ratio_vs_reference`` (reference peak / this peak), ``working_mib`` and
-    ``working_ratio_vs_reference`` (the same without the student gradient), ``loss_rel_diff`` and
-    ``grad_rel_diff`` (max error against the reference, relative to its largest value), or
-    a ``status`` saying why it did not run.
+    ``working_ratio_vs_reference`` (the same without the student gradient),
+    ``loss_rel_diff`` and ``grad_rel_diff`` (error against the reference, relative to its
+    largest value), or a ``status`` saying why it did not run; then a ``FLOOR`` row: the
+    time to allocate and write a gradient-sized tensor, which every implementation pays.
     """
     device = torch.device(device)
     student, teacher, center = make_inputs(device, batch, views, out_dim, dtype)
     runnable = [i for i in IMPLS if unavailable(i, device) is None]
     steps = {i: step_fn(i, student, teacher, center, views) for i in runnable}
-
-    checks: dict[str, tuple[float, float]] = {}
-    ref_loss = steps["reference"]().double()
-    ref_grad = student.grad.detach().double()
-    for impl in runnable:
-        loss = steps[impl]().double()
-        grad_err = (student.grad.double() - ref_grad).abs().max() / ref_grad.abs().max()
-        checks[impl] = (((loss - ref_loss).abs() / ref_loss.abs()).item(), grad_err.item())
-    del ref_grad
+    checks = agreement(steps, student)
+    floor = {FLOOR: lambda: torch.empty_like(student).fill_(1.0)}
+    samples = interleaved_samples({**steps, **floor}, device, iters, rounds, warmup)
     student.grad = None
-
-    per_round = max(1, -(-iters // rounds))
-    samples: dict[str, list[float]] = {i: [] for i in runnable}
-    for r in range(rounds):  # interleaved, so slow phases of a shared machine hit all alike
-        for impl in runnable:
-            timing = time_fn(steps[impl], device, warmup=warmup if r == 0 else 0,
-                             iters=per_round)
-            samples[impl].extend(timing.samples)
-            student.grad = None
 
     peaks: dict[str, int] = {}
     if memory:
@@ -204,33 +220,35 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
             peaks[impl] = (gpu_peak_extra_bytes(steps[impl], device) if device.type == "cuda"
                            else cpu_peak_extra_bytes(impl, batch, views, out_dim, dtype))
             student.grad = None
+    grad_bytes = student.numel() * student.element_size()
+    working = {i: max(peak - grad_bytes, 1) for i, peak in peaks.items()}
 
     ref_median = summarize(samples["reference"]).median
-    grad_bytes = student.numel() * student.element_size()
     rows = []
-    for impl in IMPLS:
-        row: dict = {"impl": impl}
-        reason = unavailable(impl, device)
+    for impl in (*IMPLS, FLOOR):
+        reason = unavailable(impl, device) if impl != FLOOR else None
         if reason is not None:
-            rows.append({**row, "status": f"not run: {reason}"})
+            rows.append({"impl": impl, "status": f"not run: {reason}"})
             continue
         timing = summarize(samples[impl])
-        row.update(status="ok", **timing.as_row("time"),
-                   speedup_vs_reference=ref_median / timing.median)
+        row = {"impl": impl, "status": "ok", **timing.as_row("time")}
+        if impl != FLOOR:
+            row["speedup_vs_reference"] = ref_median / timing.median
         if impl in peaks:
-            working = {i: max(peaks[i] - grad_bytes, 1) for i in peaks}
             row.update(peak_extra_mib=peaks[impl] / MIB,
                        memory_ratio_vs_reference=peaks["reference"] / max(peaks[impl], 1),
                        working_mib=working[impl] / MIB,
                        working_ratio_vs_reference=working["reference"] / working[impl])
-        row.update(loss_rel_diff=checks[impl][0], grad_rel_diff=checks[impl][1])
+        if impl in checks:
+            row.update(loss_rel_diff=checks[impl][0], grad_rel_diff=checks[impl][1])
         rows.append(row)
     return rows
 
 
-COLUMNS = ["impl", "status", "time_median_ms", "time_iqr_ms", "time_min_ms", "time_max_ms",
-           "time_n", "speedup_vs_reference", "peak_extra_mib", "memory_ratio_vs_reference",
-           "working_mib", "working_ratio_vs_reference", "loss_rel_diff", "grad_rel_diff"]
+COLUMNS = ["threads", "impl", "status", "time_median_ms", "time_iqr_ms", "time_min_ms",
+           "time_max_ms", "time_n", "speedup_vs_reference", "peak_extra_mib",
+           "memory_ratio_vs_reference", "working_mib", "working_ratio_vs_reference",
+           "loss_rel_diff", "grad_rel_diff"]
 
 
 def build_result(rows: list[dict], device: torch.device, config: dict,
@@ -247,6 +265,8 @@ def build_result(rows: list[dict], device: torch.device, config: dict,
             "(MALLOC_MMAP_THRESHOLD_=131072)."),
         "loss_rel_diff / grad_rel_diff: agreement with the reference in this run "
         "(max |diff| / max |reference|).",
+        f"'{FLOOR}': allocating and writing one tensor of the gradient's size, timed in the "
+        "same rounds: a part of every implementation's time that none can avoid.",
         "inputs: logits ~ N(0, 1), teacher temperature 0.04, student temperature 0.1.",
     ]
     if device.type != "cuda":
@@ -273,7 +293,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="logits dtype (default float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed calls "
                    "are split into (default 5)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, nargs="+", help="torch CPU thread counts to measure "
+                   "in turn, e.g. 2 1 (default: torch's choice)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
     p.add_argument("--quick", action="store_true", help="B=4, K=4096, 4 iterations: a smoke run")
     p.add_argument("--output-dir", default=str(RESULTS_DIR), help="where results are written")
@@ -284,8 +305,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else
@@ -293,15 +312,23 @@ def main(argv: list[str] | None = None) -> None:
     batch = args.batch or (4 if args.quick else (64 if gpu else 32))
     out_dim = 4096 if args.quick and args.out_dim == 65536 else args.out_dim
     if args.memory_probe:
+        if args.threads:
+            torch.set_num_threads(args.threads[0])
         extra = _memory_probe(args.memory_probe, batch, args.views, out_dim, dtype)
         print(json.dumps({"impl": args.memory_probe, "peak_extra_bytes": extra}))
         return
     iters = args.iters or (4 if args.quick else (200 if gpu else 20))
+    thread_counts = args.threads or [torch.get_num_threads()]
     config = dict(batch=batch, views=args.views, out_dim=out_dim, iters=iters,
                   dtype=str(dtype).replace("torch.", ""), rounds=args.rounds,
-                  threads=torch.get_num_threads())
-    rows = run_loss_benchmark(device, batch, args.views, out_dim, iters, dtype,
-                              rounds=args.rounds, memory=not args.no_memory)
+                  threads=" ".join(map(str, thread_counts)))
+    rows, default_threads = [], torch.get_num_threads()
+    for threads in thread_counts:  # ratios are taken within one thread count
+        torch.set_num_threads(threads)
+        rows += [{"threads": threads, **row} for row in run_loss_benchmark(
+            device, batch, args.views, out_dim, iters, dtype, rounds=args.rounds,
+            memory=not args.no_memory)]
+    torch.set_num_threads(default_threads)
     result = build_result(rows, device, config, ["python3 -m benchmarks.loss", *argv])
     paths = write_results(result, args.output_dir, tensorboard=False)
     print(Path(paths["md"]).read_text())

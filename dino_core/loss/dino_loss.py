@@ -1,0 +1,180 @@
+"""``DINOLoss``: the module the trainer calls, with a choice of implementation.
+
+    loss = DINOLoss(out_dim, ncrops, warmup_teacher_temp, teacher_temp,
+                    warmup_teacher_temp_epochs, nepochs)(student [ncrops*B, K],
+                                                         teacher [2*B, K], epoch)
+
+The loss is the mean over pairs (teacher global view t, student view v != t) of the batch
+mean of ``-sum_k q_t[k] log p_v[k]`` with ``q_t = softmax((t - center) / tau_t)`` (no
+gradient) and ``p_v = softmax(s_v / student_temp)``; then the center EMA is updated from the
+raw teacher logits (see ``center.py``). Rows are view-major: rows ``v*B:(v+1)*B`` are view v.
+
+Implementations (``impl``), all with the same value and gradient:
+- ``reference``: the paper's pair loop (``reference.py``), for tests and baselines.
+- ``fused``: one softmax per student view, closed-form backward, plain torch (``fused.py``).
+- ``cuda``: the CUDA kernels (``cuda.py``), built on first use.
+- ``auto``: ``cuda`` for CUDA tensors when the extension builds, else ``fused``; one log
+  line says which runs.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import cuda as cuda_ext
+from .center import CenterEMA
+from .fused import fused_dino_loss, teacher_probs
+from .reference import reference_dino_loss
+
+log = logging.getLogger(__name__)
+
+IMPLS = ("reference", "fused", "cuda", "auto")
+
+
+def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float,
+                          warmup_teacher_temp_epochs: int, nepochs: int) -> tuple[float, ...]:
+    """tau_t per epoch: linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the
+    warm-up epochs (both ends included, as the reference), then constant. Length nepochs."""
+    if nepochs < 1:
+        raise ValueError(f"nepochs must be >= 1, got {nepochs}")
+    if not 0 <= warmup_teacher_temp_epochs <= nepochs:
+        raise ValueError(f"warmup_teacher_temp_epochs must be in [0, nepochs={nepochs}], "
+                         f"got {warmup_teacher_temp_epochs}")
+    if warmup_teacher_temp <= 0 or teacher_temp <= 0:
+        raise ValueError(f"teacher temperatures must be > 0, got {warmup_teacher_temp} "
+                         f"and {teacher_temp}")
+    warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
+    steady = np.full(nepochs - warmup_teacher_temp_epochs, teacher_temp)
+    return tuple(float(t) for t in np.concatenate((warmup, steady)))
+
+
+class DINOLoss(nn.Module):
+    """DINO cross-entropy between teacher and student views, with the teacher center.
+
+    Buffers: ``center [1, out_dim]`` (float32; saved in the state dict as ``center``).
+    """
+
+    center: torch.Tensor
+
+    def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float,
+                 teacher_temp: float, warmup_teacher_temp_epochs: int, nepochs: int,
+                 student_temp: float = 0.1, center_momentum: float = 0.9, impl: str = "auto"):
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be >= 1, got {out_dim}")
+        if ncrops < 2:
+            raise ValueError(f"ncrops must be >= 2 (the two global views), got {ncrops}")
+        if student_temp <= 0:
+            raise ValueError(f"student_temp must be > 0, got {student_temp}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.out_dim, self.ncrops = out_dim, ncrops
+        self.student_temp, self.impl = student_temp, impl
+        self.teacher_temp_schedule = teacher_temp_schedule(
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self._center_ema = CenterEMA(center_momentum)
+        self._announced: set[str] = set()
+
+    def extra_repr(self) -> str:
+        return (f"out_dim={self.out_dim}, ncrops={self.ncrops}, "
+                f"student_temp={self.student_temp}, impl={self.impl!r}")
+
+    def teacher_temp(self, epoch: int) -> float:
+        """tau_t of ``epoch`` (0-based) from the precomputed schedule."""
+        if not 0 <= epoch < len(self.teacher_temp_schedule):
+            raise ValueError(f"epoch {epoch} is outside the teacher temperature schedule "
+                             f"(nepochs={len(self.teacher_temp_schedule)})")
+        return self.teacher_temp_schedule[epoch]
+
+    def resolve_impl(self, student_output: torch.Tensor) -> str:
+        """The implementation that runs for these inputs (``auto`` resolved)."""
+        on_cuda = student_output.is_cuda
+        if self.impl == "cuda" and not on_cuda:
+            raise ValueError(f"impl='cuda' needs CUDA tensors, got {student_output.device}")
+        if self.impl != "auto":
+            return self.impl
+        if not on_cuda:
+            return self._announce("fused", f"tensors on {student_output.device}")
+        if student_output.dtype not in cuda_ext.SUPPORTED_DTYPES:
+            return self._announce("fused", f"{student_output.dtype} is not a kernel dtype")
+        reason = cuda_ext.unavailable_reason()
+        if reason is not None:
+            return self._announce("fused", f"CUDA extension unavailable: {reason}")
+        return self._announce("cuda", "CUDA tensors, extension built")
+
+    def _announce(self, impl: str, why: str) -> str:
+        """Log once per module and choice which implementation ``auto`` picked."""
+        if impl not in self._announced:
+            self._announced.add(impl)
+            log.info("DINO loss: using the %s implementation (auto: %s)", impl, why)
+        return impl
+
+    def _check_inputs(self, student_output: torch.Tensor, teacher_output: torch.Tensor) -> None:
+        """Shapes and devices only: no host sync."""
+        if student_output.dim() != 2 or teacher_output.dim() != 2:
+            raise ValueError(f"expected 2-d logits, got student {tuple(student_output.shape)} "
+                             f"and teacher {tuple(teacher_output.shape)}")
+        rows_t, k_t = teacher_output.shape
+        rows_s, k_s = student_output.shape
+        if k_s != self.out_dim or k_t != self.out_dim:
+            raise ValueError(f"logit width must be out_dim={self.out_dim}, got student {k_s} "
+                             f"and teacher {k_t}")
+        if rows_t == 0 or rows_t % 2:
+            raise ValueError(f"teacher_output must have 2*B rows (B >= 1), got {rows_t}")
+        if rows_s != self.ncrops * (rows_t // 2):
+            raise ValueError(f"student_output must have ncrops*B = {self.ncrops}*{rows_t // 2} "
+                             f"rows, got {rows_s}")
+        if student_output.device != teacher_output.device:
+            raise ValueError(f"student on {student_output.device}, teacher on "
+                             f"{teacher_output.device}")
+        if self.center.device != teacher_output.device:
+            raise ValueError(f"the loss's center is on {self.center.device} but the logits on "
+                             f"{teacher_output.device}: move the loss with .to(device)")
+
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
+                epoch: int) -> torch.Tensor:
+        """Scalar loss (float32, float64 for float64 inputs); updates the center after it.
+
+        ``student_output [ncrops*B, K]``, ``teacher_output [2*B, K]``, view-major rows.
+        """
+        self._check_inputs(student_output, teacher_output)
+        self._center_ema.apply(self.center)  # a pending all-reduce lands before its use
+        temp = self.teacher_temp(epoch)
+        impl = self.resolve_impl(student_output)
+        # Autocast off: the kernels accumulate in float32 by themselves, and autocast would
+        # run the fused path's matmuls in bf16.
+        with torch.autocast(student_output.device.type, enabled=False):
+            if impl == "reference":
+                loss = reference_dino_loss(student_output, teacher_output, self.center, temp,
+                                           self.ncrops, self.student_temp)
+            elif impl == "fused":
+                q = teacher_probs(teacher_output, self.center, temp)
+                loss = fused_dino_loss(student_output, q, self.ncrops, self.student_temp)
+            else:
+                q = cuda_ext.cuda_teacher_probs(teacher_output, self.center, temp)
+                loss = cuda_ext.cuda_dino_loss(student_output, q, self.ncrops,
+                                               self.student_temp)
+        self._center_ema.launch(teacher_output, self.center)
+        return loss
+
+    def sync_center(self) -> None:
+        """Fold a pending (distributed) center update into ``center`` now."""
+        self._center_ema.apply(self.center)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.sync_center()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        self._center_ema.discard()  # the loaded center replaces any update in flight
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.sync_center()  # before .to()/.cuda()/.double() moves or recasts the buffer
+        return super()._apply(fn, *args, **kwargs)

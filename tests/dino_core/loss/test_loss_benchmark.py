@@ -1,0 +1,42 @@
+"""benchmarks/loss.py: rows, agreement checks, the CPU memory method, the standalone entry."""
+import json
+
+import torch
+
+from benchmarks import loss as loss_bench
+
+
+def test_rows_cover_every_implementation_and_agree_with_the_reference():
+    rows = loss_bench.run_loss_benchmark("cpu", batch=2, views=4, out_dim=256, iters=2,
+                                         dtype=torch.float32, rounds=1, warmup=0, memory=False)
+    by_impl = {r["impl"]: r for r in rows}
+    assert list(by_impl) == [*loss_bench.IMPLS, loss_bench.FLOOR]
+    assert by_impl["cuda"]["status"] == "not run: needs a CUDA device"
+    for impl in ("reference", "einsum", "fused"):
+        row = by_impl[impl]
+        assert row["status"] == "ok" and row["time_n"] == 2 and row["time_median_ms"] > 0
+        assert row["loss_rel_diff"] < 1e-6 and row["grad_rel_diff"] < 1e-5
+    assert by_impl["reference"]["speedup_vs_reference"] == 1.0
+
+
+def test_cpu_peak_memory_sees_the_pair_tensors_of_the_reference():
+    """Fresh-subprocess peak RSS: the fused call holds at least the gradient it returns; the
+    pair loop holds several [B, K] tensors per pair on top."""
+    batch, views, out_dim = 4, 12, 65536
+    grad_bytes = views * batch * out_dim * 4
+    fused = loss_bench.cpu_peak_extra_bytes("fused", batch, views, out_dim, torch.float32)
+    reference = loss_bench.cpu_peak_extra_bytes("reference", batch, views, out_dim,
+                                                torch.float32)
+    assert grad_bytes <= fused < 2 * grad_bytes
+    assert reference > 2 * fused
+
+
+def test_standalone_entry_writes_json_and_markdown(tmp_path, capsys):
+    loss_bench.main(["--device", "cpu", "--quick", "--no-memory", "--iters", "1",
+                     "--views", "3", "--output-dir", str(tmp_path)])
+    written = {p.suffix for p in tmp_path.iterdir()}
+    assert {".json", ".md"} <= written
+    result = json.loads(next(tmp_path.glob("*_loss.json")).read_text())
+    assert result["what"] == "loss" and result["config"]["views"] == 3
+    assert [r["impl"] for r in result["rows"]] == [*loss_bench.IMPLS, loss_bench.FLOOR]
+    assert "| fused | ok |" in capsys.readouterr().out
