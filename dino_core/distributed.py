@@ -69,7 +69,13 @@ def init_distributed(device_kind: str) -> DistEnv:
     backend = "nccl" if device_kind == "cuda" else "gloo"
     if device_kind == "cuda":
         torch.cuda.set_device(env.local_rank)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    # torchrun's store outlives an elastic restart: without a per-attempt prefix the new
+    # processes would read the dead ones' addresses and fail to connect.
+    store, rank, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"dino-fast/attempt{attempt}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=30))
     return env
 
 
