@@ -80,6 +80,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return obj
 
 
+TRAINING_KEYS = ("student", "teacher", "optimizer", "dino_loss", "epoch")
+
+
+def check_training_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Refuse, with one line, a file that is not a dino-train checkpoint (e.g. backbone-only
+    weights, which evaluation accepts but training cannot resume from)."""
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is not a dino-train checkpoint (no {', '.join(missing)}); "
+            "resuming needs OUTPUT_DIR/checkpoint.pth of a dino-train run (backbone-only "
+            "weights are for dino-knn / dino-linear)")
+
+
 def check_compatible(ckpt: dict, model_cfg: dict, path: str | os.PathLike) -> None:
     """Refuse, with one line, a checkpoint whose model differs from the one being built."""
     saved = (ckpt.get("config") or {}).get("model")

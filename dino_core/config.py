@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config_io import ConfigError, apply_overrides, deep_merge, from_plain, to_plain
+from pipelines.config_io import (ConfigError, apply_overrides, deep_merge, from_plain, to_plain,
+                                 yaml_problem)
 from pipelines.spec import AugmentationSpec, SpecError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -142,7 +143,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}"
+                              ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at top level")
         unknown = sorted(set(loaded) - set(data))

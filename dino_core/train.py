@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from . import distributed as dist_utils
-from .checkpoint import (CheckpointError, check_compatible, load_checkpoint, load_state,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, check_compatible, check_training_checkpoint,
+                         load_checkpoint, load_state, save_checkpoint)
 from .config import TrainConfig
 from .models import DINOHead, MultiCropWrapper, build_vit
 from .schedules import Schedules, teacher_temp_schedule
@@ -115,6 +115,7 @@ class Run:
 
     def restore(self, ckpt: dict, path: Path) -> None:
         check_compatible(ckpt, self.cfg.model.__dict__, path)
+        check_training_checkpoint(ckpt, path)
         student = {k.removeprefix("module."): v for k, v in ckpt["student"].items()}
         load_state(self.bare_student, student, "student", path)
         load_state(self.teacher, ckpt["teacher"], "teacher", path)

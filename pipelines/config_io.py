@@ -91,6 +91,13 @@ def _convert(hint: Any, value: Any, name: str, what: str, error: type[ValueError
     return value
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error in one line (PyYAML's own message spans several, with a caret)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """``base`` with ``update`` merged in recursively (new dict; inputs untouched)."""
     out = dict(base)

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .config_io import from_plain, to_plain
+from .config_io import from_plain, to_plain, yaml_problem
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
@@ -189,7 +189,8 @@ class AugmentationSpec:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise SpecError(f"augmentation spec file {path} is not valid YAML: {e}") from None
+            raise SpecError(f"augmentation spec file {path} is not valid YAML: "
+                            f"{yaml_problem(e)}") from None
         if data is not None and not isinstance(data, dict):
             raise SpecError(f"augmentation spec file {path} must hold a mapping at top level")
         return cls.from_dict(data)

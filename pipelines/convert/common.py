@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ class ConvertConfig:
     compress_probability: float = 0.5  # ffcv, write_mode=proportion
     strict: bool = False         # exit non-zero when any file was skipped
     progress: bool = True
+
+
+_BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class EncodeError(Exception):
@@ -56,7 +60,10 @@ def encode_jpeg(path: str | Path, max_side: int, quality: int) -> tuple[bytes, t
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise EncodeError(f"decompression bomb: {e}") from None
     except Exception as e:  # hostile input raises many types
-        raise EncodeError(f"not a decodable image ({type(e).__name__}: {e})") from None
+        # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): drop it, so that
+        # the reason is readable and manifests are identical from run to run
+        message = _BUFFER_REPR.sub("", str(e))
+        raise EncodeError(f"not a decodable image ({type(e).__name__}: {message})") from None
     w, h = img.size
     if fmt == "JPEG" and mode == "RGB" and max(w, h) <= max_side:
         return raw, (w, h)
