@@ -33,6 +33,12 @@ class ConvertConfig:
 _BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
+def describe_error(e: BaseException) -> str:
+    """``Type: message`` of a decode error, without the in-memory buffer's address that PIL
+    puts in it, so reasons are readable and identical from run to run."""
+    return f"{type(e).__name__}: {_BUFFER_REPR.sub('', str(e))}"
+
+
 class EncodeError(Exception):
     """An input image that cannot be converted; the message is the reason."""
 
@@ -60,10 +66,7 @@ def encode_jpeg(path: str | Path, max_side: int, quality: int) -> tuple[bytes, t
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise EncodeError(f"decompression bomb: {e}") from None
     except Exception as e:  # hostile input raises many types
-        # PIL names the in-memory buffer ("<_io.BytesIO object at 0x...>"): drop it, so that
-        # the reason is readable and manifests are identical from run to run
-        message = _BUFFER_REPR.sub("", str(e))
-        raise EncodeError(f"not a decodable image ({type(e).__name__}: {message})") from None
+        raise EncodeError(f"not a decodable image ({describe_error(e)})") from None
     w, h = img.size
     if fmt == "JPEG" and mode == "RGB" and max(w, h) <= max_side:
         return raw, (w, h)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..convert.common import describe_error
 from ..folder import DatasetError
 from ..reference_loader import epoch_indices
 from ..sampling import sample_image_params, sample_rng
@@ -186,8 +187,8 @@ class EpochFeed:
             except Exception as e:  # hostile files raise a zoo of types
                 if j not in self._reported:
                     self._reported.add(j)
-                    log.warning("cannot read %s (%s: %s); using the next sample instead",
-                                self.dataset.describe(j), type(e).__name__, e)
+                    log.warning("cannot read %s (%s); using the next sample instead",
+                                self.dataset.describe(j), describe_error(e))
         raise DatasetError(f"{MAX_REPLACEMENTS} consecutive samples failed to read, starting at "
                            f"{self.dataset.describe(index)}: is the dataset readable?")
 
