@@ -177,12 +177,6 @@ def test_corrupt_beton_is_one_dataset_error_while_reading(two_ffcv_epochs):
 
 
 @pytest.mark.ffcv
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG pipelines/ffcv_backend (decode_once.py): a second FFCV loader iterating in the same "
-    "process hangs forever: its FFCV decode thread dies compiling decode_jpeg (numba KeyError "
-    "(Array(uint8, 1, 'C'), Array(uint8, 1, 'C'), uint16, uint16) in "
-    "Dispatcher.nopython_signatures) and the consumer waits on the queue in "
-    "ffcv/loader/epoch_iterator.py:155. Stock FFCV decoders do not hang."))
 def test_a_second_ffcv_loader_in_one_process_does_not_hang(two_ffcv_epochs):
     _, proc, results = two_ffcv_epochs
     assert proc.returncode == 0, proc.stderr[-3000:]  # 3: the watchdog found it hung
