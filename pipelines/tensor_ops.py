@@ -20,8 +20,8 @@ Unlike PIL nothing is rounded to uint8 between ops; that is the one intended dif
 
 Parameters are either drawn on the device from a ``torch.Generator`` (``draw_params``) or
 given explicitly from ``pipelines.sampling.ViewParams`` (``params_from_views``), so tests can
-force them. ``apply_photometric`` is the vectorised path; ``apply_photometric_loop`` its
-per-sample twin.
+force them. ``apply_photometric`` is the vectorised path; its per-sample loop twin lives in
+tests/pipelines/test_tensor_ops.py.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = (JITTER_OPS.index(n) for n in
                                          ("brightness", "contrast", "saturation", "hue"))
 _IDENTITY = -1  # "no op in this round" in the vectorised jitter schedule
 _HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
-CPU_CHUNK_BYTES = 1 << 20  # on the CPU, images go through the ops in chunks of this size
+CPU_CHUNK_BYTES = 1 << 22  # on the CPU, images go through the ops in chunks of this size
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,9 @@ def luma(x: torch.Tensor) -> torch.Tensor:
 
 def _blend(x: torch.Tensor, degenerate: torch.Tensor | float, f: torch.Tensor) -> torch.Tensor:
     """PIL Image.blend(degenerate, x, f) clipped: degenerate + f (x - degenerate)."""
-    if not isinstance(degenerate, torch.Tensor):
-        return (x * _col(f)).clamp_(0.0, 1.0) if degenerate == 0.0 else \
-            (degenerate + _col(f) * (x - degenerate)).clamp_(0.0, 1.0)
-    return torch.lerp(degenerate.expand_as(x), x, _col(f).to(x.dtype)).clamp_(0.0, 1.0)
+    if isinstance(degenerate, torch.Tensor):
+        return torch.lerp(degenerate.expand_as(x), x, _col(f).to(x.dtype)).clamp_(0.0, 1.0)
+    return (degenerate + _col(f) * (x - degenerate)).clamp_(0.0, 1.0)
 
 
 def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -347,9 +346,12 @@ def _on_rows(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
 
 def _photometric(x: torch.Tensor, p: PhotometricParams, spec: AugmentationSpec,
                  schedule: str) -> torch.Tensor:
-    """Jitter -> grayscale -> blur -> solarize; x is overwritten."""
+    """Jitter -> grayscale -> blur -> solarize; x is overwritten. schedule "rounds" (or
+    "auto" on CUDA) never syncs with the host; "grouped" (or "auto" elsewhere) skips work."""
+    if schedule == "auto":
+        schedule = "rounds" if x.device.type == "cuda" else "grouped"
     x = color_jitter(x, p, schedule)
-    if x.device.type == "cuda":
+    if schedule == "rounds":
         # No host sync: every op on every image, masked (unit impulse kernel where no blur).
         x = to_grayscale(x, p.grayscale)
         sigma = torch.where(p.blur, p.sigma, torch.full_like(p.sigma, 1e-3))
@@ -360,11 +362,10 @@ def _photometric(x: torch.Tensor, p: PhotometricParams, spec: AugmentationSpec,
         sigma = p.sigma.index_select(0, rows)  # window just wide enough for these sigmas
         return gaussian_blur(xs, sigma, blur_radius(float(sigma.max())))
 
-    everywhere = lambda xs: torch.ones(xs.shape[0], dtype=torch.bool)  # noqa: E731
     x = _on_rows(x, p.grayscale, lambda xs, _: luma(xs).expand_as(xs))
     x = _on_rows(x, p.blur, blur)
-    return _on_rows(x, p.solarize,
-                    lambda xs, _: solarize(xs, everywhere(xs), spec.solarize_threshold))
+    return _on_rows(x, p.solarize, lambda xs, rows: solarize(
+        xs, torch.ones_like(rows, dtype=torch.bool), spec.solarize_threshold))
 
 
 def cpu_chunks(n: int, image_bytes: int) -> list[slice]:
@@ -378,7 +379,8 @@ def apply_photometric(x: torch.Tensor, p: PhotometricParams, spec: AugmentationS
     """Jitter -> grayscale -> blur -> solarize on float [n, 3, H, W] in [0, 1], vectorised.
 
     Returns a new tensor. On the CPU the batch goes through in cache-sized chunks of rows.
-    ``schedule`` picks the jitter schedule (see ``color_jitter``).
+    ``schedule``: "grouped" (each op only on the images that need it; host syncs, free on
+    the CPU), "rounds" (masks only, no host sync: for GPUs), "auto" (by device).
     """
     x = x.clone()
     if x.device.type == "cuda":
@@ -386,34 +388,6 @@ def apply_photometric(x: torch.Tensor, p: PhotometricParams, spec: AugmentationS
     for sl in cpu_chunks(x.shape[0], x[0].numel() * x.element_size()):
         x[sl] = _photometric(x[sl], p.rows(sl), spec, schedule)
     return x
-
-
-def apply_photometric_loop(x: torch.Tensor, p: PhotometricParams, spec: AugmentationSpec
-                           ) -> torch.Tensor:
-    """The per-sample twin of ``apply_photometric``: one image at a time, ops in order,
-    blur by a direct 2-d convolution with the outer product of the 1-d kernel."""
-    ops = {BRIGHTNESS: adjust_brightness, CONTRAST: adjust_contrast,
-           SATURATION: adjust_saturation}
-    out = []
-    for i in range(x.shape[0]):
-        img = x[i:i + 1]
-        if bool(p.jitter[i]):
-            for op in p.order[i].tolist():
-                if op == HUE:
-                    img = adjust_hue(img, p.hue[i:i + 1])
-                else:
-                    img = ops[op](img, p.factors[i:i + 1, op])
-        if bool(p.grayscale[i]):
-            img = luma(img).expand(1, 3, *img.shape[2:])
-        if bool(p.blur[i]):
-            r = blur_radius(float(p.sigma[i]))
-            k1 = gaussian_kernels(p.sigma[i:i + 1], r)[0]
-            k2 = torch.outer(k1, k1).expand(3, 1, 2 * r + 1, 2 * r + 1)
-            img = F.conv2d(F.pad(img, (r, r, r, r), mode="replicate"), k2, groups=3)
-        if bool(p.solarize[i]):
-            img = torch.where(img * 255.0 >= spec.solarize_threshold - 0.5, 1.0 - img, img)
-        out.append(img)
-    return torch.cat(out)
 
 
 def to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -437,13 +411,19 @@ class PhotometricOps:
     def __init__(self, spec: AugmentationSpec, device: torch.device | str = "cpu") -> None:
         self.spec = spec
         self.device = torch.device(device)
-        self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
+        self.scale, self.shift = 1.0 / std, -mean / std  # (x - mean) / std in one op
         self.dtype = getattr(torch, spec.output_dtype)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """float [n, 3, H, W] in [0, 1] -> (x - mean) / std in the output dtype."""
-        return ((x - self.mean) / self.std).to(self.dtype)
+        if out is not None and out.dtype == x.dtype:
+            return torch.addcmul(self.shift, x, self.scale, out=out)
+        y = torch.addcmul(self.shift, x, self.scale).to(self.dtype)
+        if out is not None:
+            out.copy_(y)
+        return y
 
     def __call__(self, images: torch.Tensor, views: Sequence[ViewSpec],
                  generator: torch.Generator, channels_last: bool = True,
@@ -461,5 +441,5 @@ class PhotometricOps:
         out = torch.empty((n, 3, *hw), dtype=self.dtype)
         for sl in cpu_chunks(n, 12 * hw[0] * hw[1]):  # float32 bytes per image
             x = to_float(images[sl], channels_last)
-            out[sl] = self.normalize(_photometric(x, params.rows(sl), self.spec, "auto"))
+            self.normalize(_photometric(x, params.rows(sl), self.spec, "auto"), out=out[sl])
         return out

@@ -1,0 +1,10 @@
+"""The FFCV executor: .beton -> one JPEG decode per image -> every multi-crop view -> batched
+photometric tensor ops on the device.
+
+- ``loader.build_ffcv_loader``: what ``pipelines.build_loader(..., backend="ffcv")`` calls.
+- ``decode_once.MultiCropDecoder``: the FFCV operation (decode once, cut all views).
+- ``crop_random`` / ``resample``: its compiled randomness and resampling, with plain twins.
+- ``order``: per-epoch rank slices; ``reader_fix``: a fix for FFCV's OS-cache reader.
+
+Importing this package imports nothing from FFCV; ``loader`` and ``decode_once`` do.
+"""

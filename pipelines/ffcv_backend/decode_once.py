@@ -74,8 +74,9 @@ class ViewLayout:
                 runs.append((v, 1, s))
         return runs
 
-    def split(self, flat: np.ndarray | "torch.Tensor", n: int) -> tuple[list, object]:
-        """flat uint8 [n * row_bytes] -> ([one [k * n, S, S, 3] array per group], counts [n])."""
+    def split(self, flat, n: int) -> tuple[list, object]:
+        """flat uint8 [n * row_bytes] (numpy or torch) -> ([one [k * n, S, S, 3] per group],
+        decode counts [n]), all views of ``flat``."""
         arrays = []
         for first, k, s in self.groups():
             start = n * self.offsets[first]

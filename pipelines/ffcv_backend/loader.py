@@ -46,14 +46,14 @@ IMAGE_FIELD, LABEL_FIELD = "image", "label"
 class FFCVOptions:
     """Backend options (``build_loader(..., backend="ffcv", **options)``).
 
-    order: "random", "quasi_random" or "sequential" (default: random when shuffling,
-        else sequential); block, window: quasi_random's block and window sizes (order.py).
+    order: "random", "quasi_random" or "sequential" (build_ffcv_loader's default: random
+        when shuffling, else sequential); block, window: quasi_random's sizes (order.py).
     os_cache: read through the OS page cache (True) or FFCV's process cache (False, for
         datasets larger than RAM).
     batches_ahead: batches FFCV decodes ahead of the consumer.
     """
 
-    order: str | None = None
+    order: str = "random"
     os_cache: bool = True
     batches_ahead: int = 2
     block: int = 256
@@ -69,8 +69,8 @@ class RankSliceOrder(TraversalOrder):
 
     def __init__(self, num_samples: int, seed: int, rank: int, world_size: int, order: str,
                  block: int, window: int) -> None:
-        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
-        self.order, self.block, self.window = order, block, window
+        self.num_samples, self.seed, self.order = num_samples, seed, order
+        self.rank, self.world_size, self.block, self.window = rank, world_size, block, window
 
     def __call__(self, loader: Loader) -> "RankSliceOrder":
         self.loader = loader
@@ -205,7 +205,7 @@ class FFCVMultiCropLoader:
         n = rows.shape[0]
         groups, counts = self.decoder.layout.split(torch.from_numpy(rows).view(-1), n)
         self.last_decode_counts = counts.clone()
-        if bool((counts == DECODE_FAILED).any()):
+        if bool((counts == DECODE_FAILED).any()):  # host tensor: no device sync
             first = int((counts == DECODE_FAILED).nonzero()[0, 0])
             index = self.sample_indices(epoch)[batch * self.batch_size + first]
             raise DatasetError(f"{self.path}: the JPEG of sample {index} does not decode "
@@ -215,7 +215,8 @@ class FFCVMultiCropLoader:
         for (first, k, _), images in zip(self.decoder.layout.groups(), groups):
             out = self.ops(images, self._views[first:first + k], self._generator)
             views.extend(out.split(n))
-        return views, torch.from_numpy(labels).view(-1).to(self.device, torch.int64)
+        labels = torch.from_numpy(labels).view(-1).to(self.device, torch.int64, non_blocking=True)
+        return views, labels
 
     def close(self) -> None:
         """Stop the running epoch's decoding thread, if any."""
@@ -237,11 +238,11 @@ def build_ffcv_loader(data: str | Path, batch_size: int, spec: AugmentationSpec,
     if unknown:
         raise TypeError(f"unknown ffcv backend option(s) {unknown}; known: "
                         f"{sorted(FFCVOptions.__dataclass_fields__)}")
-    options = FFCVOptions(**opts)
-    order = options.order or ("random" if shuffle else "sequential")
-    if order not in ORDERS:
-        raise ValueError(f"ffcv option order={order!r}: choose from {', '.join(ORDERS)}")
-    options = FFCVOptions(**{**opts, "order": order})
+    options = FFCVOptions(**{"order": "random" if shuffle else "sequential", **opts})
+    if options.order not in ORDERS:
+        raise ValueError(f"ffcv option order={options.order!r}: choose from {', '.join(ORDERS)}")
+    if options.batches_ahead < 1:
+        raise ValueError(f"ffcv option batches_ahead must be >= 1, got {options.batches_ahead}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} requested but CUDA is not available")

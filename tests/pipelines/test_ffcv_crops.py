@@ -23,7 +23,8 @@ from pipelines.ffcv_backend import crop_random as cr  # noqa: E402
 from pipelines.ffcv_backend.resample import filter_code, resize_crop  # noqa: E402
 from pipelines.sampling import sample_crop_box  # noqa: E402
 from pipelines.spec import AugmentationSpec  # noqa: E402
-from tests.pipelines.fidelity import assert_crop_boxes, assert_images_close, check_rate  # noqa: E402
+from tests.pipelines.fidelity import (assert_crop_boxes, assert_images_close,  # noqa: E402
+                                      check_rate)
 from tests.pipelines.images import photo_crop  # noqa: E402
 
 SPEC = AugmentationSpec()

@@ -29,6 +29,7 @@ from pipelines import reference as ref  # noqa: E402
 from pipelines import tensor_ops as T  # noqa: E402
 from pipelines.convert.beton import convert  # noqa: E402
 from pipelines.convert.common import ConvertConfig  # noqa: E402
+from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
 from pipelines.ffcv_backend.crop_random import sample_key, view_boxes  # noqa: E402
 from pipelines.ffcv_backend.order import epoch_order, rank_slice  # noqa: E402
@@ -146,6 +147,19 @@ def test_contract_shapes_labels_and_length(plain, jpg, folder):
         assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in views)
     got = torch.cat([b[1] for b in batches])
     assert got.dtype == torch.int64 and np.array_equal(got.numpy(), labels)
+
+
+def test_a_loader_built_after_another_ran_works(plain, raw):
+    """FFCV's OS-cache reader marks numba's shared uint8[::1] type read-only in place; once
+    the first loader had compiled the op, every later loader's thread died (reader_fix.py)."""
+    run_epoch(plain, 0)
+    second = build_loader(raw, backend="ffcv", batch_size=4, spec=PLAIN, num_workers=1,
+                          seed=SEED, shuffle=False)
+    try:
+        assert len(run_epoch(second, 0)) == 3
+    finally:
+        second.close()
+    assert len(list(decode_once.decode_jpeg.overloads.values())) >= 1
 
 
 def test_one_jpeg_decode_per_image(plain):
