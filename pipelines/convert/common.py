@@ -119,11 +119,25 @@ class Manifest:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file + fsync + rename: readers see the old file or the new one."""
+    """Write ``data`` to ``path`` so that readers see the old content or the new, never half.
+
+    A temporary file in the same directory is written, fsync'ed and renamed over ``path``;
+    the directory is fsync'ed so the rename itself is durable. A failure leaves no temp file.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
