@@ -4,13 +4,18 @@ Implementations, all measured in the same run on the same inputs:
 - ``reference``: the paper's pair loop (one log-softmax per pair; the baseline);
 - ``einsum``: one log-softmax for all views and one einsum over all pairs (plain autograd);
 - ``fused``: one softmax per view, closed-form backward (``dino_core.loss.fused``);
-- ``cuda``: the CUDA kernels (GPU only, when the extension builds).
+- ``fused (in-place backward)``: the same with ``inplace_backward=True``: the gradient is
+  written over the student logits (what the trainer runs);
+- ``cuda`` and ``cuda (in-place backward)``: the CUDA kernels (GPU only, when the extension
+  builds).
 
 Each timed call is teacher softmax + loss forward + backward to the student logits (the
 center EMA, one column sum shared by all, is left out). Inputs: logits ~ N(0, 1), teacher
-temperature 0.04, student temperature 0.1. Timing: ``harness.time_fn`` (warm-up, then
-median and spread), the implementations interleaved over several rounds so that machine
-noise falls on all of them alike.
+temperature 0.04, student temperature 0.1. An in-place call destroys its logits, so each
+one first restores them from the pristine input into a buffer allocated once (one copy of
+the logits, timed with the call; in training the head writes them there anyway). Timing:
+``harness.time_fn`` (warm-up, then median and spread), the implementations interleaved over
+several rounds so that machine noise falls on all of them alike.
 
 Peak extra memory (bytes above what was allocated before the call; it includes the
 ``[views*B, K]`` gradient every implementation must return):
@@ -42,10 +47,11 @@ import torch
 from dino_core.loss import einsum_dino_loss, fused_dino_loss, reference_dino_loss, teacher_probs
 from dino_core.loss import cuda as cuda_ext
 
-from .harness import (BenchmarkResult, PeakMemory, describe_machine, resolve_device, summarize,
-                      time_fn, write_results)
+from .harness import (BenchmarkResult, PeakMemory, PlotSpec, describe_machine, resolve_device,
+                      summarize, time_fn, write_results)
 
-IMPLS = ("reference", "einsum", "fused", "cuda")
+INPLACE = "(in-place backward)"
+IMPLS = ("reference", "einsum", "fused", f"fused {INPLACE}", "cuda", f"cuda {INPLACE}")
 TEACHER_TEMP, STUDENT_TEMP = 0.04, 0.1
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,23 +72,44 @@ def make_inputs(device: torch.device, batch: int, views: int, out_dim: int, dtyp
 def loss_fn(impl: str, views: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                                                 torch.Tensor]:
     """``(student, teacher, center) -> loss`` for one implementation."""
+    inplace = impl.endswith(INPLACE)
+    base = impl.removesuffix(INPLACE).strip()
     if impl == "reference":
         return lambda s, t, c: reference_dino_loss(s, t, c, TEACHER_TEMP, views, STUDENT_TEMP)
     if impl == "einsum":
         return lambda s, t, c: einsum_dino_loss(s, t, c, TEACHER_TEMP, views, STUDENT_TEMP)
-    if impl == "fused":
+    if base == "fused" and impl in IMPLS:
         return lambda s, t, c: fused_dino_loss(s, teacher_probs(t, c, TEACHER_TEMP), views,
-                                               STUDENT_TEMP)
-    if impl == "cuda":
+                                               STUDENT_TEMP, inplace_backward=inplace)
+    if base == "cuda" and impl in IMPLS:
         return lambda s, t, c: cuda_ext.cuda_dino_loss(
-            s, cuda_ext.cuda_teacher_probs(t, c, TEACHER_TEMP), views, STUDENT_TEMP)
+            s, cuda_ext.cuda_teacher_probs(t, c, TEACHER_TEMP), views, STUDENT_TEMP,
+            inplace_backward=inplace)
     raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
 
 
 def step_fn(impl: str, student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
             views: int) -> Callable[[], torch.Tensor]:
-    """One timed call: loss forward and backward; the gradient replaces ``student.grad``."""
+    """One timed call: loss forward and backward; the gradient replaces ``student.grad``.
+
+    In-place implementations get their own logits buffer, allocated here (before any
+    measured call, like ``student``), refilled from ``student`` at the start of each call,
+    and overwritten by the gradient, which ``student.grad`` then refers to (no copy).
+    """
     fn = loss_fn(impl, views)
+    if impl.endswith(INPLACE):
+        logits = student.detach().clone().requires_grad_()
+
+        def inplace_step() -> torch.Tensor:
+            student.grad = None
+            with torch.no_grad():
+                logits.copy_(student)  # the previous call left its gradient here
+            loss = fn(logits, teacher, center)
+            (grad,) = torch.autograd.grad(loss, logits)  # the logits buffer itself
+            student.grad = grad
+            return loss.detach()
+
+        return inplace_step
 
     def step() -> torch.Tensor:
         student.grad = None
@@ -95,7 +122,7 @@ def step_fn(impl: str, student: torch.Tensor, teacher: torch.Tensor, center: tor
 
 def unavailable(impl: str, device: torch.device) -> str | None:
     """Why ``impl`` cannot run on ``device`` here, or None."""
-    if impl != "cuda":
+    if not impl.startswith("cuda"):
         return None
     if device.type != "cuda":
         return "needs a CUDA device"
@@ -148,10 +175,11 @@ def _memory_probe(impl: str, batch: int, views: int, out_dim: int, dtype: torch.
     step_fn(impl, *small, views)()
     student, teacher, center = make_inputs(cpu, batch, views, out_dim, dtype)
     del small
+    step = step_fn(impl, student, teacher, center, views)  # in place: allocates its logits
     before = psutil.Process().memory_info().rss
     if not _reset_peak_rss() or _vm_hwm_bytes() is None:
         raise RuntimeError("peak RSS needs Linux /proc/self/clear_refs and VmHWM")
-    step_fn(impl, student, teacher, center, views)()
+    step()
     return max(0, _vm_hwm_bytes() - before)
 
 
@@ -221,7 +249,10 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
                            else cpu_peak_extra_bytes(impl, batch, views, out_dim, dtype))
             student.grad = None
     grad_bytes = student.numel() * student.element_size()
-    working = {i: max(peak - grad_bytes, 1) for i, peak in peaks.items()}
+    # An in-place row's gradient lies in its logits, allocated before the call: nothing of
+    # its peak is the returned gradient, so nothing is subtracted.
+    working = {i: max(peak - (0 if i.endswith(INPLACE) else grad_bytes), 1)
+               for i, peak in peaks.items()}
 
     ref_median = summarize(samples["reference"]).median
     rows = []
@@ -265,6 +296,14 @@ def build_result(rows: list[dict], device: torch.device, config: dict,
             "(MALLOC_MMAP_THRESHOLD_=131072)."),
         "loss_rel_diff / grad_rel_diff: agreement with the reference in this run "
         "(max |diff| / max |reference|).",
+        f"'fused {INPLACE}' is the 'fused' computation with the gradient written over the "
+        "student logits instead of into a new [views*B, K] tensor, so its peak_extra_mib "
+        "lacks that tensor: it is what a training step holds (dino_core.step never reads the "
+        "logits after the backward), not a figure for callers that keep their logits, whose "
+        "row is 'fused'. Its working_mib is its whole peak (no separate gradient to "
+        "subtract). Its time includes one copy of the logits per call (they are restored "
+        "before each call, since the call destroys them), comparable to the floor row. Both "
+        "fused rows run the same forward (two views at a time).",
         f"'{FLOOR}': allocating and writing one tensor of the gradient's size, timed in the "
         "same rounds: a part of every implementation's time that none can avoid.",
         "inputs: logits ~ N(0, 1), teacher temperature 0.04, student temperature 0.1.",
@@ -277,12 +316,18 @@ def build_result(rows: list[dict], device: torch.device, config: dict,
                            rows=rows, columns=COLUMNS, notes=notes, config=config)
 
 
+# One bar per (threads, implementation): time and peak extra memory.
+LOSS_PLOT = PlotSpec(x="impl", group=("threads", "impl"), kind="bar",
+                     panels=(("time per call (ms, median)", ("time_median_ms",)),
+                             ("peak extra memory (MiB)", ("peak_extra_mib",))))
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python3 -m benchmarks.loss",
         description="DINO loss forward+backward time and peak extra memory of the reference "
                     "pair loop, an einsum formulation, the fused loss and the CUDA kernels, "
-                    "in one run. Writes <machine>_<yyyymm>_loss.{json,csv,md}.")
+                    "in one run. Writes <machine>_<yyyymm>_loss.{json,csv,md,png}.")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     p.add_argument("--batch", type=int, help="per-view batch B (default 32 CPU, 64 GPU)")
     p.add_argument("--views", type=int, default=12, help="student views (default 12)")
@@ -330,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
             memory=not args.no_memory)]
     torch.set_num_threads(default_threads)
     result = build_result(rows, device, config, ["python3 -m benchmarks.loss", *argv])
-    paths = write_results(result, args.output_dir, tensorboard=False)
+    paths = write_results(result, args.output_dir, LOSS_PLOT, tensorboard=False)
     print(Path(paths["md"]).read_text())
 
 

@@ -74,6 +74,7 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     The step is ``dino_core.step.DINOStep`` with ``epoch`` past the last-layer freeze, so
     every parameter is updated as in steady-state training.
     """
+    from dino_core.config import LossConfig
     from dino_core.loss import DINOLoss
     from dino_core.optim import build_optimizer
     from dino_core.step import DINOStep, resolve_precision
@@ -81,7 +82,8 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     student, teacher = build_models(arch, patch, shape.out_dim, device, shape.global_res)
     # recipe defaults: tau_t 0.04 without warm-up; 100 epochs bound the schedule's length
     loss = DINOLoss(shape.out_dim, shape.n_global + shape.n_local, warmup_teacher_temp=0.04,
-                    teacher_temp=0.04, warmup_teacher_temp_epochs=0, nepochs=100).to(device)
+                    teacher_temp=0.04, warmup_teacher_temp_epochs=0, nepochs=100,
+                    inplace_backward=LossConfig().inplace_backward).to(device)  # as the trainer
     optimizer = build_optimizer(student, "adamw", device)
     precision = resolve_precision(precision, device)
     step = DINOStep(student=student, teacher=teacher, loss_fn=loss, optimizer=optimizer,

@@ -107,7 +107,9 @@ class DINOStep:
                 teacher_out = self.teacher(views[:2])          # (2B, K)
             # student: all views
             student_out = self.student(views)                   # (V*B, K)
-            # loss (+ center EMA of the teacher outputs, no host sync)
+            # loss (+ center EMA of the teacher outputs, no host sync). student_out is dead
+            # after this: with loss inplace_backward the backward overwrites it with its
+            # gradient, so nothing below may read it.
             loss = self.loss_fn(student_out, teacher_out, epoch)
         self.stats.record(loss, iteration)
 

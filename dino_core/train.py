@@ -75,6 +75,16 @@ def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     return student, teacher
 
 
+def build_loss(cfg: TrainConfig) -> nn.Module:
+    """The DINO loss of ``cfg`` (on the CPU). ``inplace_backward`` is safe here because
+    ``DINOStep`` never reads the student logits after the backward."""
+    from .loss import DINOLoss
+    return DINOLoss(cfg.model.out_dim, cfg.data.aug.num_views, cfg.loss.warmup_teacher_temp,
+                    cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs, cfg.epochs,
+                    student_temp=cfg.loss.student_temp, center_momentum=cfg.loss.center_momentum,
+                    impl=cfg.loss.impl, inplace_backward=cfg.loss.inplace_backward)
+
+
 @dataclass
 class Run:
     """Everything a training run holds."""
@@ -133,7 +143,6 @@ class Run:
 
 def build_run(cfg: TrainConfig) -> Run:
     from pipelines import build_loader
-    from .loss import DINOLoss
     from .optim import build_optimizer
 
     device_kind = "cuda" if cfg.device.startswith("cuda") or (
@@ -161,10 +170,7 @@ def build_run(cfg: TrainConfig) -> Run:
     if env.distributed:
         student = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = DINOLoss(cfg.model.out_dim, cfg.data.aug.num_views, cfg.loss.warmup_teacher_temp,
-                       cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs, cfg.epochs,
-                       student_temp=cfg.loss.student_temp,
-                       center_momentum=cfg.loss.center_momentum, impl=cfg.loss.impl).to(device)
+    loss_fn = build_loss(cfg).to(device)
     precision = resolve_precision(cfg.precision, device)
     step = DINOStep(student, teacher, loss_fn, optimizer, device, precision,
                     cfg.optim.clip_grad, cfg.optim.freeze_last_layer)

@@ -91,43 +91,76 @@ def cuda_teacher_probs(teacher_output: torch.Tensor, center: torch.Tensor,
 
 
 class CudaDINOLossFunction(torch.autograd.Function):
-    """``(student [V*B, K], q [2*B, K], ncrops, student_temp) -> loss``, one kernel launch.
+    """``(student [V*B, K], q [2*B, K], ncrops, student_temp, inplace_backward) -> loss``.
 
-    The kernel writes the loss rows and the gradient (for a unit upstream gradient) in the
-    forward; the backward only scales the saved gradient by the upstream gradient, in place.
+    Out of place (default): one kernel launch in the forward writes the loss rows and the
+    gradient for a unit upstream gradient; the backward only scales that saved gradient by
+    the upstream gradient, in place. In place: the forward launches the kernel for the loss
+    rows only (its second pass skipped) and saves the logits; the backward launches it again
+    with the logits as its gradient buffer and the upstream gradient read on the device,
+    then bumps the logits' autograd version, as a torch in-place op would, so that any
+    other node that saved them fails loudly instead of reading the gradient (see
+    ``fused.py`` for when overwriting the logits is safe).
     """
 
     @staticmethod
     def forward(ctx, student: torch.Tensor, q: torch.Tensor, ncrops: int,
-                student_temp: float) -> torch.Tensor:
+                student_temp: float, inplace_backward: bool = False) -> torch.Tensor:
         batch = q.shape[0] // 2
         n_pairs = 2 * ncrops - 2
         ext = load_extension()
+        ctx.ncrops, ctx.student_temp, ctx.inplace_backward = ncrops, student_temp, inplace_backward
+        ctx.grad_scale = 1.0 / (student_temp * n_pairs * batch)
         with torch.cuda.device(student.device):
-            row_loss, grad = ext.student_forward(student, q, ncrops, 1.0 / student_temp,
-                                                 1.0 / (student_temp * n_pairs * batch),
-                                                 _stream_of(student.device))
-        ctx.save_for_backward(grad)
+            if inplace_backward:
+                row_loss = ext.student_loss(student, q, ncrops, 1.0 / student_temp,
+                                            _stream_of(student.device))
+                ctx.save_for_backward(student, q)
+            else:
+                row_loss, grad = ext.student_forward(student, q, ncrops, 1.0 / student_temp,
+                                                     ctx.grad_scale, _stream_of(student.device))
+                ctx.save_for_backward(grad)
         ctx.used = False
         return row_loss.sum() / (n_pairs * batch)
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
+        if ctx.inplace_backward:
+            return CudaDINOLossFunction._backward_inplace(ctx, grad_loss)
         if ctx.used:
             raise RuntimeError("the CUDA DINO loss supports one backward per forward "
                                "(its gradient buffer is scaled in place)")
         ctx.used = True
         (grad,) = ctx.saved_tensors
         grad.mul_(grad_loss)
-        return grad, None, None, None
+        return grad, None, None, None, None
+
+    @staticmethod
+    def _backward_inplace(ctx, grad_loss: torch.Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the CUDA DINO loss with inplace_backward=True has no double "
+                               "backward (create_graph=True): use inplace_backward=False")
+        # Unpacking checks the logits' version: a second backward after this one fails.
+        student, q = ctx.saved_tensors
+        upstream = grad_loss.detach().to(q.dtype).reshape(1).contiguous()  # stays on the device
+        with torch.cuda.device(student.device):
+            load_extension().student_grad_inplace(student, q, ctx.ncrops, 1.0 / ctx.student_temp,
+                                                  ctx.grad_scale, upstream,
+                                                  _stream_of(student.device))
+        torch.autograd.graph.increment_version(student)  # the kernel wrote through a pointer
+        return student, None, None, None, None
 
 
 def cuda_dino_loss(student_output: torch.Tensor, teacher_probs_: torch.Tensor, ncrops: int,
-                   student_temp: float) -> torch.Tensor:
+                   student_temp: float, inplace_backward: bool = False) -> torch.Tensor:
     """Loss from CUDA student logits ``[ncrops*B, K]`` and teacher probabilities
-    ``[2*B, K]`` (accumulation dtype, e.g. from :func:`cuda_teacher_probs`)."""
+    ``[2*B, K]`` (accumulation dtype, e.g. from :func:`cuda_teacher_probs`).
+
+    ``inplace_backward=True``: the backward overwrites ``student_output`` (or its contiguous
+    copy) with the gradient, as :func:`dino_core.loss.fused.fused_dino_loss` does."""
     if student_output.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the CUDA DINO loss supports {SUPPORTED_DTYPES}, "
                         f"got {student_output.dtype}")
     return CudaDINOLossFunction.apply(student_output.contiguous(),
-                                      teacher_probs_.detach().contiguous(), ncrops, student_temp)
+                                      teacher_probs_.detach().contiguous(), ncrops, student_temp,
+                                      inplace_backward)

@@ -41,13 +41,8 @@ void check_launch(int code, const char* what) {
   TORCH_CHECK(code == 0, "dino_loss: ", what, " failed: ", dino_loss_error_string(code));
 }
 
-}  // namespace
-
-// student [ncrops*B, K] (fp32/fp16/bf16/fp64), q [2*B, K] teacher probabilities in the
-// accumulation type -> {row_loss [ncrops*B] (accumulation type), grad [ncrops*B, K]}.
-std::vector<torch::Tensor> student_forward(const torch::Tensor& student, const torch::Tensor& q,
-                                           int64_t ncrops, double inv_tau, double grad_scale,
-                                           int64_t stream) {
+// Checks student [ncrops*B, K] against q [2*B, K] and returns B.
+int64_t check_student(const torch::Tensor& student, const torch::Tensor& q, int64_t ncrops) {
   check_cuda_2d(student, "student logits");
   check_cuda_2d(q, "teacher probabilities");
   TORCH_CHECK(student.device() == q.device(), "dino_loss: student and teacher on ",
@@ -61,14 +56,59 @@ std::vector<torch::Tensor> student_forward(const torch::Tensor& student, const t
               student.size(0), " != ncrops (", ncrops, ") * B (", batch, ")");
   TORCH_CHECK(student.size(1) == q.size(1), "dino_loss: student K ", student.size(1),
               " != teacher K ", q.size(1));
+  return batch;
+}
+
+// One launch of the student kernel (grad / row_loss / upstream may be undefined: null).
+void launch_student(const torch::Tensor& student, const torch::Tensor& q, void* grad,
+                    void* row_loss, const void* upstream, int64_t ncrops, int64_t batch,
+                    double inv_tau, double grad_scale, int64_t stream) {
+  const int code = dino_loss_student_launch(
+      dtype_code(student), student.data_ptr(), q.data_ptr(), grad, row_loss, upstream,
+      static_cast<int>(ncrops), static_cast<int>(batch), static_cast<int>(student.size(1)),
+      inv_tau, grad_scale, reinterpret_cast<void*>(stream));
+  check_launch(code, "student kernel launch");
+}
+
+}  // namespace
+
+// student [ncrops*B, K] (fp32/fp16/bf16/fp64), q [2*B, K] teacher probabilities in the
+// accumulation type -> {row_loss [ncrops*B] (accumulation type), grad [ncrops*B, K]}.
+std::vector<torch::Tensor> student_forward(const torch::Tensor& student, const torch::Tensor& q,
+                                           int64_t ncrops, double inv_tau, double grad_scale,
+                                           int64_t stream) {
+  const int64_t batch = check_student(student, q, ncrops);
   auto grad = torch::empty_like(student);
   auto row_loss = torch::empty({student.size(0)}, q.options());
-  const int code = dino_loss_student_launch(
-      dtype_code(student), student.data_ptr(), q.data_ptr(), grad.data_ptr(),
-      row_loss.data_ptr(), static_cast<int>(ncrops), static_cast<int>(batch),
-      static_cast<int>(student.size(1)), inv_tau, grad_scale, reinterpret_cast<void*>(stream));
-  check_launch(code, "student kernel launch");
+  launch_student(student, q, grad.data_ptr(), row_loss.data_ptr(), nullptr, ncrops, batch,
+                 inv_tau, grad_scale, stream);
   return {row_loss, grad};
+}
+
+// The same without a gradient (the forward of the in-place variant) -> row_loss [ncrops*B].
+torch::Tensor student_loss(const torch::Tensor& student, const torch::Tensor& q, int64_t ncrops,
+                           double inv_tau, int64_t stream) {
+  const int64_t batch = check_student(student, q, ncrops);
+  auto row_loss = torch::empty({student.size(0)}, q.options());
+  launch_student(student, q, nullptr, row_loss.data_ptr(), nullptr, ncrops, batch, inv_tau,
+                 1.0, stream);
+  return row_loss;
+}
+
+// Overwrites student with its gradient, grad_scale * upstream[0] * (n softmax(x) - Q), in its
+// own dtype; upstream is the [1] (or 0-dim) upstream gradient on the device, accumulation
+// type. Does not bump autograd's version counter: the caller does.
+void student_grad_inplace(const torch::Tensor& student, const torch::Tensor& q, int64_t ncrops,
+                          double inv_tau, double grad_scale, const torch::Tensor& upstream,
+                          int64_t stream) {
+  const int64_t batch = check_student(student, q, ncrops);
+  TORCH_CHECK(upstream.is_cuda() && upstream.device() == student.device(),
+              "dino_loss: the upstream gradient must be on ", student.device());
+  TORCH_CHECK(upstream.numel() == 1 && upstream.scalar_type() == q.scalar_type(),
+              "dino_loss: the upstream gradient must be one ", q.scalar_type(), " value, got ",
+              upstream.numel(), " of ", upstream.scalar_type());
+  launch_student(student, q, student.data_ptr(), nullptr, upstream.data_ptr(), ncrops, batch,
+                 inv_tau, grad_scale, stream);
 }
 
 // teacher [2*B, K] logits, center [1, K] in the accumulation type ->
@@ -96,5 +136,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "DINO loss CUDA kernels (see dino_core/loss/cuda.py)";
   m.def("student_forward", &student_forward,
         "row losses and gradient of the DINO loss w.r.t. the student logits");
+  m.def("student_loss", &student_loss, "row losses of the DINO loss, no gradient");
+  m.def("student_grad_inplace", &student_grad_inplace,
+        "the gradient w.r.t. the student logits, written over the logits");
   m.def("teacher_probs", &teacher_probs, "teacher softmax((t - center) * inv_temp)");
 }

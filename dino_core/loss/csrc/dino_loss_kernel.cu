@@ -10,6 +10,12 @@
 // <Q, x> and n per thread; one block reduction; pass 2 re-reads the row (mostly from L2) and
 // writes the gradient. Loads are 16-byte vectors when the row length and the pointers allow.
 // Inputs are assumed finite; a NaN anywhere in a row makes its loss NaN.
+//
+// In place (grad == student, the in-place backward): safe because every element of a row is
+// read in pass 1 before the block barrier inside block_reduce, and in pass 2 each thread
+// reads a vector of elements and then writes exactly that vector, which no other thread of
+// the block reads or writes; other blocks own other rows. The in-place kernel takes one
+// pointer without __restrict__ (the out-of-place kernel keeps its __restrict__ pointers).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -172,19 +178,23 @@ __device__ __forceinline__ void load_student(const T* s, const A* qa, const A* q
   }
 }
 
+// One student row (this block's): the loss into row_loss[row] unless row_loss is null, and
+// grad_scale * upstream[0] * (n softmax(x) - Q) into grad's row unless grad is null (upstream
+// null: a factor of 1). grad may be student itself (see the file comment).
 template <typename T, int N>
-__global__ void __launch_bounds__(kThreads)
-    student_kernel(const T* __restrict__ student, const typename AccOf<T>::type* __restrict__ q,
-                   T* __restrict__ grad, typename AccOf<T>::type* __restrict__ row_loss,
-                   int ncrops, int batch, int dim, typename AccOf<T>::type inv_tau,
-                   typename AccOf<T>::type grad_scale) {
+__device__ __forceinline__ void student_row(const T* student,
+                                            const typename AccOf<T>::type* q, T* grad,
+                                            typename AccOf<T>::type* row_loss,
+                                            const typename AccOf<T>::type* upstream,
+                                            int ncrops, int batch, int dim,
+                                            typename AccOf<T>::type inv_tau,
+                                            typename AccOf<T>::type grad_scale) {
   using A = typename AccOf<T>::type;
   // Adjacent blocks take the views of one sample, so its teacher rows are shared in L2.
   const int b = blockIdx.x / ncrops;
   const int v = blockIdx.x % ncrops;
   const int64_t row = static_cast<int64_t>(v) * batch + b;
   const T* s = student + row * dim;
-  T* g = grad + row * dim;
   const A* q0 = q + static_cast<int64_t>(b) * dim;            // teacher global view 0
   const A* q1 = q + (static_cast<int64_t>(batch) + b) * dim;  // teacher global view 1
   const A* qa = v == 0 ? q1 : q0;
@@ -197,10 +207,13 @@ __global__ void __launch_bounds__(kThreads)
     load_student<T, A, N>(s, qa, qb, i * N, inv_tau, x, qk);
     push<A, N>(st, x, qk);
   }
-  st = block_reduce(st);
+  st = block_reduce(st);  // the barrier after which pass 2 may overwrite the row
   const A lse = st.max + acc_log(st.sum);
   const A mass = st.mass;
-  if (threadIdx.x == 0) row_loss[row] = mass * lse - st.dot;
+  if (row_loss != nullptr && threadIdx.x == 0) row_loss[row] = mass * lse - st.dot;
+  if (grad == nullptr) return;  // loss only: the forward of the in-place variant
+  const A scale = upstream == nullptr ? grad_scale : grad_scale * upstream[0];
+  T* g = grad + row * dim;
 
   for (int i = threadIdx.x; i < nvec; i += kThreads) {
     A x[N], qk[N];
@@ -208,10 +221,33 @@ __global__ void __launch_bounds__(kThreads)
     Vec<T, N> out;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      from_acc((mass * acc_exp(x[j] - lse) - qk[j]) * grad_scale, out.v[j]);
+      from_acc((mass * acc_exp(x[j] - lse) - qk[j]) * scale, out.v[j]);
     }
-    store_vec<T, N>(g + i * N, out);
+    store_vec<T, N>(g + i * N, out);  // the same elements this thread just read
   }
+}
+
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    student_kernel(const T* __restrict__ student, const typename AccOf<T>::type* __restrict__ q,
+                   T* __restrict__ grad, typename AccOf<T>::type* __restrict__ row_loss,
+                   const typename AccOf<T>::type* __restrict__ upstream, int ncrops,
+                   int batch, int dim, typename AccOf<T>::type inv_tau,
+                   typename AccOf<T>::type grad_scale) {
+  student_row<T, N>(student, q, grad, row_loss, upstream, ncrops, batch, dim, inv_tau,
+                    grad_scale);
+}
+
+// The gradient written over the logits: one pointer, deliberately not __restrict__.
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads)
+    student_inplace_kernel(T* logits, const typename AccOf<T>::type* __restrict__ q,
+                           typename AccOf<T>::type* __restrict__ row_loss,
+                           const typename AccOf<T>::type* __restrict__ upstream, int ncrops,
+                           int batch, int dim, typename AccOf<T>::type inv_tau,
+                           typename AccOf<T>::type grad_scale) {
+  student_row<T, N>(logits, q, logits, row_loss, upstream, ncrops, batch, dim, inv_tau,
+                    grad_scale);
 }
 
 // ----------------------------------------------------------------- teacher side
@@ -263,9 +299,25 @@ bool aligned(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
+template <typename T, int N>
+void launch_student_kernel(const T* s, const typename AccOf<T>::type* q, T* g,
+                           typename AccOf<T>::type* loss, const typename AccOf<T>::type* up,
+                           int ncrops, int batch, int dim, double inv_tau, double grad_scale,
+                           unsigned blocks, cudaStream_t stream) {
+  using A = typename AccOf<T>::type;
+  if (g != nullptr && g == s) {
+    student_inplace_kernel<T, N><<<blocks, kThreads, 0, stream>>>(
+        g, q, loss, up, ncrops, batch, dim, A(inv_tau), A(grad_scale));
+  } else {
+    student_kernel<T, N><<<blocks, kThreads, 0, stream>>>(s, q, g, loss, up, ncrops, batch,
+                                                          dim, A(inv_tau), A(grad_scale));
+  }
+}
+
 template <typename T>
-int launch_student(const void* student, const void* q, void* grad, void* row_loss, int ncrops,
-                   int batch, int dim, double inv_tau, double grad_scale, cudaStream_t stream) {
+int launch_student(const void* student, const void* q, void* grad, void* row_loss,
+                   const void* upstream, int ncrops, int batch, int dim, double inv_tau,
+                   double grad_scale, cudaStream_t stream) {
   using A = typename AccOf<T>::type;
   constexpr int N = kVecBytes / sizeof(T);
   const unsigned blocks = static_cast<unsigned>(ncrops) * static_cast<unsigned>(batch);
@@ -274,14 +326,15 @@ int launch_student(const void* student, const void* q, void* grad, void* row_los
   const A* qp = static_cast<const A*>(q);
   T* g = static_cast<T*>(grad);
   A* loss = static_cast<A*>(row_loss);
+  const A* up = static_cast<const A*>(upstream);
   const bool vectorised = dim % N == 0 && aligned(s, sizeof(Vec<T, N>)) &&
                           aligned(g, sizeof(Vec<T, N>)) && aligned(qp, sizeof(Vec<A, N>));
   if (vectorised) {
-    student_kernel<T, N><<<blocks, kThreads, 0, stream>>>(s, qp, g, loss, ncrops, batch, dim,
-                                                          A(inv_tau), A(grad_scale));
+    launch_student_kernel<T, N>(s, qp, g, loss, up, ncrops, batch, dim, inv_tau, grad_scale,
+                                blocks, stream);
   } else {
-    student_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(s, qp, g, loss, ncrops, batch, dim,
-                                                          A(inv_tau), A(grad_scale));
+    launch_student_kernel<T, 1>(s, qp, g, loss, up, ncrops, batch, dim, inv_tau, grad_scale,
+                                blocks, stream);
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -308,23 +361,23 @@ int launch_teacher(const void* teacher, const void* center, void* q, int rows, i
 }  // namespace
 
 extern "C" int dino_loss_student_launch(int dtype, const void* student, const void* q,
-                                        void* grad, void* row_loss, int ncrops, int batch,
-                                        int dim, double inv_tau, double grad_scale,
-                                        void* stream) {
+                                        void* grad, void* row_loss, const void* upstream,
+                                        int ncrops, int batch, int dim, double inv_tau,
+                                        double grad_scale, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case DINO_LOSS_FLOAT32:
-      return launch_student<float>(student, q, grad, row_loss, ncrops, batch, dim, inv_tau,
-                                   grad_scale, st);
+      return launch_student<float>(student, q, grad, row_loss, upstream, ncrops, batch, dim,
+                                   inv_tau, grad_scale, st);
     case DINO_LOSS_FLOAT16:
-      return launch_student<__half>(student, q, grad, row_loss, ncrops, batch, dim, inv_tau,
-                                    grad_scale, st);
+      return launch_student<__half>(student, q, grad, row_loss, upstream, ncrops, batch, dim,
+                                    inv_tau, grad_scale, st);
     case DINO_LOSS_BFLOAT16:
-      return launch_student<__nv_bfloat16>(student, q, grad, row_loss, ncrops, batch, dim,
-                                           inv_tau, grad_scale, st);
+      return launch_student<__nv_bfloat16>(student, q, grad, row_loss, upstream, ncrops,
+                                           batch, dim, inv_tau, grad_scale, st);
     case DINO_LOSS_FLOAT64:
-      return launch_student<double>(student, q, grad, row_loss, ncrops, batch, dim, inv_tau,
-                                    grad_scale, st);
+      return launch_student<double>(student, q, grad, row_loss, upstream, ncrops, batch, dim,
+                                    inv_tau, grad_scale, st);
     default:
       return DINO_LOSS_BAD_DTYPE;
   }

@@ -26,13 +26,18 @@ enum DinoLossDtype {
 // Student side, loss and gradient in one launch: one block per student row.
 //   student  [ncrops * batch, dim]  logits, view-major (rows v*batch .. v*batch+batch-1: view v)
 //   q        [2 * batch, dim]       teacher probabilities (accumulation type)
-//   grad     [ncrops * batch, dim]  out: grad_scale * (n_v * softmax(s_v * inv_tau) - Q_v)
-//   row_loss [ncrops * batch]       out: n_v * logsumexp(s_v * inv_tau) - <Q_v, s_v * inv_tau>
+//   grad     [ncrops * batch, dim]  out: grad_scale * u * (n_v * softmax(s_v * inv_tau) - Q_v);
+//                                   null: no gradient (pass 2 skipped); == student: written
+//                                   over the logits (the in-place backward). Any other overlap
+//                                   with student is not allowed.
+//   row_loss [ncrops * batch]       out: n_v * logsumexp(s_v * inv_tau) - <Q_v, s_v * inv_tau>;
+//                                   null: not written
+//   upstream [1]                    u, on the device (accumulation type); null: u = 1
 // with Q_v = q of the other global view for v = 0, 1 and q_0 + q_1 for local views v >= 2,
 // and n_v = sum_k Q_v[k]. All arrays contiguous; stream is a cudaStream_t (0: default).
 int dino_loss_student_launch(int dtype, const void* student, const void* q, void* grad,
-                             void* row_loss, int ncrops, int batch, int dim, double inv_tau,
-                             double grad_scale, void* stream);
+                             void* row_loss, const void* upstream, int ncrops, int batch,
+                             int dim, double inv_tau, double grad_scale, void* stream);
 
 // Teacher side: q = softmax((teacher - center) * inv_temp) per row, one block per row.
 //   teacher [rows, dim] logits; center [dim] and q [rows, dim] in the accumulation type.

@@ -12,7 +12,8 @@ def test_rows_cover_every_implementation_and_agree_with_the_reference():
     by_impl = {r["impl"]: r for r in rows}
     assert list(by_impl) == [*loss_bench.IMPLS, loss_bench.FLOOR]
     assert by_impl["cuda"]["status"] == "not run: needs a CUDA device"
-    for impl in ("reference", "einsum", "fused"):
+    assert by_impl["cuda (in-place backward)"]["status"] == "not run: needs a CUDA device"
+    for impl in ("reference", "einsum", "fused", "fused (in-place backward)"):
         row = by_impl[impl]
         assert row["status"] == "ok" and row["time_n"] == 2 and row["time_median_ms"] > 0
         assert row["loss_rel_diff"] < 1e-6 and row["grad_rel_diff"] < 1e-5
@@ -21,13 +22,18 @@ def test_rows_cover_every_implementation_and_agree_with_the_reference():
 
 def test_cpu_peak_memory_sees_the_pair_tensors_of_the_reference():
     """Fresh-subprocess peak RSS: the fused call holds at least the gradient it returns; the
-    pair loop holds several [B, K] tensors per pair on top."""
+    pair loop holds several [B, K] tensors per pair on top; the in-place call writes the
+    gradient over its logits and holds about four [B, K] blocks (teacher probabilities and
+    one two-view chunk), a third of the gradient here."""
     batch, views, out_dim = 4, 12, 65536
     grad_bytes = views * batch * out_dim * 4
     fused = loss_bench.cpu_peak_extra_bytes("fused", batch, views, out_dim, torch.float32)
+    inplace = loss_bench.cpu_peak_extra_bytes("fused (in-place backward)", batch, views,
+                                              out_dim, torch.float32)
     reference = loss_bench.cpu_peak_extra_bytes("reference", batch, views, out_dim,
                                                 torch.float32)
     assert grad_bytes <= fused < 2 * grad_bytes
+    assert inplace < grad_bytes / 2
     assert reference > 2 * fused
 
 
@@ -39,4 +45,6 @@ def test_standalone_entry_writes_json_and_markdown(tmp_path, capsys):
     result = json.loads(next(tmp_path.glob("*_loss.json")).read_text())
     assert result["what"] == "loss" and result["config"]["views"] == 3
     assert [r["impl"] for r in result["rows"]] == [*loss_bench.IMPLS, loss_bench.FLOOR]
-    assert "| fused | ok |" in capsys.readouterr().out
+    assert (tmp_path / next(tmp_path.glob("*_loss.md")).name.replace(".md", ".png")).is_file()
+    out = capsys.readouterr().out
+    assert "| fused | ok |" in out and "| fused (in-place backward) | ok |" in out

@@ -59,7 +59,9 @@ def test_binding_compiles_against_torch_headers():
 def test_extension_reports_why_it_is_unavailable():
     reason = cuda_ext.unavailable_reason()
     if reason is None:  # a GPU machine where the build succeeded
-        assert hasattr(cuda_ext.load_extension(), "student_forward")
+        ext = cuda_ext.load_extension()
+        assert all(hasattr(ext, name) for name in ("student_forward", "student_loss",
+                                                   "student_grad_inplace", "teacher_probs"))
     else:
         assert not torch.cuda.is_available() or "failed" in reason or "not" in reason
         with pytest.raises(RuntimeError, match="CUDA extension is unavailable"):
@@ -134,3 +136,48 @@ def test_fused_torch_path_on_cuda_equals_reference(dtype):
     bound = 1e-10 if dtype == torch.float64 else 1e-5
     assert rel_err(out[0], ref[0]) <= bound
     assert rel_err(out[1], ref[1]) <= bound
+
+
+def cuda_pair(student, q, ncrops, upstream, inplace):
+    """Loss, gradient of ``upstream * loss`` and the logits after the backward, from
+    non-leaf logits (as a head makes them)."""
+    logits = student.clone().requires_grad_().mul(1.0)
+    loss = cuda_ext.cuda_dino_loss(logits, q, ncrops, 0.1, inplace_backward=inplace)
+    (grad,) = torch.autograd.grad(loss * upstream, logits)
+    return loss.detach(), grad, logits.detach()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [4096, 4099])  # vectorised and scalar paths
+def test_cuda_inplace_backward_equals_out_of_place(dtype, dim):
+    """Same kernel code, gradient written over the logits in the backward: bit-identical for
+    a unit upstream gradient (the scale is then the same number), within one rounding of
+    the dtype otherwise (in place folds the upstream factor in before rounding)."""
+    ncrops, batch = 12, 4
+    student, teacher, center = gpu_logits(batch, ncrops, dim, dtype, seed=dim)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    q = cuda_ext.cuda_teacher_probs(teacher, center.to(acc), 0.04)
+    loss_out, grad_out, logits_out = cuda_pair(student, q, ncrops, 1.0, inplace=False)
+    loss_in, grad_in, logits_in = cuda_pair(student, q, ncrops, 1.0, inplace=True)
+    assert torch.equal(loss_in, loss_out) and torch.equal(grad_in, grad_out)
+    assert torch.equal(logits_out, student) and torch.equal(logits_in, grad_out)
+    assert grad_in.data_ptr() == logits_in.data_ptr()
+    scaled_out = cuda_pair(student, q, ncrops, -2.5, inplace=False)[1]
+    scaled_in = cuda_pair(student, q, ncrops, -2.5, inplace=True)[1]
+    rtol = {torch.float64: 1e-15, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -7}[dtype]
+    torch.testing.assert_close(scaled_in.double(), scaled_out.double(), rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_cuda_inplace_backward_bumps_the_version_counter():
+    """The kernel writes through a raw pointer; the binding's caller bumps the version, so a
+    node that saved the logits and runs later fails instead of reading the gradient."""
+    ncrops, batch, dim = 4, 2, 256
+    student, teacher, center = gpu_logits(batch, ncrops, dim, torch.float32, seed=2)
+    q = cuda_ext.cuda_teacher_probs(teacher, center.float(), 0.04)
+    logits = student.clone().requires_grad_().mul(1.0)
+    other = torch.sin(logits).sum()
+    loss = cuda_ext.cuda_dino_loss(logits, q, ncrops, 0.1, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + other).backward()
