@@ -3,9 +3,11 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# numba compiles the parameter draw (pipelines/counter_sampling.py) that the DALI feed and
+# the FFCV op share; the base install (reference executor) runs without it.
 EXTRAS = {
-    "dali": ["nvidia-dali-cuda120==2.4.0"],
-    "ffcv": ["ffcv==1.0.2"],
+    "dali": ["nvidia-dali-cuda120==2.4.0", "numba"],
+    "ffcv": ["ffcv==1.0.2", "numba"],
     "dev": ["pytest>=7", "pytest-timeout"],
 }
 EXTRAS["all"] = sorted({r for k in ("dali", "ffcv") for r in EXTRAS[k]})

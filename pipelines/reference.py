@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from .sampling import JITTER_OPS, JitterParams, ViewParams, sample_image_params
+from .sampling import JITTER_OPS, JitterParams, Rng, ViewParams, sample_image_params
 from .spec import AugmentationSpec, ViewSpec
 
 RESAMPLE = {
@@ -145,16 +145,17 @@ class ReferenceMultiCrop:
     """``(img, rng) -> [views]``: all ``spec.num_views`` views of one image, globals first.
 
     Global views are [3, G, G], local views [3, L, L], float32, normalised. Parameters come
-    from ``pipelines.sampling.sample_image_params`` with ``rng`` (a numpy Generator, e.g.
-    ``sample_rng(seed, rank, epoch, index)``), so the result depends only on the image and
-    the generator's state.
+    from ``pipelines.sampling.sample_image_params`` with ``rng`` (the sample's counter stream
+    ``sample_rng(seed, rank, epoch, index)``, which the DALI and FFCV executors replay in
+    compiled code; any numpy-Generator-like object works), so the result depends only on
+    the image and the stream's position.
     """
 
     def __init__(self, spec: AugmentationSpec) -> None:
         self.spec = spec
         self.views = spec.views()
 
-    def draw(self, img: Image.Image, rng: np.random.Generator) -> list[ViewParams]:
+    def draw(self, img: Image.Image, rng: Rng) -> list[ViewParams]:
         """The parameters of every view for an image of ``img.size``."""
         return sample_image_params(self.spec, img.width, img.height, rng)
 
@@ -163,7 +164,7 @@ class ReferenceMultiCrop:
             raise ValueError(f"got {len(params)} view parameters, the spec has {len(self.views)} views")
         return [apply_view(img, p, v, self.spec) for p, v in zip(params, self.views)]
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> list[torch.Tensor]:
+    def __call__(self, img: Image.Image, rng: Rng) -> list[torch.Tensor]:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return self.apply(img, self.draw(img, rng))

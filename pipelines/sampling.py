@@ -1,18 +1,30 @@
 """Random per-view augmentation parameters, drawn from the shared spec.
 
-Executors that apply augmentations outside a graph (the PIL reference executor, the FFCV
-decode-once crop op, the batched tensor ops) all draw their randomness here, so one seed gives
-one set of parameters whatever executes them. That is also what makes op-by-op fidelity tests
-possible: draw (or force) a ``ViewParams`` and hand it to two executors.
+This is the plain-Python definition of what every executor draws: the PIL reference
+executor and the evaluation probe call it directly; the DALI feed and the FFCV op run its
+compiled twin (``pipelines.counter_sampling``), tested to give bitwise-identical rows. All of
+them read one counter stream per sample (``sample_rng(seed, rank, epoch, index)``, see
+``pipelines.counter_stream``), so one seed gives one set of parameters whatever executes
+them. That is also what makes op-by-op fidelity tests possible: draw (or force) a
+``ViewParams`` and hand it to two executors.
+
+The functions take any object with the numpy ``Generator`` methods they call (``random``,
+``uniform``, ``integers``, ``permutation``): a ``CounterRNG`` in the executors, a numpy
+Generator in statistical tests. The ORDER of draws is part of the contract: the compiled
+twin replays it counter by counter.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 
+from .counter_stream import CounterRNG, sample_key
 from .spec import AugmentationSpec, ViewSpec
+
+Rng = Union[np.random.Generator, CounterRNG]
 
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
@@ -44,13 +56,18 @@ class ViewParams:
     solarize: bool
 
 
-def sample_rng(seed: int, rank: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator for one sample: independent streams per (seed, global rank, epoch, index)."""
-    return np.random.default_rng(np.random.SeedSequence([seed, rank, epoch, index]))
+def sample_rng(seed: int, rank: int, epoch: int, index: int) -> CounterRNG:
+    """The stream of one sample: independent per (seed, global rank, epoch, index).
+
+    One sequential counter stream per sample; ``sample_image_params`` draws its views from
+    it in ``spec.views()`` order. The compiled executors derive the same key
+    (``sample_key``) and replay the same counters.
+    """
+    return CounterRNG(sample_key(seed, rank, epoch, index))
 
 
 def sample_crop_box(width: int, height: int, scale: tuple[float, float],
-                    ratio: tuple[float, float], rng: np.random.Generator
+                    ratio: tuple[float, float], rng: Rng
                     ) -> tuple[int, int, int, int]:
     """Random resized crop box (top, left, height, width).
 
@@ -79,21 +96,33 @@ def sample_crop_box(width: int, height: int, scale: tuple[float, float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def sample_jitter(spec: AugmentationSpec, rng: np.random.Generator) -> JitterParams | None:
+def jitter_ranges(spec: AugmentationSpec) -> tuple[tuple[float, float], ...]:
+    """(low, high) of the brightness, contrast, saturation and hue draws (JITTER_OPS order):
+    factors uniform in [max(0, 1 - x), 1 + x], hue shift in [-hue, hue] turns. The compiled
+    sampler reads its bounds from here too, so the formula exists once."""
     j = spec.jitter
-    if rng.random() >= j.p:
+    factors = tuple((max(0.0, 1 - x), 1 + x) for x in (j.brightness, j.contrast, j.saturation))
+    return factors + ((-j.hue, j.hue),)
+
+
+def sample_jitter(spec: AugmentationSpec, rng: Rng) -> JitterParams | None:
+    """Colour jitter with probability ``spec.jitter.p``: op order, then the four factors."""
+    if rng.random() >= spec.jitter.p:
         return None
-    order = tuple(int(i) for i in rng.permutation(4))
-    b = rng.uniform(max(0.0, 1 - j.brightness), 1 + j.brightness)
-    c = rng.uniform(max(0.0, 1 - j.contrast), 1 + j.contrast)
-    s = rng.uniform(max(0.0, 1 - j.saturation), 1 + j.saturation)
-    h = rng.uniform(-j.hue, j.hue)
-    return JitterParams(order, float(b), float(c), float(s), float(h))  # type: ignore[arg-type]
+    order = tuple(int(i) for i in rng.permutation(len(JITTER_OPS)))
+    b, c, s, h = (float(rng.uniform(lo, hi)) for lo, hi in jitter_ranges(spec))
+    return JitterParams(order, b, c, s, h)  # type: ignore[arg-type]
 
 
 def sample_view_params(spec: AugmentationSpec, view: ViewSpec, width: int, height: int,
-                       rng: np.random.Generator) -> ViewParams:
-    """Draw one view's parameters in a fixed order (box, flip, jitter, gray, blur, solarize)."""
+                       rng: Rng) -> ViewParams:
+    """Draw one view's parameters in a fixed order, which the compiled twin replays.
+
+    Uniform draws, in order: crop box (two per try, up to ten tries, then top and left; none
+    more when the centred fallback is used), flip, jitter applied?, and if so the jitter
+    order (three, Fisher-Yates on four ops) and its four factors; grayscale, blur, sigma
+    (drawn even when not blurred, so later draws do not depend on the blur), solarize.
+    """
     box = sample_crop_box(width, height, view.scale, spec.ratio, rng)
     flip = bool(rng.random() < spec.flip_p)
     jitter = sample_jitter(spec, rng)
@@ -105,6 +134,6 @@ def sample_view_params(spec: AugmentationSpec, view: ViewSpec, width: int, heigh
 
 
 def sample_image_params(spec: AugmentationSpec, width: int, height: int,
-                        rng: np.random.Generator) -> list[ViewParams]:
+                        rng: Rng) -> list[ViewParams]:
     """Parameters of every view of one image, in ``spec.views()`` order."""
     return [sample_view_params(spec, v, width, height, rng) for v in spec.views()]

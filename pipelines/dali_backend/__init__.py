@@ -1,18 +1,19 @@
 """The DALI executor: ``build_loader(data, backend="dali")``.
 
-    feed.py     host side: epoch order, encoded bytes, view parameters (sampling.py)
-    params.py   ViewParams -> one float32 row per view (incl. the jitter slot trick)
+    feed.py     host side: epoch order, encoded bytes, view parameters (counter_sampling.py)
+    params.py   parameters -> one float32 row per view (incl. the jitter slot trick)
     graph.py    AugmentationSpec -> DALI graph: decode once, every view
     ops.py      the photometric ops as DALI graph functions
     readers.py  ImageFolder trees and ``dino-convert --format wds`` shard folders
     loader.py   the pipeline behind the MultiCropLoader contract
 
 Design choices, and why:
-- The graph executes parameters drawn on the host by ``pipelines.sampling`` with the
-  reference's streams (``sample_rng(seed, global rank, epoch, index)``), instead of drawing
-  them in-graph: the same seed gives the reference executor's crops, flips and jitter, a
-  resumed run continues exactly, and tests can force every parameter. Cost: about a
-  millisecond of Python per image, spread over ``py_workers`` processes on a GPU.
+- The graph executes parameters drawn on the host on the reference's streams
+  (``sample_rng(seed, global rank, epoch, index)``), instead of drawing them in-graph: the
+  same seed gives the reference executor's crops, flips and jitter, a resumed run continues
+  exactly, and tests can force every parameter. The draw is ``pipelines.counter_sampling``,
+  the compiled twin of ``pipelines.sampling``, once per batch: microseconds per image,
+  where a Python draw per view was most of the feed's CPU time.
 - Bytes come through an external source in an order the loader controls (the reference
   loader's whole-dataset permutation per epoch, strided by global rank), not from
   ``fn.readers.file`` / ``fn.readers.webdataset``: with ``shuffle_after_epoch`` DALI's
@@ -22,5 +23,5 @@ Design choices, and why:
   ``fn.readers.webdataset`` (tested).
 
 Import ``pipelines.dali_backend.loader`` (which imports DALI) only when DALI is installed;
-``params`` and ``feed`` need numpy and PIL only.
+``params`` needs numpy only; ``feed`` numpy, PIL and numba (which the dali extra installs).
 """

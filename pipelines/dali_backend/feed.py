@@ -4,8 +4,14 @@ For batch ``t`` of epoch ``e`` on global rank ``r`` it returns the encoded image
 packed view parameters, labels and dataset indices of the samples
 ``epoch_indices(...)[t * B:(t + 1) * B]``, the same order the reference loader uses (a
 whole-dataset permutation per epoch from (seed, e), strided by rank, padded by wrapping), and
-draws every view with ``sample_rng(seed, r, e, index)``, the reference's streams. After the
-last batch it raises StopIteration, which ends DALI's epoch.
+draws every view on the reference's streams (``sample_rng(seed, r, e, index)``): one call
+of the compiled ``counter_sampling.draw_batch_rows`` per batch, packed by
+``params.pack_rows``, instead of Python per sample (numpy Generators per view were most
+of the feed's CPU time per image, which caps the host feed's rate). After the last batch
+it raises StopIteration, which ends DALI's epoch.
+
+A sample replaced because it is unreadable keeps the stream of the index it replaces and
+takes the size of the image actually read.
 
 It is a plain picklable object so that DALI can run it in worker processes
 (``parallel=True``); each process computes an epoch's order once and keeps it.
@@ -22,11 +28,12 @@ import numpy as np
 from PIL import Image
 
 from ..convert.common import describe_error
+from ..counter_sampling import batch_keys, draw_batch_rows, spec_arrays
+from ..counter_stream import epoch_key
 from ..folder import DatasetError
 from ..reference_loader import epoch_indices
-from ..sampling import sample_image_params, sample_rng
 from ..spec import AugmentationSpec
-from .params import pack_image
+from .params import pack_rows
 from .readers import FolderDataset, ShardDataset
 
 log = logging.getLogger(__name__)
@@ -151,6 +158,7 @@ class EpochFeed:
         self.dataset, self.spec, self.plan = dataset, spec, plan
         self.start_epoch, self.with_index = start_epoch, with_index
         self.first_batch, self.bad = first_batch, bad
+        self._arrays = spec_arrays(spec)
         self._order: tuple[int, np.ndarray] | None = None
         self._reported: set[int] = set()
 
@@ -201,14 +209,17 @@ class EpochFeed:
         t = batch_info.iteration + (self.first_batch if batch_info.epoch_idx == 0 else 0)
         if t >= self.plan.batches_per_epoch:
             raise StopIteration
-        encoded, params, labels, used = [], [], [], []
-        for index in self.batch_indices(epoch, t):
-            data, label, j, (w, h) = self._readable(int(index))
-            views = sample_image_params(self.spec, w, h,
-                                        sample_rng(self.plan.seed, self.plan.rank, epoch,
-                                                   int(index)))
+        indices = self.batch_indices(epoch, t)
+        encoded, labels, used, sizes = [], [], [], []
+        for index in indices:
+            data, label, j, size = self._readable(int(index))
             encoded.append(data)
-            params.append(pack_image(views, w, h))
+            sizes.append(size)
             labels.append(np.array([label], dtype=np.int64))
             used.append(np.array([j], dtype=np.int64))
+        wh = np.array(sizes, dtype=np.int64).reshape(len(sizes), 2)
+        keys = batch_keys(np.uint64(epoch_key(self.plan.seed, self.plan.rank, epoch)),
+                          np.asarray(indices, dtype=np.int64))
+        rows = draw_batch_rows(keys, wh[:, 0], wh[:, 1], *self._arrays)
+        params = list(pack_rows(rows, wh[:, 0], wh[:, 1]))  # float32 [views, width] each
         return (encoded, params, labels, used) if self.with_index else (encoded, params, labels)

@@ -5,9 +5,10 @@
 
 Contract (``pipelines/loader.py``), identical to the reference backend: the same epoch
 order (whole-dataset permutation per epoch, strided by GLOBAL rank, padded to equal
-length), the same augmentation parameters (``sample_rng(seed, rank, epoch, index)``), so a
-resumed run reads the same samples with the same parameters. ``len(loader)`` batches per
-epoch on every rank; with ``drop_last=False`` the last batch is smaller.
+length), the same augmentation parameters (the counter stream ``sample_rng(seed, rank,
+epoch, index)``, drawn by the feed in compiled code), so a resumed run reads the same
+samples with the same parameters. ``len(loader)`` batches per epoch on every rank; with
+``drop_last=False`` the last batch is smaller.
 
 One pipeline serves consecutive epochs; it is rebuilt only when ``set_epoch`` jumps (e.g.
 on resume) or an epoch was abandoned part-way, and when a file that passed the cheap checks

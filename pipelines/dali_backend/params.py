@@ -1,10 +1,15 @@
-"""Per-view parameters packed for the DALI graph: ``ViewParams`` -> one float32 row per view.
+"""Per-view parameters packed for the DALI graph: one float32 row per view.
 
-The DALI executor does not draw randomness in the graph: the loader draws every view's
-``ViewParams`` with ``pipelines.sampling`` (the same streams as the reference executor,
-``sample_rng(seed, rank, epoch, index)``), packs them here and feeds them next to the JPEG
-bytes. So one seed gives the same crops, flips, jitter, grayscale, blur and solarize as the
-reference, a run resumes exactly, and tests can force any parameter.
+The DALI executor does not draw randomness in the graph: the feed draws every view of a
+batch with ``pipelines.counter_sampling.draw_batch_rows`` (the compiled twin of
+``pipelines.sampling``, on the reference executor's streams ``sample_rng(seed, rank, epoch,
+index)``), packs them here and feeds them next to the JPEG bytes. So one seed gives the same
+crops, flips, jitter, grayscale, blur and solarize as the reference, a run resumes exactly,
+and tests can force any parameter.
+
+Two packers of one layout: ``pack_view`` / ``pack_image`` take ``ViewParams`` one view at a
+time (plain, obviously correct); ``pack_rows`` takes a batch of ``param_row`` rows, vectorised
+in numpy for the feed's hot path, and is tested to give the same bytes.
 
 Random jitter order in a static graph: the graph runs a fixed sequence of op slots,
 ``JITTER_SLOTS`` = ``BSBCBSB H BSBCBSB`` (B brightness, S saturation, C contrast, H hue).
@@ -24,11 +29,13 @@ Row layout (``LAYOUT``; all float32):
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..param_row import COL, ORDER
 from ..sampling import JITTER_OPS, JitterParams, ViewParams
 
 JITTER_SLOTS = "BSBCBSBHBSBCBSB"
@@ -114,3 +121,57 @@ def pack_view(p: ViewParams, width: int, height: int) -> np.ndarray:
 def pack_image(params: list[ViewParams], width: int, height: int) -> np.ndarray:
     """All views of one image: float32 [num_views, LAYOUT.width]."""
     return np.stack([pack_view(p, width, height) for p in params])
+
+
+# ----------------------------------------------------------------------------- batched twin
+_CODE_WEIGHTS = len(JITTER_OPS) ** np.arange(len(JITTER_OPS))  # order -> base-4 code
+
+
+def _slot_table() -> np.ndarray:
+    """int64 [4 ** 4, 4]: ``slot_assignment(order)`` at the order's code; -1 for codes that
+    are not permutations."""
+    table = np.full((len(JITTER_OPS) ** len(JITTER_OPS), len(JITTER_OPS)), -1, np.int64)
+    for order in itertools.permutations(range(len(JITTER_OPS))):
+        table[int(np.dot(order, _CODE_WEIGHTS))] = slot_assignment(order)
+    return table
+
+
+_SLOT_TABLE = _slot_table()
+_FACTORS = slice(COL.brightness, COL.hue + 1)  # JITTER_OPS order
+
+
+def pack_rows(rows: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """``pack_image`` for a batch of ``param_row`` rows, vectorised.
+
+    rows: float64 [n, views, param_row.WIDTH]; widths, heights: [n] image sizes.
+    Returns float32 [n, views, LAYOUT.width], equal to
+    ``pack_image([from_row(r) for r in rows[i]], widths[i], heights[i])`` for every i.
+    """
+    n, views = rows.shape[:2]
+    out = np.empty((n, views, LAYOUT.width), dtype=np.float32)
+    wid = np.asarray(widths, dtype=np.float64).reshape(n, 1)
+    hgt = np.asarray(heights, dtype=np.float64).reshape(n, 1)
+    top, left = rows[..., COL.top], rows[..., COL.left]
+    out[..., LAYOUT.box] = top / hgt
+    out[..., LAYOUT.box + 1] = left / wid
+    out[..., LAYOUT.box + 2] = (top + rows[..., COL.height]) / hgt
+    out[..., LAYOUT.box + 3] = (left + rows[..., COL.width]) / wid
+    out[..., LAYOUT.flip] = rows[..., COL.flip]
+    out[..., LAYOUT.slots:LAYOUT.slots + len(JITTER_SLOTS)] = _IDENTITY_ROW
+    flat_rows, flat_out = rows.reshape(-1, rows.shape[-1]), out.reshape(-1, LAYOUT.width)
+    jittered = np.flatnonzero(flat_rows[:, COL.jitter] != 0)
+    if jittered.size:
+        order = flat_rows[jittered, ORDER].astype(np.int64)  # [m, 4]
+        slots = _SLOT_TABLE[order @ _CODE_WEIGHTS]
+        if (slots < 0).any():
+            raise ValueError("pack_rows: a jitter order column is not a permutation")
+        factors = np.take_along_axis(flat_rows[jittered, _FACTORS], order, axis=1)
+        flat_out[jittered[:, None], LAYOUT.slots + slots] = factors
+    out[..., LAYOUT.gray] = rows[..., COL.grayscale]
+    blurred = rows[..., COL.blur] != 0
+    sigma = rows[..., COL.sigma]  # param_row keeps 1 when not blurred, as pack_view
+    out[..., LAYOUT.sigma] = sigma
+    window = 2.0 * np.ceil(3.0 * sigma) + 1.0  # blur_window, vectorised
+    out[..., LAYOUT.window] = np.where(blurred, window, 1.0)
+    out[..., LAYOUT.solarize] = rows[..., COL.solarize]
+    return out

@@ -3,9 +3,13 @@
 FFCV's stock image decoders each end one pipeline, so 12 views mean 12 pipelines and 12
 decodes of the same JPEG. ``MultiCropDecoder`` is a single decoder for the image field: per
 sample it decodes the JPEG once (FFCV's TurboJPEG binding; raw samples are read in place)
-into a scratch buffer, then for every view of the spec draws a random resized crop box and a
-flip (``crop_random``) and resamples the crop into the output (``resample``, the spec's
-interpolation). Samples run in parallel (numba prange over FFCV's worker threads).
+into a scratch buffer, draws every view's parameters into a float64 [views, param_row.WIDTH]
+scratch (``counter_sampling.draw_image_rows``, the compiled twin of ``pipelines.sampling``),
+and for every view resamples the row's crop box, flipped when the row says so, into the
+output (``resample``, the spec's interpolation). Samples run in parallel (numba prange over
+FFCV's worker threads). The photometric columns of the rows are not used here yet (the
+batched tensor ops draw their own); they are drawn so that the stream, and hence every
+box, is the one the reference and DALI executors draw for the same sample.
 
 Output layout. FFCV gives a decoder one uint8 row of ``ViewLayout.row_bytes`` per sample.
 The op writes the batch view-major instead: with ``n`` samples in the batch, view ``v``
@@ -15,9 +19,10 @@ occupies ``n * S_v * S_v * 3`` consecutive bytes starting at ``n * offset[v]``, 
 bytes count JPEG decodes per sample (1 for JPEG, 0 for raw): the test hook proving one decode
 per image. ``ViewLayout.split`` undoes the layout.
 
-Randomness: sample ``i``'s stream key hashes (seed, global rank, epoch, i). The epoch key
-lives in a small array the compiled code reads through its address (FFCV's own
-``cast_int_to_byte_ptr``), so a new epoch needs no recompilation.
+Randomness: sample ``i``'s stream is ``sampling.sample_rng(seed, global rank, epoch, i)``'s,
+key ``counter_stream.sample_key(seed, rank, epoch, i)``, derived in compiled code from the
+epoch key. The epoch key lives in a small array the compiled code reads through its address
+(FFCV's own ``cast_int_to_byte_ptr``), so a new epoch needs no recompilation.
 """
 from __future__ import annotations
 
@@ -32,12 +37,15 @@ from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from ffcv.utils import cast_int_to_byte_ptr
 
+from ..counter_sampling import draw_image_rows, sample_key_nb, spec_arrays
+from ..counter_stream import epoch_key
+from ..param_row import COL, WIDTH
 from ..spec import AugmentationSpec
-from .crop_random import FLIP_SLOT, VIEW_STRIDE, crop_box, epoch_key, splitmix64_nb, unit_nb
 from .resample import filter_code, resize_crop
 
 JPEG_MODE = 0  # ffcv.fields.rgb_image.IMAGE_MODES: 'jpg' -> 0, 'raw' -> 1
 DECODE_FAILED = 255  # decode-count byte of a sample whose JPEG did not decode
+_TOP, _LEFT, _HEIGHT, _WIDTH, _FLIP = COL.top, COL.left, COL.height, COL.width, COL.flip
 
 
 @dataclass(frozen=True)
@@ -93,20 +101,17 @@ def decode_jpeg(data: np.ndarray, out: np.ndarray, height: int, width: int) -> i
 
 
 @numba.njit(nogil=True, cache=True)
-def cut_views(image: np.ndarray, key: np.uint64, flat: np.ndarray, sample: int, n: int,
-              sizes: np.ndarray, offsets: np.ndarray, scales: np.ndarray, ratio_lo: float,
-              ratio_hi: float, flip_p: float, kind: int) -> None:
-    """Every view of one decoded image (uint8 [H, W, 3]) into the view-major batch ``flat``."""
-    height, width = image.shape[0], image.shape[1]
+def cut_views(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: int, n: int,
+              sizes: np.ndarray, offsets: np.ndarray, kind: int) -> None:
+    """Every view of one decoded image (uint8 [H, W, 3]) into the view-major batch ``flat``,
+    box and flip from the sample's ``rows`` (float64 [views, param_row.WIDTH])."""
     for v in range(sizes.shape[0]):
         size = sizes[v]
-        base = v * VIEW_STRIDE
-        top, left, h, w = crop_box(width, height, scales[v, 0], scales[v, 1], ratio_lo,
-                                   ratio_hi, key, base)
-        flip = unit_nb(key, base + FLIP_SLOT) < flip_p
+        row = rows[v]
         start = n * offsets[v] + sample * size * size * 3
         dst = flat[start:start + size * size * 3].reshape(size, size, 3)
-        resize_crop(image, top, left, h, w, flip, dst, kind)
+        resize_crop(image, int(row[_TOP]), int(row[_LEFT]), int(row[_HEIGHT]), int(row[_WIDTH]),
+                    row[_FLIP] != 0.0, dst, kind)
 
 
 class MultiCropDecoder(Operation):
@@ -126,30 +131,40 @@ class MultiCropDecoder(Operation):
         """Switch the streams to ``epoch``; call only while no batch is being decoded."""
         self._epoch_key[0] = np.uint64(epoch_key(self.seed, self.rank, epoch))
 
+    def sample_rows(self, index: int, width: int, height: int) -> np.ndarray:
+        """The rows the op draws for dataset sample ``index`` (a ``width`` x ``height``
+        image) in the current epoch: float64 [views, param_row.WIDTH]. Same compiled calls
+        and key derivation as the op's loop; tests compare them with the reference's draw."""
+        rows = np.empty((self.spec.num_views, WIDTH), dtype=np.float64)
+        arrays = spec_arrays(self.spec)
+        key = np.uint64(sample_key_nb(self._epoch_key[0], np.int64(index)))  # boxed as an int
+        draw_image_rows(key, np.int64(width), np.int64(height), arrays.views, arrays.common,
+                        rows)
+        return rows
+
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, tuple]:
         heights, widths = self.metadata["height"], self.metadata["width"]
         largest = int(heights.max()) * int(widths.max()) * 3
         row = (self.layout.row_bytes,)
         uint8 = np.dtype("<u1")
+        params = AllocationQuery((self.spec.num_views, WIDTH), np.dtype("<f8"))
         return (replace(previous_state, jit_mode=True, shape=row, dtype=uint8),
-                (AllocationQuery(row, uint8), AllocationQuery((largest,), uint8)))
+                (AllocationQuery(row, uint8), AllocationQuery((largest,), uint8), params))
 
     def generate_code(self):
         mem_read = self.memory_read
         loop = Compiler.get_iterator()
         spec, layout = self.spec, self.layout
-        views = spec.views()
         sizes = np.array(layout.sizes, dtype=np.int64)
         offsets = np.array(layout.offsets, dtype=np.int64)
-        scales = np.array([v.scale for v in views], dtype=np.float64)
-        ratio_lo, ratio_hi = float(spec.ratio[0]), float(spec.ratio[1])
-        flip_p, kind = float(spec.flip_p), filter_code(spec.interpolation)
+        view_arr, common = spec_arrays(spec)
+        kind = filter_code(spec.interpolation)
         counts_at = layout.row_bytes - 1
         key_address = self._epoch_key.ctypes.data
         jpeg = JPEG_MODE
 
         def decode_multi_crop(batch_indices, buffers, metadata, storage_state):
-            out, scratch = buffers
+            out, scratch, params = buffers
             n = len(batch_indices)
             flat = out.reshape(-1)
             epoch = numba.carray(cast_int_to_byte_ptr(key_address), (8,)).view(np.uint64)[0]
@@ -158,17 +173,19 @@ class MultiCropDecoder(Operation):
                 field = metadata[index]
                 data = mem_read(field["data_ptr"], storage_state)
                 height, width = np.int64(field["height"]), np.int64(field["width"])
-                key = splitmix64_nb(epoch ^ np.uint64(index))
+                rows = params[i]  # this sample's views, float64 [views, WIDTH]
+                draw_image_rows(sample_key_nb(epoch, index), width, height, view_arr, common,
+                                rows)
                 if field["mode"] == jpeg:
                     pixels = scratch[i, :height * width * 3]
                     status = decode_jpeg(data, pixels, height, width)
                     flat[n * counts_at + i] = 1 if status == 0 else DECODE_FAILED
-                    cut_views(pixels.reshape(height, width, 3), key, flat, i, n, sizes, offsets,
-                              scales, ratio_lo, ratio_hi, flip_p, kind)
+                    cut_views(pixels.reshape(height, width, 3), rows, flat, i, n, sizes,
+                              offsets, kind)
                 else:  # raw pixels, read in place
                     flat[n * counts_at + i] = 0
-                    cut_views(data.reshape(height, width, 3), key, flat, i, n, sizes, offsets,
-                              scales, ratio_lo, ratio_hi, flip_p, kind)
+                    cut_views(data.reshape(height, width, 3), rows, flat, i, n, sizes, offsets,
+                              kind)
             return out[:n]
 
         decode_multi_crop.is_parallel = True

@@ -1,4 +1,5 @@
-"""The host side of the DALI backend: datasets, the epoch feed, JPEG sizes (no DALI needed)."""
+"""The host side of the DALI backend: datasets, the epoch feed, JPEG sizes (no DALI needed;
+the feed's compiled parameter draw needs numba, which the dali extra installs)."""
 import io
 import pickle
 import shutil
@@ -8,16 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.convert.common import ConvertConfig
-from pipelines.convert.wds import convert
-from pipelines.dali_backend.feed import EpochFeed, EpochPlan, jpeg_size, looks_complete
-from pipelines.dali_backend.params import pack_image
-from pipelines.dali_backend.readers import FolderDataset, ShardDataset, open_dataset
-from pipelines.folder import DatasetError
-from pipelines.reference_loader import epoch_indices
-from pipelines.sampling import sample_image_params, sample_rng
-from pipelines.spec import AugmentationSpec
-from tests.pipelines.images import write_bad_files, write_image_folder
+pytest.importorskip("numba", reason="numba (the dali extra) is not installed")
+
+from pipelines.convert.common import ConvertConfig  # noqa: E402
+from pipelines.convert.wds import convert  # noqa: E402
+from pipelines.dali_backend.feed import (EpochFeed, EpochPlan, jpeg_size,  # noqa: E402
+                                         looks_complete)
+from pipelines.dali_backend.params import pack_image  # noqa: E402
+from pipelines.dali_backend.readers import FolderDataset, ShardDataset, open_dataset  # noqa: E402
+from pipelines.folder import DatasetError  # noqa: E402
+from pipelines.reference_loader import epoch_indices  # noqa: E402
+from pipelines.sampling import sample_image_params, sample_rng  # noqa: E402
+from pipelines.spec import AugmentationSpec  # noqa: E402
+from tests.pipelines.images import write_bad_files, write_image_folder  # noqa: E402
 
 SPEC = AugmentationSpec(local_crops=2)
 
@@ -89,10 +93,18 @@ def test_feed_replaces_unreadable_files_with_the_next_sample(tmp_path, folder):
     plan = EpochPlan(len(ds), batch_size=len(ds), seed=0, rank=0, world_size=1, shuffle=False,
                      drop_last=True)
     feed = EpochFeed(ds, SPEC, plan, start_epoch=0, with_index=True)
-    *_, index = feed(SimpleNamespace(epoch_idx=0, iteration=0))
+    _, params, _, index = feed(SimpleNamespace(epoch_idx=0, iteration=0))
     used = [ds.paths[int(i[0])].rsplit("/", 1)[1] for i in index]
     assert len(used) == len(ds)
     assert "truncated.jpg" not in used and "random_bytes.jpg" not in used
+    replaced = 0
+    for position, (packed, j) in enumerate(zip(params, index)):
+        j = int(j[0])
+        replaced += j != position
+        w, h = Image.open(ds.paths[j]).size  # the replacement's size, the original's stream
+        want = pack_image(sample_image_params(SPEC, w, h, sample_rng(0, 0, 0, position)), w, h)
+        np.testing.assert_array_equal(packed, want)
+    assert replaced > 0
 
 
 def test_shard_dataset_reads_what_the_folder_holds(tmp_path, folder):

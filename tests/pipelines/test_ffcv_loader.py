@@ -6,7 +6,8 @@ Two loaders are compiled for the whole module (numba compilation costs seconds):
   sequential order, two FFCV threads (the parallel path).
 - ``recipe``: raw .beton, the recipe's probabilities, random order, global rank 1 of 2.
 Crops must equal the compiled resize applied to one decode of the stored JPEG with the
-boxes and flips of the plain-Python twin, up to 1 level on rare pixels (FFCV compiles the op
+boxes and flips the REFERENCE draws for the sample (``sample_image_params`` on
+``sample_rng(seed, rank, epoch, index)``), up to 1 level on rare pixels (FFCV compiles the op
 with fastmath, which may contract float operations differently: measured p99 0), and be
 within mean 0.3 / p99 2 levels of the reference's PIL crop + resize (test_ffcv_crops.py).
 Whole views with photometric ops must equal the tensor ops applied to those crops with the
@@ -31,11 +32,12 @@ from pipelines.convert.beton import convert  # noqa: E402
 from pipelines.convert.common import ConvertConfig  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
-from pipelines.ffcv_backend.crop_random import sample_key, view_boxes  # noqa: E402
 from pipelines.ffcv_backend.order import epoch_order, rank_slice  # noqa: E402
 from pipelines.ffcv_backend.resample import filter_code, resize_crop  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import MultiCropLoader, build_loader  # noqa: E402
+from pipelines.param_row import to_rows  # noqa: E402
+from pipelines.sampling import sample_image_params, sample_rng  # noqa: E402
 from pipelines.spec import AugmentationSpec, ColorJitterSpec, ViewSpec  # noqa: E402
 from tests.pipelines.fidelity import assert_images_close, is_gray, to_pixels  # noqa: E402
 from tests.pipelines.images import write_image_folder  # noqa: E402
@@ -107,19 +109,23 @@ def stored_images(path) -> tuple[list[np.ndarray], np.ndarray]:
     return images, np.asarray(reader.metadata["f1"], dtype=np.int64)
 
 
+def reference_params(spec, image, seed, rank, epoch, index):
+    """What the reference executor draws for this sample (image: uint8 [H, W, 3])."""
+    return sample_image_params(spec, image.shape[1], image.shape[0],
+                               sample_rng(seed, rank, epoch, index))
+
+
 def twin_crops(spec, image, seed, rank, epoch, index, pil=False) -> list[np.ndarray]:
-    """The views of one sample from one decoded image, boxes and flips from the plain-Python
-    twin, resampled by the compiled resize (or the reference's PIL resize)."""
-    key = sample_key(seed, rank, epoch, index)
+    """The views of one sample from one decoded image, boxes and flips the reference draws,
+    resampled by the compiled resize (or the reference's PIL resize)."""
     out = []
-    for view, (box, flip) in zip(spec.views(), view_boxes(spec, image.shape[1],
-                                                          image.shape[0], key)):
+    for view, p in zip(spec.views(), reference_params(spec, image, seed, rank, epoch, index)):
         if pil:
-            crop = ref.resized_crop(Image.fromarray(image), box, view.size, spec.interpolation)
-            out.append(np.asarray(ref.hflip(crop) if flip else crop))
+            crop = ref.resized_crop(Image.fromarray(image), p.box, view.size, spec.interpolation)
+            out.append(np.asarray(ref.hflip(crop) if p.flip else crop))
         else:
             crop = np.zeros((view.size, view.size, 3), np.uint8)
-            resize_crop(image, *box, flip, crop, filter_code(spec.interpolation))
+            resize_crop(image, *p.box, p.flip, crop, filter_code(spec.interpolation))
             out.append(crop)
     return out
 
@@ -167,7 +173,24 @@ def test_one_jpeg_decode_per_image(plain):
     assert counts.tolist() == [1] * 12
 
 
-def test_crops_equal_crops_of_a_single_decode(plain, jpg):
+def test_decoder_draws_the_reference_parameters(plain, recipe, jpg):
+    """The op's compiled draw (key from the epoch key it reads by address, then the rows)
+    gives, bitwise, the rows of the reference's draw for the same (seed, rank, epoch,
+    index): FFCV, DALI and the reference share every crop box and flip."""
+    images, _ = stored_images(jpg)
+    for loader, spec, rank in ((plain, PLAIN, 0), (recipe, RECIPE, 1)):
+        for epoch in (0, 3):
+            loader.decoder.set_epoch(epoch)  # what iterating an epoch does first
+            for index, image in enumerate(images):
+                got = loader.decoder.sample_rows(index, image.shape[1], image.shape[0])
+                want = to_rows(reference_params(spec, image, SEED, rank, epoch, index))
+                assert np.array_equal(got.view(np.uint64), want.view(np.uint64)), (epoch, index)
+
+
+def test_crops_are_the_reference_boxes_cut_from_a_single_decode(plain, jpg):
+    """Pixel-level proof that the op's boxes and flips ARE the reference's: its views equal
+    the compiled resize of the reference's boxes (a different box would differ by tens of
+    levels), and are close to the reference's own PIL crops."""
     images, _ = stored_images(jpg)
     for epoch in (0, 4):
         batches = run_epoch(plain, epoch)

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from pipelines.counter_stream import CounterRNG, sample_key
 from pipelines.sampling import (JITTER_OPS, sample_crop_box, sample_image_params, sample_jitter,
                                 sample_rng)
 from pipelines.spec import AugmentationSpec
@@ -57,6 +58,17 @@ def test_parameters_are_deterministic_per_stream():
     assert params(0, 0, 0, 5) == params(0, 0, 0, 5)
     for other in [(1, 0, 0, 5), (0, 1, 0, 5), (0, 0, 1, 5), (0, 0, 0, 6)]:
         assert params(*other) != params(0, 0, 0, 5), other
+
+
+def test_sample_rng_is_the_samples_counter_stream_from_its_start():
+    """The stream the compiled executors replay: key sample_key(...), counter 0, views
+    drawn one after another from it."""
+    rng = sample_rng(5, 2, 7, 11)
+    assert isinstance(rng, CounterRNG) and rng.counter == 0
+    assert rng.key == sample_key(5, 2, 7, 11)
+    first = sample_image_params(SPEC, 320, 240, sample_rng(5, 2, 7, 11))
+    again = sample_image_params(SPEC, 320, 240, CounterRNG(sample_key(5, 2, 7, 11)))
+    assert first == again and len({p.box for p in first}) == SPEC.num_views
 
 
 def test_one_params_per_view_with_its_own_scale():
