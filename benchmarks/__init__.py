@@ -9,6 +9,7 @@ Modules:
 - ``patch``     images/s against patch size (forward-only and the full DINO step).
 - ``pipeline``  multi-crop loader throughput per backend next to the reference backend.
 - ``e2e``       a short training run: images/s and the share of step time waiting for data.
+- ``feed``      CPU time per image of the DALI host feed (batched draw vs per-sample draw).
 - ``loss``, ``step``  the loss and step benchmarks (issues 5 and 6).
 - ``cli``       the ``dino-bench`` console entry point.
 

@@ -48,6 +48,11 @@ HELP = {
     "e2e": "a short real training run through a backend next to the same run fed by the "
            "reference executor: training images/s and the share of step time spent waiting "
            "for data. Read: data_wait_share (goal <= 2% on a GPU with ViT-S/16).",
+    "feed": "CPU time per image of the DALI executor's host feed (the external-source "
+            "callback: read bytes, JPEG sizes, draw and pack every view's parameters), next "
+            "to the same callback drawing per sample in Python; DALI's own decode and "
+            "augmentation are not included. Read: cores_for_8000, the cores the feed alone "
+            "needs at the GPU goal of 8,000 images/s (want well under 1).",
 }
 
 
@@ -63,6 +68,7 @@ examples:
   dino-bench patch --quick
   dino-bench pipeline --backends reference dali ffcv --data /data/imagenet/train
   dino-bench e2e --backends dali --data /data/imagenet/train --steps 100
+  dino-bench feed --data /data/imagenet-wds/train
 """
 
 
@@ -122,6 +128,18 @@ def cmd_e2e(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     fields["backend_data"] = _backend_data(args.backend_data)
     cfg = E2EConfig.quick(**fields) if args.quick else E2EConfig(**fields)
     return run_e2e_benchmark(cfg, device, argv), E2E_PLOT
+
+
+def cmd_feed(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .feed import FEED_PLOT, FeedBenchConfig, run_feed_benchmark
+
+    fields = _overrides(args, {"data": "data", "batch_size": "batch_size",
+                               "local_crops": "local_crops", "batches": "batches",
+                               "warmup_batches": "warmup_batches", "rounds": "rounds"})
+    if args.no_parts:
+        fields["parts"] = False
+    cfg = FeedBenchConfig.quick(**fields) if args.quick else FeedBenchConfig(**fields)
+    return run_feed_benchmark(cfg, device, argv), FEED_PLOT
 
 
 def _lazy(module: str, function: str, issue: str):
@@ -197,7 +215,7 @@ def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
 
 
 COMMANDS = {"patch": cmd_patch, "pipeline": cmd_pipeline, "loss": cmd_loss, "step": cmd_step,
-            "e2e": cmd_e2e}
+            "e2e": cmd_e2e, "feed": cmd_feed}
 
 
 # ----------------------------------------------------------------------------- parser
@@ -292,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "loop: loader + step with warm-up excluded and, on a GPU, the stream's idle "
                    "time from CUDA events")
     _precision(p)
+
+    p = sub.add_parser("feed", help="CPU time per image of the DALI host feed",
+                       description=HELP["feed"])
+    _common(p)
+    p.add_argument("--data", help="ImageFolder tree or dino-convert --format wds folder "
+                   "(default: the embedded dataset's train split)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default 64; quick 8)")
+    p.add_argument("--local-crops", type=int, help="local views per image (recipe: 10)")
+    p.add_argument("--batches", type=int, help="timed batches per variant and round")
+    p.add_argument("--warmup-batches", type=int, help="untimed batches per variant first")
+    p.add_argument("--rounds", type=int, help="timing rounds (median and IQR over them)")
+    p.add_argument("--no-parts", action="store_true",
+                   help="only the two whole callbacks, not read / draw / pack alone")
     return parser
 
 

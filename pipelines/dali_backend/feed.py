@@ -204,12 +204,9 @@ class EpochFeed:
     def num_outputs(self) -> int:
         return 4 if self.with_index else 3
 
-    def __call__(self, batch_info) -> tuple[list, ...]:
-        epoch = self.start_epoch + batch_info.epoch_idx
-        t = batch_info.iteration + (self.first_batch if batch_info.epoch_idx == 0 else 0)
-        if t >= self.plan.batches_per_epoch:
-            raise StopIteration
-        indices = self.batch_indices(epoch, t)
+    def read_batch(self, indices: np.ndarray) -> tuple[list, list, list, np.ndarray]:
+        """Encoded bytes, labels and dataset indices actually used (int64 [1] each), and the
+        sizes int64 [n, 2] (width, height) of the images read, for the samples ``indices``."""
         encoded, labels, used, sizes = [], [], [], []
         for index in indices:
             data, label, j, size = self._readable(int(index))
@@ -217,9 +214,25 @@ class EpochFeed:
             sizes.append(size)
             labels.append(np.array([label], dtype=np.int64))
             used.append(np.array([j], dtype=np.int64))
-        wh = np.array(sizes, dtype=np.int64).reshape(len(sizes), 2)
+        return encoded, labels, used, np.array(sizes, dtype=np.int64).reshape(len(sizes), 2)
+
+    def draw_params(self, epoch: int, indices: np.ndarray, wh: np.ndarray) -> list[np.ndarray]:
+        """Packed view parameters, float32 [num_views, LAYOUT.width] per sample, drawn on the
+        streams of ``indices`` (a replaced sample keeps its own) for the sizes ``wh``.
+
+        One compiled draw for the whole batch; a method of its own so that
+        ``benchmarks/feed.py`` can time this callback against the per-sample Python twin."""
         keys = batch_keys(np.uint64(epoch_key(self.plan.seed, self.plan.rank, epoch)),
                           np.asarray(indices, dtype=np.int64))
         rows = draw_batch_rows(keys, wh[:, 0], wh[:, 1], *self._arrays)
-        params = list(pack_rows(rows, wh[:, 0], wh[:, 1]))  # float32 [views, width] each
+        return list(pack_rows(rows, wh[:, 0], wh[:, 1]))
+
+    def __call__(self, batch_info) -> tuple[list, ...]:
+        epoch = self.start_epoch + batch_info.epoch_idx
+        t = batch_info.iteration + (self.first_batch if batch_info.epoch_idx == 0 else 0)
+        if t >= self.plan.batches_per_epoch:
+            raise StopIteration
+        indices = self.batch_indices(epoch, t)
+        encoded, labels, used, wh = self.read_batch(indices)
+        params = self.draw_params(epoch, indices, wh)
         return (encoded, params, labels, used) if self.with_index else (encoded, params, labels)

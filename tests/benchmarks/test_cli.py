@@ -32,7 +32,7 @@ def test_help_teaches_every_subcommand(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for name in ("patch", "pipeline", "loss", "step", "e2e", "--quick", "Read:"):
+    for name in ("patch", "pipeline", "loss", "step", "e2e", "feed", "--quick", "Read:"):
         assert name in text
 
 
