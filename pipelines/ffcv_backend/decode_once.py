@@ -6,18 +6,19 @@ sample it decodes the JPEG once (FFCV's TurboJPEG binding; raw samples are read 
 into a scratch buffer, draws every view's parameters into a float64 [views, param_row.WIDTH]
 scratch (``counter_sampling.draw_image_rows``, the compiled twin of ``pipelines.sampling``),
 and for every view resamples the row's crop box, flipped when the row says so, into the
-output (``resample``, the spec's interpolation). Samples run in parallel (numba prange over
-FFCV's worker threads). The photometric columns of the rows are not used here yet (the
-batched tensor ops draw their own); they are drawn so that the stream, and hence every
-box, is the one the reference and DALI executors draw for the same sample.
+output (``resample``, the spec's interpolation). With ``finish`` (the CPU executor) each
+crop then goes through ``photometric_kernel.photometric_view`` with the photometric columns
+of the same rows, and the op writes finished, normalised float32 CHW views. Samples run in
+parallel (numba prange over FFCV's worker threads). Every parameter is the one the reference
+and DALI executors draw for the same sample.
 
-Output layout. FFCV gives a decoder one uint8 row of ``ViewLayout.row_bytes`` per sample.
-The op writes the batch view-major instead: with ``n`` samples in the batch, view ``v``
-occupies ``n * S_v * S_v * 3`` consecutive bytes starting at ``n * offset[v]``, as a
-``[n, S_v, S_v, 3]`` array; consecutive views of one size thus form one
-``[views * n, S, S, 3]`` array, ready for batched tensor ops without a copy. The last ``n``
-bytes count JPEG decodes per sample (1 for JPEG, 0 for raw): the test hook proving one decode
-per image. ``ViewLayout.split`` undoes the layout.
+Output layout. FFCV gives a decoder one row of ``ViewLayout.row_entries`` per sample (uint8,
+or float32 with ``finish``). The op writes the batch view-major instead: with ``n`` samples
+in the batch, view ``v`` occupies ``n * S_v * S_v * 3`` consecutive entries starting at
+``n * offset[v]``, as a ``[n, S_v, S_v, 3]`` (or ``[n, 3, S_v, S_v]``) array; consecutive
+views of one size thus form one ``[views * n, ...]`` array without a copy. The last ``n``
+entries count JPEG decodes per sample (1 for JPEG, 0 for raw): the test hook proving one
+decode per image. ``ViewLayout.split`` undoes the layout.
 
 Randomness: sample ``i``'s stream is ``sampling.sample_rng(seed, global rank, epoch, i)``'s,
 key ``counter_stream.sample_key(seed, rank, epoch, i)``, derived in compiled code from the
@@ -40,6 +41,7 @@ from ffcv.utils import cast_int_to_byte_ptr
 from ..counter_sampling import draw_image_rows, sample_key_nb, spec_arrays
 from ..counter_stream import epoch_key
 from ..param_row import COL, WIDTH
+from ..photometric_kernel import kernel_consts, photometric_view, scratch_size
 from ..spec import AugmentationSpec
 from .resample import filter_code, resize_crop
 
@@ -50,27 +52,32 @@ _TOP, _LEFT, _HEIGHT, _WIDTH, _FLIP = COL.top, COL.left, COL.height, COL.width, 
 
 @dataclass(frozen=True)
 class ViewLayout:
-    """Where each view lives in the op's output (see the module docstring)."""
+    """Where each view lives in the op's output (see the module docstring).
+
+    Sizes count entries: bytes of uint8 HWC crops, or float32 values of finished CHW views
+    when ``planar`` (the same number per view, 3 * S * S).
+    """
 
     sizes: tuple[int, ...]
+    planar: bool = False
 
     @property
-    def view_bytes(self) -> tuple[int, ...]:
+    def view_entries(self) -> tuple[int, ...]:
         return tuple(s * s * 3 for s in self.sizes)
 
     @property
     def offsets(self) -> tuple[int, ...]:
-        """Per-sample byte offset of each view (multiply by the batch size)."""
+        """Per-sample entry offset of each view (multiply by the batch size)."""
         out, acc = [], 0
-        for b in self.view_bytes:
+        for b in self.view_entries:
             out.append(acc)
             acc += b
         return tuple(out)
 
     @property
-    def row_bytes(self) -> int:
-        """Bytes per sample: every view plus one decode-count byte."""
-        return sum(self.view_bytes) + 1
+    def row_entries(self) -> int:
+        """Entries per sample: every view plus one decode-count entry."""
+        return sum(self.view_entries) + 1
 
     def groups(self) -> list[tuple[int, int, int]]:
         """Runs of consecutive views of one size: (first view, number of views, size)."""
@@ -83,13 +90,14 @@ class ViewLayout:
         return runs
 
     def split(self, flat, n: int) -> tuple[list, object]:
-        """flat uint8 [n * row_bytes] (numpy or torch) -> ([one [k * n, S, S, 3] per group],
-        decode counts [n]), all views of ``flat``."""
+        """flat [n * row_entries] (numpy or torch) -> ([one [k * n, S, S, 3] per group, or
+        [k * n, 3, S, S] when planar], decode counts [n]), all views of ``flat``."""
         arrays = []
         for first, k, s in self.groups():
             start = n * self.offsets[first]
-            arrays.append(flat[start:start + k * n * s * s * 3].reshape(k * n, s, s, 3))
-        end = n * (self.row_bytes - 1)
+            shape = (k * n, 3, s, s) if self.planar else (k * n, s, s, 3)
+            arrays.append(flat[start:start + k * n * s * s * 3].reshape(shape))
+        end = n * (self.row_entries - 1)
         return arrays, flat[end:end + n]
 
 
@@ -100,7 +108,7 @@ def decode_jpeg(data: np.ndarray, out: np.ndarray, height: int, width: int) -> i
                            height, width, 0, 0, 1, 1, False, False)
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=False)
 def cut_views(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: int, n: int,
               sizes: np.ndarray, offsets: np.ndarray, kind: int) -> None:
     """Every view of one decoded image (uint8 [H, W, 3]) into the view-major batch ``flat``,
@@ -114,16 +122,37 @@ def cut_views(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: int
                     row[_FLIP] != 0.0, dst, kind)
 
 
+@numba.njit(nogil=True, cache=True, fastmath=False)
+def finish_views(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: int, n: int,
+                 sizes: np.ndarray, offsets: np.ndarray, kind: int, crop: np.ndarray,
+                 scratch: np.ndarray, norm: np.ndarray, solarize_at: float) -> None:
+    """``cut_views``, then each crop's photometric ops and normalisation
+    (``photometric_kernel.photometric_view``) into the planar float32 batch ``flat``.
+    crop: uint8 scratch of the largest view; scratch: the kernel's float32 scratch."""
+    for v in range(sizes.shape[0]):
+        size = sizes[v]
+        row = rows[v]
+        rgb = crop[:size * size * 3].reshape(size, size, 3)
+        resize_crop(image, int(row[_TOP]), int(row[_LEFT]), int(row[_HEIGHT]), int(row[_WIDTH]),
+                    row[_FLIP] != 0.0, rgb, kind)
+        start = n * offsets[v] + sample * size * size * 3
+        dst = flat[start:start + size * size * 3].reshape(3, size, size)
+        photometric_view(rgb, row, norm, solarize_at, dst, scratch)
+
+
 class MultiCropDecoder(Operation):
     """Decode once, cut all views of ``spec`` (see the module docstring).
 
     seed, rank: base seed and GLOBAL rank of the streams; ``set_epoch`` moves them on.
+    finish: also run each view's photometric ops and normalisation in the op (the CPU
+    executor): the output is then planar float32 views instead of uint8 crops.
     """
 
-    def __init__(self, spec: AugmentationSpec, seed: int, rank: int) -> None:
+    def __init__(self, spec: AugmentationSpec, seed: int, rank: int, finish: bool = False
+                 ) -> None:
         super().__init__()
-        self.spec, self.seed, self.rank = spec, seed, rank
-        self.layout = ViewLayout(tuple(v.size for v in spec.views()))
+        self.spec, self.seed, self.rank, self.finish = spec, seed, rank, finish
+        self.layout = ViewLayout(tuple(v.size for v in spec.views()), planar=finish)
         self._epoch_key = np.zeros(1, dtype=np.uint64)  # read by the compiled code
         self.set_epoch(0)
 
@@ -145,26 +174,44 @@ class MultiCropDecoder(Operation):
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, tuple]:
         heights, widths = self.metadata["height"], self.metadata["width"]
         largest = int(heights.max()) * int(widths.max()) * 3
-        row = (self.layout.row_bytes,)
+        row = (self.layout.row_entries,)
+        dtype = np.dtype("<f4") if self.finish else np.dtype("<u1")
         uint8 = np.dtype("<u1")
         params = AllocationQuery((self.spec.num_views, WIDTH), np.dtype("<f8"))
-        return (replace(previous_state, jit_mode=True, shape=row, dtype=uint8),
-                (AllocationQuery(row, uint8), AllocationQuery((largest,), uint8), params))
+        memory = [AllocationQuery(row, dtype), AllocationQuery((largest,), uint8), params]
+        if self.finish:  # per sample: a uint8 crop and the photometric kernel's scratch
+            size = max(self.layout.sizes)
+            memory += [AllocationQuery((size * size * 3,), uint8),
+                       AllocationQuery((scratch_size(size, kernel_consts(self.spec).max_radius),),
+                                       np.dtype("<f4"))]
+        return replace(previous_state, jit_mode=True, shape=row, dtype=dtype), tuple(memory)
 
     def generate_code(self):
         mem_read = self.memory_read
         loop = Compiler.get_iterator()
-        spec, layout = self.spec, self.layout
+        spec, layout, finish = self.spec, self.layout, self.finish
         sizes = np.array(layout.sizes, dtype=np.int64)
         offsets = np.array(layout.offsets, dtype=np.int64)
         view_arr, common = spec_arrays(spec)
+        consts = kernel_consts(spec)
+        norm, solarize_at = consts.norm, float(consts.solarize_at)
         kind = filter_code(spec.interpolation)
-        counts_at = layout.row_bytes - 1
+        counts_at = layout.row_entries - 1
         key_address = self._epoch_key.ctypes.data
         jpeg = JPEG_MODE
 
+        if finish:
+            @numba.njit(nogil=True, fastmath=False)  # explicit: FFCV's fastmath would leak in
+            def views(image, rows, buffers, i, flat, n):
+                finish_views(image, rows, flat, i, n, sizes, offsets, kind, buffers[3][i],
+                             buffers[4][i], norm, solarize_at)
+        else:
+            @numba.njit(nogil=True, fastmath=False)  # explicit: FFCV's fastmath would leak in
+            def views(image, rows, buffers, i, flat, n):
+                cut_views(image, rows, flat, i, n, sizes, offsets, kind)
+
         def decode_multi_crop(batch_indices, buffers, metadata, storage_state):
-            out, scratch, params = buffers
+            out, scratch, params = buffers[0], buffers[1], buffers[2]
             n = len(batch_indices)
             flat = out.reshape(-1)
             epoch = numba.carray(cast_int_to_byte_ptr(key_address), (8,)).view(np.uint64)[0]
@@ -180,12 +227,10 @@ class MultiCropDecoder(Operation):
                     pixels = scratch[i, :height * width * 3]
                     status = decode_jpeg(data, pixels, height, width)
                     flat[n * counts_at + i] = 1 if status == 0 else DECODE_FAILED
-                    cut_views(pixels.reshape(height, width, 3), rows, flat, i, n, sizes,
-                              offsets, kind)
+                    views(pixels.reshape(height, width, 3), rows, buffers, i, flat, n)
                 else:  # raw pixels, read in place
                     flat[n * counts_at + i] = 0
-                    cut_views(data.reshape(height, width, 3), rows, flat, i, n, sizes, offsets,
-                              kind)
+                    views(data.reshape(height, width, 3), rows, buffers, i, flat, n)
             return out[:n]
 
         decode_multi_crop.is_parallel = True

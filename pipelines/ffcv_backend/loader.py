@@ -1,10 +1,16 @@
 """``build_ffcv_loader``: the FFCV executor behind ``build_loader(..., backend="ffcv")``.
 
 Flow per batch: FFCV reads the .beton (os page cache or its process cache) -> the compiled
-``MultiCropDecoder`` decodes each image once and writes every view's crop, uint8, laid out
-view-major -> here each run of same-size views becomes one ``[k * B, S, S, 3]`` tensor, goes
-to the device, and gets the spec's photometric ops + normalisation as batched tensor ops
-(``pipelines.tensor_ops``: on the GPU when the device is CUDA, vectorised on the CPU).
+``MultiCropDecoder`` decodes each image once and cuts every view, laid out view-major. Then
+one of two finishes (``FFCVOptions.photometric``):
+- compiled (the CPU default): the op itself runs each view's photometric ops and
+  normalisation (``pipelines.photometric_kernel``) with the parameters of the sample's own
+  stream, the very parameters the reference executor draws, in FFCV's worker threads; here
+  each run of same-size views is one finished ``[k * B, 3, S, S]`` float32 array, copied out
+  of FFCV's reused buffer.
+- tensor (the GPU default): the op writes uint8 crops; here each run of same-size views
+  becomes one ``[k * B, S, S, 3]`` tensor, goes to the device and gets the photometric ops
+  as batched tensor ops (``pipelines.tensor_ops``), parameters drawn there per batch.
 
 Sharding: no process group is needed. Each rank gets its own equal-length, disjoint slice
 of a per-epoch global order through a custom FFCV traversal order (``order.py``); the
@@ -51,9 +57,14 @@ class FFCVOptions:
     os_cache: read through the OS page cache (True) or FFCV's process cache (False, for
         datasets larger than RAM).
     batches_ahead: batches FFCV decodes ahead of the consumer.
+    photometric: where the photometric ops run. "compiled": inside the decode op, per view,
+        with the parameters of the sample's stream (``photometric_kernel``; CPU only);
+        "tensor": batched tensor ops on the device after the op (``tensor_ops``, parameters
+        from a per-batch torch generator); "auto": compiled on the CPU, tensor on a GPU.
     """
 
     order: str = "random"
+    photometric: str = "auto"
     os_cache: bool = True
     batches_ahead: int = 2
     block: int = 256
@@ -145,7 +156,12 @@ class FFCVMultiCropLoader:
                                f"{world_size} ranks")
         self.order = RankSliceOrder(self.num_samples, seed, rank, world_size, options.order,
                                     options.block, options.window)
-        self.decoder = MultiCropDecoder(spec, seed, rank)
+        self.compiled = options.photometric == "compiled" or (
+            options.photometric == "auto" and device.type == "cpu")
+        if self.compiled and device.type != "cpu":
+            raise ValueError("ffcv option photometric='compiled' runs on the CPU; use 'tensor' "
+                             f"(or 'auto') for device {device}")
+        self.decoder = MultiCropDecoder(spec, seed, rank, finish=self.compiled)
         self._loader = Loader(
             str(path), batch_size=batch_size, num_workers=num_workers,
             os_cache=options.os_cache, order=self.order, drop_last=drop_last,
@@ -201,20 +217,24 @@ class FFCVMultiCropLoader:
 
     def _assemble(self, rows: np.ndarray, labels: np.ndarray, epoch: int, batch: int
                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Decoder rows [n, row_bytes] + labels [n, 1] -> (views, labels) on the device."""
+        """Decoder rows [n, row_entries] + labels [n, 1] -> (views, labels) on the device."""
         n = rows.shape[0]
         groups, counts = self.decoder.layout.split(torch.from_numpy(rows).view(-1), n)
-        self.last_decode_counts = counts.clone()
+        self.last_decode_counts = counts.to(torch.uint8, copy=True)
         if bool((counts == DECODE_FAILED).any()):  # host tensor: no device sync
             first = int((counts == DECODE_FAILED).nonzero()[0, 0])
             index = self.sample_indices(epoch)[batch * self.batch_size + first]
             raise DatasetError(f"{self.path}: the JPEG of sample {index} does not decode "
                                "(corrupt .beton? convert again)")
-        self._generator.manual_seed(_batch_seed(self.seed, self.rank, epoch, batch))
         views: list[torch.Tensor] = []
-        for (first, k, _), images in zip(self.decoder.layout.groups(), groups):
-            out = self.ops(images, self._views[first:first + k], self._generator)
-            views.extend(out.split(n))
+        if self.compiled:  # finished float32 views in FFCV's reused buffer: copy them out
+            for finished in groups:
+                views.extend(finished.to(self.ops.dtype, copy=True).split(n))
+        else:
+            self._generator.manual_seed(_batch_seed(self.seed, self.rank, epoch, batch))
+            for (first, k, _), images in zip(self.decoder.layout.groups(), groups):
+                out = self.ops(images, self._views[first:first + k], self._generator)
+                views.extend(out.split(n))
         labels = torch.from_numpy(labels).view(-1).to(self.device, torch.int64, non_blocking=True)
         return views, labels
 
@@ -241,6 +261,9 @@ def build_ffcv_loader(data: str | Path, batch_size: int, spec: AugmentationSpec,
     options = FFCVOptions(**{"order": "random" if shuffle else "sequential", **opts})
     if options.order not in ORDERS:
         raise ValueError(f"ffcv option order={options.order!r}: choose from {', '.join(ORDERS)}")
+    if options.photometric not in ("auto", "compiled", "tensor"):
+        raise ValueError(f"ffcv option photometric={options.photometric!r}: choose from auto, "
+                         "compiled, tensor")
     if options.batches_ahead < 1:
         raise ValueError(f"ffcv option batches_ahead must be >= 1, got {options.batches_ahead}")
     device = torch.device(device)

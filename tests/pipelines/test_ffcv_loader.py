@@ -1,17 +1,19 @@
 """The FFCV executor end to end: contract, one decode per image, crops equal crops of a single
-decode with the twin's boxes, per-sample photometric parameters, rank slices, epochs.
+decode with the reference's boxes, per-sample photometric parameters, rank slices, epochs.
 
-Two loaders are compiled for the whole module (numba compilation costs seconds):
+Loaders compiled once for the whole module (numba compilation costs seconds):
 - ``plain``: JPEG .beton, every photometric probability 0 (views are normalised crops),
   sequential order, two FFCV threads (the parallel path).
-- ``recipe``: raw .beton, the recipe's probabilities, random order, global rank 1 of 2.
+- ``recipe``: raw .beton, the recipe's probabilities, random order, global rank 1 of 2, the
+  CPU default (photometric ops compiled into the op).
+- ``recipe_tensor``: the same with photometric="tensor" (the GPU path's tensor ops).
 Crops must equal the compiled resize applied to one decode of the stored JPEG with the
 boxes and flips the REFERENCE draws for the sample (``sample_image_params`` on
-``sample_rng(seed, rank, epoch, index)``), up to 1 level on rare pixels (FFCV compiles the op
-with fastmath, which may contract float operations differently: measured p99 0), and be
-within mean 0.3 / p99 2 levels of the reference's PIL crop + resize (test_ffcv_crops.py).
-Whole views with photometric ops must equal the tensor ops applied to those crops with the
-redrawn parameters, up to those rare 1-level input differences (max 3 after the ops).
+``sample_rng(seed, rank, epoch, index)``), and be within mean 0.3 / p99 2 levels of the
+reference's PIL crop + resize (test_ffcv_crops.py). Compiled views must equal the fused
+kernel on those crops with the reference's parameters bitwise, and the tensor ops within
+float32 noise; tensor-path views must equal the tensor ops with the redrawn parameters.
+Every compiled function sets fastmath explicitly, so FFCV's fastmath does not leak in.
 """
 import dataclasses
 
@@ -26,6 +28,7 @@ from ffcv.libffcv import imdecode  # noqa: E402
 from ffcv.reader import Reader  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipelines import photometric_kernel as PK  # noqa: E402
 from pipelines import reference as ref  # noqa: E402
 from pipelines import tensor_ops as T  # noqa: E402
 from pipelines.convert.beton import convert  # noqa: E402
@@ -83,10 +86,22 @@ def plain(jpg):
     loader.close()
 
 
+def _recipe_loader(raw, **options):
+    return build_loader(raw.parent, backend="ffcv", batch_size=3, spec=RECIPE, num_workers=1,
+                        seed=SEED, rank=1, world_size=2, shuffle=True, drop_last=True,
+                        **options)
+
+
 @pytest.fixture(scope="module")
 def recipe(raw):
-    loader = build_loader(raw.parent, backend="ffcv", batch_size=3, spec=RECIPE, num_workers=1,
-                          seed=SEED, rank=1, world_size=2, shuffle=True, drop_last=True)
+    loader = _recipe_loader(raw)  # CPU: photometric ops compiled into the op
+    yield loader
+    loader.close()
+
+
+@pytest.fixture(scope="module")
+def recipe_tensor(raw):
+    loader = _recipe_loader(raw, photometric="tensor")  # the GPU path's tensor ops, on CPU
     yield loader
     loader.close()
 
@@ -233,9 +248,43 @@ def test_raw_samples_are_not_decoded_and_ranks_read_their_slice(recipe, raw):
         assert torch.cat([b[2] for b in batches]).tolist() == [0] * 6
 
 
-def test_photometric_ops_get_per_sample_parameters(recipe, raw):
-    """Redraw each batch's parameters from its generator seed and apply them to the twin
-    crops: the loader's views must match, and grayscale must hit exactly those samples."""
+def test_compiled_views_are_the_reference_recipe_of_the_sample(recipe, raw):
+    """The CPU default: every view equals the fused kernel applied to the twin crop with the
+    REFERENCE's parameters for that sample (bitwise: the same compiled code), and the tensor
+    ops (photometric_kernel's twin) on the same crop and parameters within float32 noise."""
+    assert recipe.compiled
+    images, _ = stored_images(raw)
+    epoch = 2
+    order = recipe.sample_indices(epoch)
+    consts = PK.kernel_consts(RECIPE)
+    ops = T.PhotometricOps(RECIPE)
+    gray_views = 0
+    for batch, (views, labels, _) in enumerate(run_epoch(recipe, epoch)):
+        for b, index in enumerate(order[batch * 3:(batch + 1) * 3]):
+            params = reference_params(RECIPE, images[index], SEED, 1, epoch, index)
+            crops = twin_crops(RECIPE, images[index], SEED, 1, epoch, index)
+            for v, (crop, p) in enumerate(zip(crops, params)):
+                fused = np.empty((3, *crop.shape[:2]), np.float32)
+                PK.photometric_batch(crop[None], to_rows([p]), consts.norm, consts.solarize_at,
+                                     fused[None])
+                assert np.array_equal(views[v][b].numpy(), fused), (batch, b, v)
+                x = T.to_float(torch.from_numpy(crop[None]), channels_last=True)
+                twin = ops.normalize(T.apply_photometric(x, T.params_from_views([p]), RECIPE))
+                got = to_pixels(views[v][b], RECIPE.mean, RECIPE.std)
+                assert_images_close(got, to_pixels(twin[0], RECIPE.mean, RECIPE.std), 0.01,
+                                    0.05, 0.5, f"view {v}")
+                gray_views += p.grayscale
+                if p.grayscale:
+                    assert is_gray(got, atol=1e-3)
+    assert gray_views > 0
+
+
+def test_tensor_ops_get_per_sample_parameters(recipe_tensor, raw):
+    """The GPU path (run here on the CPU): redraw each batch's parameters from its generator
+    seed and apply them to the twin crops: the loader's views must match, and grayscale must
+    hit exactly those samples."""
+    recipe = recipe_tensor
+    assert not recipe.compiled
     images, _ = stored_images(raw)
     epoch = 2
     order = recipe.sample_indices(epoch)
@@ -274,3 +323,5 @@ def test_clear_errors(tmp_path, jpg):
         build_loader(jpg, backend="ffcv", colour="blue")
     with pytest.raises(ValueError, match="order"):
         build_loader(jpg, backend="ffcv", order="shuffled")
+    with pytest.raises(ValueError, match="photometric"):
+        build_loader(jpg, backend="ffcv", photometric="gpu")

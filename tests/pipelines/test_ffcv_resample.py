@@ -135,12 +135,3 @@ def test_fast_rounding_is_the_twin_rounding():
     got = _round_both(np.concatenate([near, special, random]).astype(np.float32))
     assert np.array_equal(got[:, 0], got[:, 1])
     assert rs._round_u8(np.float32(0.49999997)) == 0
-
-
-def test_every_compiled_function_forbids_fastmath():
-    """fastmath would otherwise be inherited from a fastmath caller (FFCV's pipeline) and
-    let LLVM reorder the sums the twin tests pin down."""
-    dispatchers = [v for v in vars(rs).values() if hasattr(v, "targetoptions")]
-    assert len(dispatchers) >= 10
-    for d in dispatchers:
-        assert d.targetoptions.get("fastmath") is False, d.py_func.__name__
