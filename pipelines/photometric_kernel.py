@@ -32,7 +32,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .param_row import COL, WIDTH
 from .spec import AugmentationSpec
@@ -427,22 +427,3 @@ def photometric_batch(images: np.ndarray, rows: np.ndarray, norm: np.ndarray, so
     scratch = np.empty(_scratch_need(images.shape[1], _max_radius(rows)), np.float32)
     for i in range(images.shape[0]):
         photometric_view(images[i], rows[i], norm, solarize_at, out[i], scratch)
-
-
-@njit(cache=True, nogil=True, fastmath=False, parallel=True)
-def photometric_batch_parallel(images: np.ndarray, rows: np.ndarray, norm: np.ndarray,
-                               solarize_at: float, out: np.ndarray, workers: int) -> None:
-    """``photometric_batch`` split over ``workers`` numba threads, views dealt round-robin,
-    one scratch per worker (stand-alone use: not inside FFCV's own parallel loop)."""
-    per = _scratch_need(images.shape[1], _max_radius(rows))
-    scratch = np.empty((workers, per), np.float32)
-    for w in prange(workers):
-        for i in range(w, images.shape[0], workers):
-            photometric_view(images[i], rows[i], norm, solarize_at, out[i], scratch[w])
-
-
-def check_rows(rows: np.ndarray) -> None:
-    """Raise if ``rows`` is not float64 [n, WIDTH] (the kernel would misread it silently)."""
-    if rows.dtype != np.float64 or rows.ndim != 2 or rows.shape[1] != WIDTH:
-        raise ValueError(f"parameter rows must be float64 [n, {WIDTH}], got {rows.dtype} "
-                         f"{list(rows.shape)}")
