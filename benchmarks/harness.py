@@ -1,6 +1,6 @@
 """The one timing harness every ``dino-bench`` sub-command uses.
 
-- ``time_fn(fn, device, warmup, iters)``: warm up, then time ``iters`` calls and return a
+- ``time_fn(fn, device, warmup, iters, setup)``: warm up, then time ``iters`` calls and return a
   ``Timing`` (median, IQR, min-max of the per-call seconds). On a GPU each call is bracketed
   by CUDA events and the host synchronises once, at the end; on the CPU ``perf_counter``.
 - ``summarize(samples)``: the same statistics for any list of seconds.
@@ -101,23 +101,29 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 3,
-            iters: int = 10) -> Timing:
+            iters: int = 10, setup: Callable[[], object] | None = None) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``iters`` times timed; return the stats.
 
-    GPU: one pair of CUDA events per call, recorded on the current stream; the only host
-    syncs are before the first timed call and after the last one, so the calls queue back to
-    back as they would in training.
+    ``setup``, when given, runs before every call, untimed: it restores what the previous
+    call consumed (e.g. inputs a call overwrites), which is not the measured work.
+
+    GPU: one pair of CUDA events per call, recorded on the current stream (``setup``'s work
+    is queued before the start event); the only host syncs are before the first timed call
+    and after the last one, so the calls queue back to back as they would in training.
     """
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     device = torch.device(device)
+    prepare = setup if setup is not None else (lambda: None)
     for _ in range(warmup):
+        prepare()
         fn()
     if device.type == "cuda":
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         torch.cuda.synchronize(device)  # host sync: warm-up work must not leak into timing
         for s, e in zip(starts, ends):
+            prepare()
             s.record()
             fn()
             e.record()
@@ -125,6 +131,7 @@ def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", warmup
         return summarize([s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)])
     samples = []
     for _ in range(iters):
+        prepare()
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)

@@ -4,16 +4,17 @@ Implementations, all measured in the same run on the same inputs:
 - ``reference``: the paper's pair loop (one log-softmax per pair; the baseline);
 - ``einsum``: one log-softmax for all views and one einsum over all pairs (plain autograd);
 - ``fused``: one softmax per view, closed-form backward (``dino_core.loss.fused``);
-- ``fused (in-place backward)``: the same with ``inplace_backward=True``: the gradient is
-  written over the student logits (what the trainer runs);
-- ``cuda`` and ``cuda (in-place backward)``: the CUDA kernels (GPU only, when the extension
+- ``fused (overwrite logits)``: ``overwrite_logits=True``: the student logits are the
+  loss's buffer (one softmax, written over them in the forward; the gradient over that in
+  the backward): what the trainer runs;
+- ``cuda`` and ``cuda (overwrite logits)``: the CUDA kernels (GPU only, when the extension
   builds).
 
 Each timed call is teacher softmax + loss forward + backward to the student logits (the
 center EMA, one column sum shared by all, is left out). Inputs: logits ~ N(0, 1), teacher
-temperature 0.04, student temperature 0.1. An in-place call destroys its logits, so each
-one first restores them from the pristine input into a buffer allocated once (one copy of
-the logits, timed with the call; in training the head writes them there anyway). Timing:
+temperature 0.04, student temperature 0.1. An overwriting call destroys its logits, so
+before each one an untimed setup restores them from the pristine input into a buffer
+allocated once (in training the head writes fresh logits there anyway). Timing:
 ``harness.time_fn`` (warm-up, then median and spread), the implementations interleaved over
 several rounds so that machine noise falls on all of them alike.
 
@@ -39,6 +40,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import psutil
@@ -50,8 +52,8 @@ from dino_core.loss import cuda as cuda_ext
 from .harness import (BenchmarkResult, PeakMemory, PlotSpec, describe_machine, resolve_device,
                       summarize, time_fn, write_results)
 
-INPLACE = "(in-place backward)"
-IMPLS = ("reference", "einsum", "fused", f"fused {INPLACE}", "cuda", f"cuda {INPLACE}")
+OVERWRITE = "(overwrite logits)"
+IMPLS = ("reference", "einsum", "fused", f"fused {OVERWRITE}", "cuda", f"cuda {OVERWRITE}")
 TEACHER_TEMP, STUDENT_TEMP = 0.04, 0.1
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -72,44 +74,61 @@ def make_inputs(device: torch.device, batch: int, views: int, out_dim: int, dtyp
 def loss_fn(impl: str, views: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                                                 torch.Tensor]:
     """``(student, teacher, center) -> loss`` for one implementation."""
-    inplace = impl.endswith(INPLACE)
-    base = impl.removesuffix(INPLACE).strip()
+    overwrite = impl.endswith(OVERWRITE)
+    base = impl.removesuffix(OVERWRITE).strip()
     if impl == "reference":
         return lambda s, t, c: reference_dino_loss(s, t, c, TEACHER_TEMP, views, STUDENT_TEMP)
     if impl == "einsum":
         return lambda s, t, c: einsum_dino_loss(s, t, c, TEACHER_TEMP, views, STUDENT_TEMP)
     if base == "fused" and impl in IMPLS:
         return lambda s, t, c: fused_dino_loss(s, teacher_probs(t, c, TEACHER_TEMP), views,
-                                               STUDENT_TEMP, inplace_backward=inplace)
+                                               STUDENT_TEMP, overwrite_logits=overwrite)
     if base == "cuda" and impl in IMPLS:
         return lambda s, t, c: cuda_ext.cuda_dino_loss(
             s, cuda_ext.cuda_teacher_probs(t, c, TEACHER_TEMP), views, STUDENT_TEMP,
-            inplace_backward=inplace)
+            overwrite_logits=overwrite)
     raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
 
 
+@dataclass
+class Call:
+    """One measured call, ``run``, and what must precede it untimed, ``setup``: calling the
+    object runs both."""
+
+    run: Callable[[], torch.Tensor]
+    setup: Callable[[], object] = lambda: None
+
+    def __call__(self) -> torch.Tensor:
+        self.setup()
+        return self.run()
+
+
 def step_fn(impl: str, student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
-            views: int) -> Callable[[], torch.Tensor]:
+            views: int) -> Call:
     """One timed call: loss forward and backward; the gradient replaces ``student.grad``.
 
-    In-place implementations get their own logits buffer, allocated here (before any
-    measured call, like ``student``), refilled from ``student`` at the start of each call,
-    and overwritten by the gradient, which ``student.grad`` then refers to (no copy).
+    Implementations that overwrite the logits get their own logits buffer, allocated here
+    (before any measured call, like ``student``); the call's untimed ``setup`` refills it
+    from ``student`` (the previous call left its gradient there; in training the head
+    writes fresh logits), and the gradient, which ``student.grad`` then refers to (no
+    copy), is that buffer.
     """
     fn = loss_fn(impl, views)
-    if impl.endswith(INPLACE):
+    if impl.endswith(OVERWRITE):
         logits = student.detach().clone().requires_grad_()
 
-        def inplace_step() -> torch.Tensor:
+        def restore() -> None:
             student.grad = None
             with torch.no_grad():
-                logits.copy_(student)  # the previous call left its gradient here
+                logits.copy_(student)
+
+        def overwrite_step() -> torch.Tensor:
             loss = fn(logits, teacher, center)
             (grad,) = torch.autograd.grad(loss, logits)  # the logits buffer itself
             student.grad = grad
             return loss.detach()
 
-        return inplace_step
+        return Call(overwrite_step, restore)
 
     def step() -> torch.Tensor:
         student.grad = None
@@ -117,7 +136,7 @@ def step_fn(impl: str, student: torch.Tensor, teacher: torch.Tensor, center: tor
         loss.backward()
         return loss.detach()
 
-    return step
+    return Call(step)
 
 
 def unavailable(impl: str, device: torch.device) -> str | None:
@@ -175,17 +194,19 @@ def _memory_probe(impl: str, batch: int, views: int, out_dim: int, dtype: torch.
     step_fn(impl, *small, views)()
     student, teacher, center = make_inputs(cpu, batch, views, out_dim, dtype)
     del small
-    step = step_fn(impl, student, teacher, center, views)  # in place: allocates its logits
+    step = step_fn(impl, student, teacher, center, views)  # overwrite: allocates its logits
+    step.setup()
     before = psutil.Process().memory_info().rss
     if not _reset_peak_rss() or _vm_hwm_bytes() is None:
         raise RuntimeError("peak RSS needs Linux /proc/self/clear_refs and VmHWM")
-    step()
+    step.run()
     return max(0, _vm_hwm_bytes() - before)
 
 
-def gpu_peak_extra_bytes(step: Callable[[], torch.Tensor], device: torch.device) -> int:
+def gpu_peak_extra_bytes(step: Call, device: torch.device) -> int:
+    step.setup()
     with PeakMemory(device) as mem:
-        step()
+        step.run()
     return mem.extra
 
 
@@ -193,7 +214,7 @@ def gpu_peak_extra_bytes(step: Callable[[], torch.Tensor], device: torch.device)
 FLOOR = "gradient write (floor)"  # allocate and write one [views*B, K] tensor
 
 
-def agreement(steps: dict[str, Callable[[], torch.Tensor]], student: torch.Tensor
+def agreement(steps: dict[str, Call], student: torch.Tensor
               ) -> dict[str, tuple[float, float]]:
     """(loss, gradient) relative error of each implementation against the reference."""
     ref_loss = steps["reference"]().double()
@@ -207,7 +228,7 @@ def agreement(steps: dict[str, Callable[[], torch.Tensor]], student: torch.Tenso
     return out
 
 
-def interleaved_samples(fns: dict[str, Callable[[], object]], device: torch.device, iters: int,
+def interleaved_samples(fns: dict[str, Call], device: torch.device, iters: int,
                         rounds: int, warmup: int) -> dict[str, list[float]]:
     """Per-call seconds of each function: ``rounds`` rounds, every function timed in each,
     so slow phases of a shared machine fall on all of them alike."""
@@ -215,7 +236,8 @@ def interleaved_samples(fns: dict[str, Callable[[], object]], device: torch.devi
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
         for name, fn in fns.items():
-            timing = time_fn(fn, device, warmup=warmup if r == 0 else 0, iters=per_round)
+            timing = time_fn(fn.run, device, warmup=warmup if r == 0 else 0,
+                             iters=per_round, setup=fn.setup)
             samples[name].extend(timing.samples)
     return samples
 
@@ -238,7 +260,7 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
     runnable = [i for i in IMPLS if unavailable(i, device) is None]
     steps = {i: step_fn(i, student, teacher, center, views) for i in runnable}
     checks = agreement(steps, student)
-    floor = {FLOOR: lambda: torch.empty_like(student).fill_(1.0)}
+    floor = {FLOOR: Call(lambda: torch.empty_like(student).fill_(1.0))}
     samples = interleaved_samples({**steps, **floor}, device, iters, rounds, warmup)
     student.grad = None
 
@@ -251,7 +273,7 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
     grad_bytes = student.numel() * student.element_size()
     # An in-place row's gradient lies in its logits, allocated before the call: nothing of
     # its peak is the returned gradient, so nothing is subtracted.
-    working = {i: max(peak - (0 if i.endswith(INPLACE) else grad_bytes), 1)
+    working = {i: max(peak - (0 if i.endswith(OVERWRITE) else grad_bytes), 1)
                for i, peak in peaks.items()}
 
     ref_median = summarize(samples["reference"]).median
@@ -296,16 +318,16 @@ def build_result(rows: list[dict], device: torch.device, config: dict,
             "(MALLOC_MMAP_THRESHOLD_=131072)."),
         "loss_rel_diff / grad_rel_diff: agreement with the reference in this run "
         "(max |diff| / max |reference|).",
-        f"'fused {INPLACE}' is the 'fused' computation with the gradient written over the "
-        "student logits instead of into a new [views*B, K] tensor, so its peak_extra_mib "
-        "lacks that tensor: it is what a training step holds (dino_core.step never reads the "
-        "logits after the backward), not a figure for callers that keep their logits, whose "
-        "row is 'fused'. Its working_mib is its whole peak (no separate gradient to "
-        "subtract). Its time includes one copy of the logits per call (they are restored "
-        "before each call, since the call destroys them), comparable to the floor row. Both "
-        "fused rows run the same forward (two views at a time).",
+        f"'fused {OVERWRITE}': the loss works in the student logits (one softmax per row, "
+        "written over them in the forward; the gradient over that in the backward), so its "
+        "peak_extra_mib lacks the [views*B, K] gradient tensor: it is what a training step "
+        "holds (dino_core.step never reads the logits after the loss), not a figure for "
+        "callers that keep their logits, whose row is 'fused'. Its working_mib is its whole "
+        "peak (no separate gradient to subtract). Before each of its calls an untimed setup "
+        "restores the logits the previous call overwrote.",
         f"'{FLOOR}': allocating and writing one tensor of the gradient's size, timed in the "
-        "same rounds: a part of every implementation's time that none can avoid.",
+        "same rounds: a part of every out-of-place implementation's time that none of them "
+        "can avoid.",
         "inputs: logits ~ N(0, 1), teacher temperature 0.04, student temperature 0.1.",
     ]
     if device.type != "cuda":

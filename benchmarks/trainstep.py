@@ -83,7 +83,7 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     # recipe defaults: tau_t 0.04 without warm-up; 100 epochs bound the schedule's length
     loss = DINOLoss(shape.out_dim, shape.n_global + shape.n_local, warmup_teacher_temp=0.04,
                     teacher_temp=0.04, warmup_teacher_temp_epochs=0, nepochs=100,
-                    inplace_backward=LossConfig().inplace_backward).to(device)  # as the trainer
+                    overwrite_logits=LossConfig().overwrite_logits).to(device)  # as the trainer
     optimizer = build_optimizer(student, "adamw", device)
     precision = resolve_precision(precision, device)
     step = DINOStep(student=student, teacher=teacher, loss_fn=loss, optimizer=optimizer,

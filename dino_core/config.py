@@ -67,10 +67,11 @@ class LossConfig:
     student_temp: float = 0.1
     center_momentum: float = 0.9
     impl: str = "auto"            # auto | reference | fused | cuda
-    # fused/cuda write the gradient over the student logits (saves one [views*B, K] tensor):
-    # safe in this trainer, whose step never reads the logits after the backward; other
-    # autograd users of the logits fail loudly (version counter). No effect on reference.
-    inplace_backward: bool = True
+    # fused/cuda work in the student logits (no [views*B, K] buffer of their own; fused
+    # runs one softmax instead of two): safe in this trainer, whose step never reads the
+    # logits after the loss call; other autograd users of the logits fail loudly (version
+    # counter). No effect on reference.
+    overwrite_logits: bool = True
 
 
 @dataclass(frozen=True)

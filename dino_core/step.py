@@ -108,8 +108,8 @@ class DINOStep:
             # student: all views
             student_out = self.student(views)                   # (V*B, K)
             # loss (+ center EMA of the teacher outputs, no host sync). student_out is dead
-            # after this: with loss inplace_backward the backward overwrites it with its
-            # gradient, so nothing below may read it.
+            # after this: with loss overwrite_logits the loss works in it (the softmax from
+            # its forward, the gradient from its backward), so nothing below may read it.
             loss = self.loss_fn(student_out, teacher_out, epoch)
         self.stats.record(loss, iteration)
 

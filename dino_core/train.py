@@ -76,13 +76,13 @@ def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
 
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
-    """The DINO loss of ``cfg`` (on the CPU). ``inplace_backward`` is safe here because
-    ``DINOStep`` never reads the student logits after the backward."""
+    """The DINO loss of ``cfg`` (on the CPU). ``overwrite_logits`` is safe here because
+    ``DINOStep`` never reads the student logits after the loss call."""
     from .loss import DINOLoss
     return DINOLoss(cfg.model.out_dim, cfg.data.aug.num_views, cfg.loss.warmup_teacher_temp,
                     cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs, cfg.epochs,
                     student_temp=cfg.loss.student_temp, center_momentum=cfg.loss.center_momentum,
-                    impl=cfg.loss.impl, inplace_backward=cfg.loss.inplace_backward)
+                    impl=cfg.loss.impl, overwrite_logits=cfg.loss.overwrite_logits)
 
 
 @dataclass

@@ -91,7 +91,7 @@ def cuda_teacher_probs(teacher_output: torch.Tensor, center: torch.Tensor,
 
 
 class CudaDINOLossFunction(torch.autograd.Function):
-    """``(student [V*B, K], q [2*B, K], ncrops, student_temp, inplace_backward) -> loss``.
+    """``(student [V*B, K], q [2*B, K], ncrops, student_temp, overwrite_logits) -> loss``.
 
     Out of place (default): one kernel launch in the forward writes the loss rows and the
     gradient for a unit upstream gradient; the backward only scales that saved gradient by
@@ -105,14 +105,14 @@ class CudaDINOLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: torch.Tensor, q: torch.Tensor, ncrops: int,
-                student_temp: float, inplace_backward: bool = False) -> torch.Tensor:
+                student_temp: float, overwrite_logits: bool = False) -> torch.Tensor:
         batch = q.shape[0] // 2
         n_pairs = 2 * ncrops - 2
         ext = load_extension()
-        ctx.ncrops, ctx.student_temp, ctx.inplace_backward = ncrops, student_temp, inplace_backward
+        ctx.ncrops, ctx.student_temp, ctx.overwrite_logits = ncrops, student_temp, overwrite_logits
         ctx.grad_scale = 1.0 / (student_temp * n_pairs * batch)
         with torch.cuda.device(student.device):
-            if inplace_backward:
+            if overwrite_logits:
                 row_loss = ext.student_loss(student, q, ncrops, 1.0 / student_temp,
                                             _stream_of(student.device))
                 ctx.save_for_backward(student, q)
@@ -125,7 +125,7 @@ class CudaDINOLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        if ctx.inplace_backward:
+        if ctx.overwrite_logits:
             return CudaDINOLossFunction._backward_inplace(ctx, grad_loss)
         if ctx.used:
             raise RuntimeError("the CUDA DINO loss supports one backward per forward "
@@ -138,8 +138,8 @@ class CudaDINOLossFunction(torch.autograd.Function):
     @staticmethod
     def _backward_inplace(ctx, grad_loss: torch.Tensor):
         if torch.is_grad_enabled():
-            raise RuntimeError("the CUDA DINO loss with inplace_backward=True has no double "
-                               "backward (create_graph=True): use inplace_backward=False")
+            raise RuntimeError("the CUDA DINO loss with overwrite_logits=True has no double "
+                               "backward (create_graph=True): use overwrite_logits=False")
         # Unpacking checks the logits' version: a second backward after this one fails.
         student, q = ctx.saved_tensors
         upstream = grad_loss.detach().to(q.dtype).reshape(1).contiguous()  # stays on the device
@@ -152,15 +152,16 @@ class CudaDINOLossFunction(torch.autograd.Function):
 
 
 def cuda_dino_loss(student_output: torch.Tensor, teacher_probs_: torch.Tensor, ncrops: int,
-                   student_temp: float, inplace_backward: bool = False) -> torch.Tensor:
+                   student_temp: float, overwrite_logits: bool = False) -> torch.Tensor:
     """Loss from CUDA student logits ``[ncrops*B, K]`` and teacher probabilities
     ``[2*B, K]`` (accumulation dtype, e.g. from :func:`cuda_teacher_probs`).
 
-    ``inplace_backward=True``: the backward overwrites ``student_output`` (or its contiguous
-    copy) with the gradient, as :func:`dino_core.loss.fused.fused_dino_loss` does."""
+    ``overwrite_logits=True``: the backward overwrites ``student_output`` (or its contiguous
+    copy) with the gradient (the forward only reads it), within the contract of
+    :func:`dino_core.loss.fused.fused_dino_loss`."""
     if student_output.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the CUDA DINO loss supports {SUPPORTED_DTYPES}, "
                         f"got {student_output.dtype}")
     return CudaDINOLossFunction.apply(student_output.contiguous(),
                                       teacher_probs_.detach().contiguous(), ncrops, student_temp,
-                                      inplace_backward)
+                                      overwrite_logits)

@@ -16,11 +16,13 @@ Implementations (``impl``), all with the same value and gradient:
 - ``auto``: ``cuda`` for CUDA tensors when the extension builds, else ``fused``; one log
   line says which runs.
 
-``inplace_backward=True`` lets ``fused`` and ``cuda`` write the gradient over the student
-logits instead of into a new ``[ncrops*B, K]`` tensor (``fused.py`` says when that is safe;
-the trainer is such a caller). After the backward, ``student_output`` holds the gradient. It
-is a permission, not a demand: ``reference`` is plain autograd and keeps its gradient out
-of place (one log line says so). The gradient's values are the same either way.
+``overwrite_logits=True`` lets ``fused`` and ``cuda`` use the student logits as their
+working buffer from the call on, instead of a new ``[ncrops*B, K]`` tensor: ``fused`` writes
+its one softmax over them in the forward, and both write the gradient over them in the
+backward (``fused.py`` says when that is safe; the trainer is such a caller). After the
+backward, ``student_output`` holds the gradient. It is a permission, not a demand:
+``reference`` is plain autograd and leaves the logits alone (one log line says so). The
+gradient's values are the same either way.
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ class DINOLoss(nn.Module):
     def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float,
                  teacher_temp: float, warmup_teacher_temp_epochs: int, nepochs: int,
                  student_temp: float = 0.1, center_momentum: float = 0.9, impl: str = "auto",
-                 inplace_backward: bool = False):
+                 overwrite_logits: bool = False):
         super().__init__()
         if out_dim < 1:
             raise ValueError(f"out_dim must be >= 1, got {out_dim}")
@@ -78,14 +80,14 @@ class DINOLoss(nn.Module):
             raise ValueError(f"student_temp must be > 0, got {student_temp}")
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        if not isinstance(inplace_backward, bool):
-            raise ValueError(f"inplace_backward must be a bool, got {inplace_backward!r}")
+        if not isinstance(overwrite_logits, bool):
+            raise ValueError(f"overwrite_logits must be a bool, got {overwrite_logits!r}")
         self.out_dim, self.ncrops = out_dim, ncrops
         self.student_temp, self.impl = student_temp, impl
         # Off by default: a module that overwrites its input must be asked to. The trainer
-        # turns it on (config loss.inplace_backward) because its step never reads the logits
-        # after the backward.
-        self.inplace_backward = inplace_backward
+        # turns it on (config loss.overwrite_logits) because its step never reads the logits
+        # after the loss call.
+        self.overwrite_logits = overwrite_logits
         self.teacher_temp_schedule = teacher_temp_schedule(
             warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -95,7 +97,7 @@ class DINOLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"out_dim={self.out_dim}, ncrops={self.ncrops}, "
                 f"student_temp={self.student_temp}, impl={self.impl!r}, "
-                f"inplace_backward={self.inplace_backward}")
+                f"overwrite_logits={self.overwrite_logits}")
 
     def teacher_temp(self, epoch: int) -> float:
         """tau_t of ``epoch`` (0-based) from the precomputed schedule."""
@@ -169,19 +171,19 @@ class DINOLoss(nn.Module):
         # run the fused path's matmuls in bf16.
         with torch.autocast(student_output.device.type, enabled=False):
             if impl == "reference":
-                if self.inplace_backward:
-                    self._note_once("inplace_backward has no effect on impl='reference' "
+                if self.overwrite_logits:
+                    self._note_once("overwrite_logits has no effect on impl='reference' "
                                     "(plain autograd): its gradient stays out of place")
                 loss = reference_dino_loss(student_output, teacher_output, self.center, temp,
                                            self.ncrops, self.student_temp)
             elif impl == "fused":
                 q = teacher_probs(teacher_output, self.center, temp)
                 loss = fused_dino_loss(student_output, q, self.ncrops, self.student_temp,
-                                       self.inplace_backward)
+                                       self.overwrite_logits)
             else:
                 q = cuda_ext.cuda_teacher_probs(teacher_output, self.center, temp)
                 loss = cuda_ext.cuda_dino_loss(student_output, q, self.ncrops,
-                                               self.student_temp, self.inplace_backward)
+                                               self.student_temp, self.overwrite_logits)
         self._center_ema.launch(teacher_output, self.center)
         return loss
 

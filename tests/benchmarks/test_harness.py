@@ -2,6 +2,8 @@
 import json
 
 import numpy as np
+import time
+
 import pytest
 import torch
 
@@ -43,6 +45,14 @@ def test_time_fn_calls_warmup_plus_iters():
     assert all(s >= 0 for s in t.samples) and t.min <= t.median <= t.max
     with pytest.raises(ValueError):
         time_fn(lambda: None, "cpu", warmup=0, iters=0)
+
+
+def test_time_fn_runs_setup_before_every_call_untimed():
+    events = []
+    t = time_fn(lambda: events.append("call"), "cpu", warmup=1, iters=3,
+                setup=lambda: (events.append("setup"), time.sleep(0.05)))
+    assert events == ["setup", "call"] * 4
+    assert t.max < 0.05  # the setup's sleep is outside every sample
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():

@@ -18,16 +18,17 @@ def make_logits(batch, ncrops, dim, seed, dtype=torch.float64, scale=2.0, device
 
 
 def loss_and_grad(impl, student, teacher, center, ncrops, epoch, student_temp=0.1,
-                  upstream=1.0):
+                  upstream=1.0, overwrite_logits=False):
     """Run ``DINOLoss(impl=impl)`` once from ``center``: (loss, d(upstream * loss)/d student,
-    center after the update)."""
+    center after the update). The logits it is given are a non-leaf copy of ``student``
+    (``student`` itself survives ``overwrite_logits=True``)."""
     loss_fn = DINOLoss(student.shape[1], ncrops, student_temp=student_temp, impl=impl,
-                       **SCHEDULE).to(student.device)
+                       overwrite_logits=overwrite_logits, **SCHEDULE).to(student.device)
     if student.dtype == torch.float64:
         loss_fn = loss_fn.double()
     loss_fn.center.copy_(center)
     s = student.clone().requires_grad_()
-    loss = loss_fn(s, teacher, epoch)
+    loss = loss_fn(s * 1.0, teacher, epoch)
     (loss * upstream).backward()
     return loss.detach(), s.grad, loss_fn.center.clone()
 

@@ -12,8 +12,8 @@ def test_rows_cover_every_implementation_and_agree_with_the_reference():
     by_impl = {r["impl"]: r for r in rows}
     assert list(by_impl) == [*loss_bench.IMPLS, loss_bench.FLOOR]
     assert by_impl["cuda"]["status"] == "not run: needs a CUDA device"
-    assert by_impl["cuda (in-place backward)"]["status"] == "not run: needs a CUDA device"
-    for impl in ("reference", "einsum", "fused", "fused (in-place backward)"):
+    assert by_impl["cuda (overwrite logits)"]["status"] == "not run: needs a CUDA device"
+    for impl in ("reference", "einsum", "fused", "fused (overwrite logits)"):
         row = by_impl[impl]
         assert row["status"] == "ok" and row["time_n"] == 2 and row["time_median_ms"] > 0
         assert row["loss_rel_diff"] < 1e-6 and row["grad_rel_diff"] < 1e-5
@@ -28,7 +28,7 @@ def test_cpu_peak_memory_sees_the_pair_tensors_of_the_reference():
     batch, views, out_dim = 4, 12, 65536
     grad_bytes = views * batch * out_dim * 4
     fused = loss_bench.cpu_peak_extra_bytes("fused", batch, views, out_dim, torch.float32)
-    inplace = loss_bench.cpu_peak_extra_bytes("fused (in-place backward)", batch, views,
+    inplace = loss_bench.cpu_peak_extra_bytes("fused (overwrite logits)", batch, views,
                                               out_dim, torch.float32)
     reference = loss_bench.cpu_peak_extra_bytes("reference", batch, views, out_dim,
                                                 torch.float32)
@@ -47,4 +47,4 @@ def test_standalone_entry_writes_json_and_markdown(tmp_path, capsys):
     assert [r["impl"] for r in result["rows"]] == [*loss_bench.IMPLS, loss_bench.FLOOR]
     assert (tmp_path / next(tmp_path.glob("*_loss.md")).name.replace(".md", ".png")).is_file()
     out = capsys.readouterr().out
-    assert "| fused | ok |" in out and "| fused (in-place backward) | ok |" in out
+    assert "| fused | ok |" in out and "| fused (overwrite logits) | ok |" in out

@@ -142,7 +142,7 @@ def cuda_pair(student, q, ncrops, upstream, inplace):
     """Loss, gradient of ``upstream * loss`` and the logits after the backward, from
     non-leaf logits (as a head makes them)."""
     logits = student.clone().requires_grad_().mul(1.0)
-    loss = cuda_ext.cuda_dino_loss(logits, q, ncrops, 0.1, inplace_backward=inplace)
+    loss = cuda_ext.cuda_dino_loss(logits, q, ncrops, 0.1, overwrite_logits=inplace)
     (grad,) = torch.autograd.grad(loss * upstream, logits)
     return loss.detach(), grad, logits.detach()
 
@@ -150,7 +150,7 @@ def cuda_pair(student, q, ncrops, upstream, inplace):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dim", [4096, 4099])  # vectorised and scalar paths
-def test_cuda_inplace_backward_equals_out_of_place(dtype, dim):
+def test_cuda_overwrite_logits_equals_out_of_place(dtype, dim):
     """Same kernel code, gradient written over the logits in the backward: bit-identical for
     a unit upstream gradient (the scale is then the same number), within one rounding of
     the dtype otherwise (in place folds the upstream factor in before rounding)."""
@@ -170,7 +170,7 @@ def test_cuda_inplace_backward_equals_out_of_place(dtype, dim):
 
 
 @pytest.mark.gpu
-def test_cuda_inplace_backward_bumps_the_version_counter():
+def test_cuda_overwrite_logits_bumps_the_version_counter():
     """The kernel writes through a raw pointer; the binding's caller bumps the version, so a
     node that saved the logits and runs later fails instead of reading the gradient."""
     ncrops, batch, dim = 4, 2, 256
@@ -178,6 +178,6 @@ def test_cuda_inplace_backward_bumps_the_version_counter():
     q = cuda_ext.cuda_teacher_probs(teacher, center.float(), 0.04)
     logits = student.clone().requires_grad_().mul(1.0)
     other = torch.sin(logits).sum()
-    loss = cuda_ext.cuda_dino_loss(logits, q, ncrops, 0.1, inplace_backward=True)
+    loss = cuda_ext.cuda_dino_loss(logits, q, ncrops, 0.1, overwrite_logits=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (loss + other).backward()
