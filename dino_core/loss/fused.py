@@ -69,19 +69,17 @@ def _pair_mask(ncrops: int, device: torch.device, dtype: torch.dtype) -> torch.T
     return mask
 
 
-def _scaled(student: torch.Tensor, inv_tau: float, acc: torch.dtype) -> torch.Tensor:
-    """``student * inv_tau`` as a new tensor in the accumulation dtype, same shape."""
-    if student.dtype == acc:
-        return torch.mul(student, inv_tau)
-    return student.to(acc).mul_(inv_tau)
-
-
 def _scale_into(out: torch.Tensor, student: torch.Tensor, inv_tau: float) -> torch.Tensor:
-    """``out = student * inv_tau`` in ``out``'s dtype; the same values as :func:`_scaled`
-    (a low-precision ``student`` is widened before the multiply, not after)."""
+    """``out = student * inv_tau`` in ``out``'s dtype (a low-precision ``student`` is
+    widened before the multiply, not after)."""
     if student.dtype == out.dtype:
         return torch.mul(student, inv_tau, out=out)
     return out.copy_(student).mul_(inv_tau)
+
+
+def _scaled(student: torch.Tensor, inv_tau: float, acc: torch.dtype) -> torch.Tensor:
+    """``student * inv_tau`` as a new tensor in the accumulation dtype, same shape."""
+    return _scale_into(torch.empty_like(student, dtype=acc), student, inv_tau)
 
 
 # Student views per forward chunk: two, so that the forward's temporary (two [B, K] blocks)
