@@ -3,7 +3,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-# numba compiles the parameter draw (pipelines/counter_sampling.py) that the DALI feed and
+# numba compiles the parameter draw (pipelines/sampling/compiled_draw.py) that the DALI feed and
 # the FFCV op share; the base install (reference executor) runs without it.
 EXTRAS = {
     "dali": ["nvidia-dali-cuda120==2.4.0", "numba"],

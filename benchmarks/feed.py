@@ -2,7 +2,7 @@
 
 The DALI graph is fed by a Python external-source callback (``EpochFeed``): per batch it
 reads the encoded files, reads their JPEG sizes, draws every view's parameters (one compiled
-``counter_sampling.draw_batch_rows`` call) and packs them (``params.pack_rows``). DALI
+``compiled_draw.draw_batch_rows`` call) and packs them (``params.pack_rows``). DALI
 decodes and augments in its own threads or on the GPU; this callback is the part that stays
 Python, on the host. At the GPU goal of 8,000 multi-crop images/s it must cost well under
 1/8000 s of one core per image, or the feed needs several processes (``cores_for_8000``).
@@ -120,8 +120,8 @@ Variants = dict[str, Callable[[int], int]]
 def build_variants(cfg: FeedBenchConfig, dataset, spec) -> tuple[Variants, int]:
     """The callables to time, by row name, and the batches per epoch. Each takes a batch
     position and returns the number of images it handled."""
-    from pipelines.counter_sampling import batch_keys, draw_batch_rows, spec_arrays
-    from pipelines.counter_stream import epoch_key
+    from pipelines.sampling.compiled_draw import batch_keys, draw_batch_rows, spec_arrays
+    from pipelines.sampling.counter_stream import epoch_key
     from pipelines.dali_backend.feed import EpochFeed, EpochPlan
     from pipelines.dali_backend.params import pack_rows
 

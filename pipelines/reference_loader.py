@@ -9,7 +9,7 @@ honours the ``MultiCropLoader`` contract of ``pipelines/loader.py``:
   takes every ``world_size``-th entry from r, so ranks are disjoint up to the padding and
   all yield the same number of batches (``epoch_indices``).
 - augmentation: sample ``i`` in epoch e on rank r draws its views from its counter stream
-  ``sample_rng(seed, r, e, i)`` (``pipelines.counter_stream``), so batches do not depend on
+  ``sample_rng(seed, r, e, i)`` (``pipelines.sampling.counter_stream``), so batches do not depend on
   ``num_workers``, differ between ranks, and carry the parameters the DALI and FFCV
   executors draw for the same sample.
 - bad files: files the scan skips are logged once at start-up; an image that fails to

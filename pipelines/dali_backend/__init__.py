@@ -1,6 +1,6 @@
 """The DALI executor: ``build_loader(data, backend="dali")``.
 
-    feed.py     host side: epoch order, encoded bytes, view parameters (counter_sampling.py)
+    feed.py     host side: epoch order, encoded bytes, view parameters (compiled_draw.py)
     params.py   parameters -> one float32 row per view (incl. the jitter slot trick)
     graph.py    AugmentationSpec -> DALI graph: decode once, every view
     ops.py      the photometric ops as DALI graph functions
@@ -11,7 +11,7 @@ Design choices, and why:
 - The graph executes parameters drawn on the host on the reference's streams
   (``sample_rng(seed, global rank, epoch, index)``), instead of drawing them in-graph: the
   same seed gives the reference executor's crops, flips and jitter, a resumed run continues
-  exactly, and tests can force every parameter. The draw is ``pipelines.counter_sampling``,
+  exactly, and tests can force every parameter. The draw is ``pipelines.sampling.compiled_draw``,
   the compiled twin of ``pipelines.sampling``, once per batch: microseconds per image,
   where a Python draw per view was most of the feed's CPU time.
 - Bytes come through an external source in an order the loader controls (the reference

@@ -5,7 +5,7 @@ packed view parameters, labels and dataset indices of the samples
 ``epoch_indices(...)[t * B:(t + 1) * B]``, the same order the reference loader uses (a
 whole-dataset permutation per epoch from (seed, e), strided by rank, padded by wrapping), and
 draws every view on the reference's streams (``sample_rng(seed, r, e, index)``): one call
-of the compiled ``counter_sampling.draw_batch_rows`` per batch, packed by
+of the compiled ``compiled_draw.draw_batch_rows`` per batch, packed by
 ``params.pack_rows``, instead of Python per sample (numpy Generators per view were most
 of the feed's CPU time per image, which caps the host feed's rate). After the last batch
 it raises StopIteration, which ends DALI's epoch.
@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from ..convert.common import describe_error
-from ..counter_sampling import batch_keys, draw_batch_rows, spec_arrays
-from ..counter_stream import epoch_key
+from ..sampling.compiled_draw import batch_keys, draw_batch_rows, spec_arrays
+from ..sampling.counter_stream import epoch_key
 from ..folder import DatasetError
 from ..reference_loader import epoch_indices
 from ..spec import AugmentationSpec

@@ -1,7 +1,7 @@
 """Per-view parameters packed for the DALI graph: one float32 row per view.
 
 The DALI executor does not draw randomness in the graph: the feed draws every view of a
-batch with ``pipelines.counter_sampling.draw_batch_rows`` (the compiled twin of
+batch with ``pipelines.sampling.compiled_draw.draw_batch_rows`` (the compiled twin of
 ``pipelines.sampling``, on the reference executor's streams ``sample_rng(seed, rank, epoch,
 index)``), packs them here and feeds them next to the JPEG bytes. So one seed gives the same
 crops, flips, jitter, grayscale, blur and solarize as the reference, a run resumes exactly,
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..param_row import COL, ORDER
+from ..sampling.param_row import COL, ORDER
 from ..sampling import JITTER_OPS, JitterParams, ViewParams
 
 JITTER_SLOTS = "BSBCBSBHBSBCBSB"

@@ -4,7 +4,7 @@ photometric tensor ops on the device.
 - ``loader.build_ffcv_loader``: what ``pipelines.build_loader(..., backend="ffcv")`` calls.
 - ``decode_once.MultiCropDecoder``: the FFCV operation (decode once, cut all views).
 - ``resample``: its compiled resampling, with a plain twin. Its randomness is the project's
-  one counter stream, drawn by ``pipelines.counter_sampling`` (twin: ``pipelines.sampling``).
+  one counter stream, drawn by ``pipelines.sampling.compiled_draw`` (twin: ``pipelines.sampling``).
 - ``order``: per-epoch rank slices; ``reader_fix``: a fix for FFCV's OS-cache reader.
 
 Importing this package imports nothing from FFCV; ``loader`` and ``decode_once`` do.

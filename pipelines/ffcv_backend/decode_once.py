@@ -4,10 +4,10 @@ FFCV's stock image decoders each end one pipeline, so 12 views mean 12 pipelines
 decodes of the same JPEG. ``MultiCropDecoder`` is a single decoder for the image field: per
 sample it decodes the JPEG once (FFCV's TurboJPEG binding; raw samples are read in place)
 into a scratch buffer, draws every view's parameters into a float64 [views, param_row.WIDTH]
-scratch (``counter_sampling.draw_image_rows``, the compiled twin of ``pipelines.sampling``),
+scratch (``compiled_draw.draw_image_rows``, the compiled twin of ``pipelines.sampling``),
 and for every view resamples the row's crop box, flipped when the row says so, into the
 output (``resample``, the spec's interpolation). With ``finish`` (the CPU executor) each
-crop then goes through ``photometric_kernel.photometric_view`` with the photometric columns
+crop then goes through ``cpu_kernel.photometric_view`` with the photometric columns
 of the same rows, and the op writes finished, normalised float32 CHW views. Samples run in
 parallel (numba prange over FFCV's worker threads). Every parameter is the one the reference
 and DALI executors draw for the same sample.
@@ -38,10 +38,10 @@ from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 from ffcv.utils import cast_int_to_byte_ptr
 
-from ..counter_sampling import draw_image_rows, sample_key_nb, spec_arrays
-from ..counter_stream import epoch_key
-from ..param_row import COL, WIDTH
-from ..photometric_kernel import kernel_consts, photometric_view, scratch_size
+from ..sampling.compiled_draw import draw_image_rows, sample_key_nb, spec_arrays
+from ..sampling.counter_stream import epoch_key
+from ..sampling.param_row import COL, WIDTH
+from ..photometric.cpu_kernel import kernel_consts, photometric_view, scratch_size
 from ..spec import AugmentationSpec
 from .resample import filter_code, resize_crop
 
@@ -127,7 +127,7 @@ def finish_views(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: 
                  sizes: np.ndarray, offsets: np.ndarray, kind: int, crop: np.ndarray,
                  scratch: np.ndarray, norm: np.ndarray, solarize_at: float) -> None:
     """``cut_views``, then each crop's photometric ops and normalisation
-    (``photometric_kernel.photometric_view``) into the planar float32 batch ``flat``.
+    (``cpu_kernel.photometric_view``) into the planar float32 batch ``flat``.
     crop: uint8 scratch of the largest view; scratch: the kernel's float32 scratch."""
     for v in range(sizes.shape[0]):
         size = sizes[v]

@@ -4,13 +4,13 @@ Flow per batch: FFCV reads the .beton (os page cache or its process cache) -> th
 ``MultiCropDecoder`` decodes each image once and cuts every view, laid out view-major. Then
 one of two finishes (``FFCVOptions.photometric``):
 - compiled (the CPU default): the op itself runs each view's photometric ops and
-  normalisation (``pipelines.photometric_kernel``) with the parameters of the sample's own
+  normalisation (``pipelines.photometric.cpu_kernel``) with the parameters of the sample's own
   stream, the very parameters the reference executor draws, in FFCV's worker threads; here
   each run of same-size views is one finished ``[k * B, 3, S, S]`` float32 array, copied out
   of FFCV's reused buffer.
 - tensor (the GPU default): the op writes uint8 crops; here each run of same-size views
   becomes one ``[k * B, S, S, 3]`` tensor, goes to the device and gets the photometric ops
-  as batched tensor ops (``pipelines.tensor_ops``), parameters drawn there per batch.
+  as batched tensor ops (``pipelines.photometric.torch_ops``), parameters drawn there per batch.
 
 Sharding: no process group is needed. Each rank gets its own equal-length, disjoint slice
 of a per-epoch global order through a custom FFCV traversal order (``order.py``); the
@@ -38,7 +38,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from ..convert.common import Manifest
 from ..folder import DatasetError
 from ..spec import AugmentationSpec
-from ..tensor_ops import PhotometricOps
+from ..photometric.torch_ops import PhotometricOps
 from . import reader_fix
 from .decode_once import DECODE_FAILED, MultiCropDecoder
 from .order import ORDERS, epoch_order, rank_slice
@@ -58,8 +58,8 @@ class FFCVOptions:
         datasets larger than RAM).
     batches_ahead: batches FFCV decodes ahead of the consumer.
     photometric: where the photometric ops run. "compiled": inside the decode op, per view,
-        with the parameters of the sample's stream (``photometric_kernel``; CPU only);
-        "tensor": batched tensor ops on the device after the op (``tensor_ops``, parameters
+        with the parameters of the sample's stream (``cpu_kernel``; CPU only);
+        "tensor": batched tensor ops on the device after the op (``torch_ops``, parameters
         from a per-batch torch generator); "auto": compiled on the CPU, tensor on a GPU.
     """
 

@@ -10,14 +10,15 @@ import pytest
 
 pytest.importorskip("numba", reason="numba is not installed")
 
-from pipelines import counter_sampling, photometric_kernel  # noqa: E402
+from pipelines.photometric import cpu_kernel  # noqa: E402
+from pipelines.sampling import compiled_draw  # noqa: E402
 from pipelines.ffcv_backend import resample  # noqa: E402
 
 # the one deliberate exception: a reassociated (not contracted) luma sum, within tolerance
 ALLOWED = {"_luma_sum": {"reassoc", "nsz"}}
 
 
-@pytest.mark.parametrize("module", [counter_sampling, photometric_kernel, resample],
+@pytest.mark.parametrize("module", [compiled_draw, cpu_kernel, resample],
                          ids=lambda m: m.__name__)
 def test_every_compiled_function_states_fastmath(module):
     dispatchers = [v for v in vars(module).values() if hasattr(v, "targetoptions")]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines import param_row as pr
+from pipelines.sampling import param_row as pr
 from pipelines.dali_backend.params import (JITTER_SLOTS, LAYOUT, blur_window, jitter_slots,
                                            pack_image, pack_rows, pack_view, slot_assignment)
 from pipelines.sampling import (JITTER_OPS, JitterParams, ViewParams, sample_image_params,

@@ -1,7 +1,7 @@
 """The compiled resampling of the FFCV decode-once op.
 
-(Its crop boxes and flips come from ``pipelines.counter_sampling``, tested bitwise against
-the plain sampler in test_counter_sampling.py.)
+(Its crop boxes and flips come from ``pipelines.sampling.compiled_draw``, tested bitwise against
+the plain sampler in sampling/test_compiled_draw.py.)
 
 - Resampling against the reference's PIL crop + resize (tolerances in pixel levels): for
   bicubic and bilinear mean <= 0.3, max <= 4 (PIL uses fixed-point weights and, for some

@@ -28,9 +28,9 @@ from ffcv.libffcv import imdecode  # noqa: E402
 from ffcv.reader import Reader  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines import photometric_kernel as PK  # noqa: E402
+from pipelines.photometric import cpu_kernel as PK  # noqa: E402
 from pipelines import reference as ref  # noqa: E402
-from pipelines import tensor_ops as T  # noqa: E402
+from pipelines.photometric import torch_ops as T  # noqa: E402
 from pipelines.convert.beton import convert  # noqa: E402
 from pipelines.convert.common import ConvertConfig  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
@@ -39,7 +39,7 @@ from pipelines.ffcv_backend.order import epoch_order, rank_slice  # noqa: E402
 from pipelines.ffcv_backend.resample import filter_code, resize_crop  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import MultiCropLoader, build_loader  # noqa: E402
-from pipelines.param_row import to_rows  # noqa: E402
+from pipelines.sampling.param_row import to_rows  # noqa: E402
 from pipelines.sampling import sample_image_params, sample_rng  # noqa: E402
 from pipelines.spec import AugmentationSpec, ColorJitterSpec, ViewSpec  # noqa: E402
 from tests.pipelines.fidelity import assert_images_close, is_gray, to_pixels  # noqa: E402
@@ -251,7 +251,7 @@ def test_raw_samples_are_not_decoded_and_ranks_read_their_slice(recipe, raw):
 def test_compiled_views_are_the_reference_recipe_of_the_sample(recipe, raw):
     """The CPU default: every view equals the fused kernel applied to the twin crop with the
     REFERENCE's parameters for that sample (bitwise: the same compiled code), and the tensor
-    ops (photometric_kernel's twin) on the same crop and parameters within float32 noise."""
+    ops (cpu_kernel's twin) on the same crop and parameters within float32 noise."""
     assert recipe.compiled
     images, _ = stored_images(raw)
     epoch = 2
@@ -279,7 +279,7 @@ def test_compiled_views_are_the_reference_recipe_of_the_sample(recipe, raw):
     assert gray_views > 0
 
 
-def test_tensor_ops_get_per_sample_parameters(recipe_tensor, raw):
+def test_torch_ops_get_per_sample_parameters(recipe_tensor, raw):
     """The GPU path (run here on the CPU): redraw each batch's parameters from its generator
     seed and apply them to the twin crops: the loader's views must match, and grayscale must
     hit exactly those samples."""

@@ -1,7 +1,7 @@
 """pipelines.param_row: rows are an exact encoding of ViewParams."""
 import numpy as np
 
-from pipelines import param_row as pr
+from pipelines.sampling import param_row as pr
 from pipelines.sampling import sample_image_params, sample_rng
 from pipelines.spec import AugmentationSpec
 

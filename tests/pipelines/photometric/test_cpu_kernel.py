@@ -1,7 +1,7 @@
-"""pipelines.photometric_kernel: the fused numba kernel against its twin, the torch tensor ops,
+"""pipelines.photometric.cpu_kernel: the fused numba kernel against its twin, the torch tensor ops,
 and op by op against the PIL reference.
 
-The twin is ``tensor_ops``: ``params_from_views`` of the same rows, ``apply_photometric``
+The twin is ``torch_ops``: ``params_from_views`` of the same rows, ``apply_photometric``
 with the grouped CPU schedule, then ``PhotometricOps.normalize``. Both compute the same
 formulas in float32; they differ only in rounding (the kernel sums blur taps four at a time
 without rounding differently, but reduces the contrast mean in another order, and the
@@ -20,7 +20,7 @@ threshold other than 128 is a jump: a value within rounding of it may flip. The 
 with another threshold therefore uses exact uint8 levels, where nothing is rounded.)
 
 Against the PIL reference the bounds are those measured for the tensor ops in
-tests/pipelines/test_tensor_ops.py (the kernel is within ATOL of them), checked with the
+tests/pipelines/photometric/test_torch_ops.py (the kernel is within ATOL of them), checked with the
 shared helpers of tests/pipelines/fidelity.py.
 """
 import itertools
@@ -30,16 +30,16 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import param_row
-from pipelines import photometric_kernel as K
+from pipelines.sampling import param_row
+from pipelines.photometric import cpu_kernel as K
 from pipelines import reference as ref
-from pipelines import tensor_ops as T
-from pipelines.param_row import COL
+from pipelines.photometric import torch_ops as T
+from pipelines.sampling.param_row import COL
 from pipelines.sampling import JitterParams, ViewParams, sample_image_params, sample_rng
 from pipelines.spec import AugmentationSpec
 from tests.pipelines.fidelity import assert_images_close, to_pixels
 from tests.pipelines.images import photo_crop
-from tests.pipelines.test_tensor_ops import reference_chain
+from tests.pipelines.photometric.test_torch_ops import reference_chain
 
 SPEC = AugmentationSpec()
 ATOL = 2e-5
@@ -66,7 +66,7 @@ def kernel(imgs: np.ndarray, rows: np.ndarray, spec: AugmentationSpec = SPEC) ->
 
 
 def twin(imgs: np.ndarray, rows: np.ndarray, spec: AugmentationSpec = SPEC) -> np.ndarray:
-    """tensor_ops on the same rows: the obviously-correct, op-at-a-time path."""
+    """torch_ops on the same rows: the obviously-correct, op-at-a-time path."""
     params = T.params_from_views([param_row.from_row(r) for r in rows])
     x = T.to_float(torch.from_numpy(imgs), channels_last=True)
     return T.PhotometricOps(spec).normalize(T.apply_photometric(x, params, spec, "grouped")).numpy()
@@ -77,7 +77,7 @@ def assert_matches_twin(imgs: np.ndarray, rows: np.ndarray, spec: AugmentationSp
     got, want = kernel(imgs, rows, spec), twin(imgs, rows, spec)
     assert np.isfinite(got).all(), f"{what}: output not fully written"
     err = np.abs(got - want).reshape(len(rows), -1).max(axis=1)
-    assert err.max() <= ATOL, (f"{what}: max |kernel - tensor_ops| = {err.max():.2e} "
+    assert err.max() <= ATOL, (f"{what}: max |kernel - torch_ops| = {err.max():.2e} "
                                f"(row {int(err.argmax())}: {rows[err.argmax()].tolist()})")
 
 
@@ -93,7 +93,7 @@ def rows_for(imgs: np.ndarray, *views: ViewParams) -> tuple[np.ndarray, np.ndarr
             param_row.to_rows([v for v in views for _ in imgs]))
 
 
-# ------------------------------------------------------------------------------ vs tensor_ops
+# ------------------------------------------------------------------------------ vs torch_ops
 j = SPEC.jitter
 ALONE = {
     "all off": dict(),

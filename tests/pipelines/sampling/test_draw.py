@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.counter_stream import CounterRNG, sample_key
+from pipelines.sampling.counter_stream import CounterRNG, sample_key
 from pipelines.sampling import (JITTER_OPS, sample_crop_box, sample_image_params, sample_jitter,
                                 sample_rng)
 from pipelines.spec import AugmentationSpec

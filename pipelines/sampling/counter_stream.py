@@ -4,7 +4,7 @@ Every executor (PIL reference, DALI feed, FFCV op, evaluation probe) draws a sam
 numbers from the same stream, so one (seed, rank, epoch, index) gives the same crops, flips
 and photometric parameters whatever executes them. Uniform number ``k`` of stream ``key`` is
 ``splitmix64(key + k * GOLDEN)``: any draw can be computed without the ones before it, from
-compiled code (``pipelines.counter_sampling``) with no state to carry, and results do not
+compiled code (``pipelines.sampling.compiled_draw``) with no state to carry, and results do not
 depend on batch composition, thread count or timing.
 
 A sample's key hashes (seed, global rank, epoch, dataset index) in two steps: ``epoch_key``

@@ -1,4 +1,4 @@
-"""pipelines.counter_sampling: the compiled draw is the plain sampler, bit for bit.
+"""pipelines.sampling.compiled_draw: the compiled draw is the plain sampler, bit for bit.
 
 The twin: for a stream key and an image size, ``draw_image_rows`` must write exactly
 ``param_row.to_rows(sample_image_params(spec, w, h, CounterRNG(key)))`` (compared as raw
@@ -18,10 +18,10 @@ import pytest
 
 pytest.importorskip("numba", reason="numba (the dali / ffcv extras) is not installed")
 
-from pipelines import counter_sampling as C  # noqa: E402
-from pipelines.counter_stream import (CounterRNG, epoch_key, sample_key, splitmix64,  # noqa: E402
+from pipelines.sampling import compiled_draw as C  # noqa: E402
+from pipelines.sampling.counter_stream import (CounterRNG, epoch_key, sample_key, splitmix64,  # noqa: E402
                                       unit)
-from pipelines.param_row import COL, WIDTH, to_rows  # noqa: E402
+from pipelines.sampling.param_row import COL, WIDTH, to_rows  # noqa: E402
 from pipelines.sampling import sample_crop_box, sample_image_params  # noqa: E402
 from pipelines.spec import AugmentationSpec, ColorJitterSpec, ViewSpec  # noqa: E402
 from tests.pipelines.fidelity import assert_crop_boxes, check_rate  # noqa: E402
@@ -158,9 +158,9 @@ def test_compiled_boxes_and_flips_follow_the_spec(view):
 FAST_CALLER = """
 import numpy as np
 from numba import njit
-from pipelines import counter_sampling as C
-from pipelines.counter_stream import CounterRNG, sample_key
-from pipelines.param_row import to_rows
+from pipelines.sampling import compiled_draw as C
+from pipelines.sampling.counter_stream import CounterRNG, sample_key
+from pipelines.sampling.param_row import to_rows
 from pipelines.sampling import sample_image_params
 from pipelines.spec import AugmentationSpec
 spec = AugmentationSpec()
@@ -184,7 +184,7 @@ print(bad)
 
 def test_a_fastmath_caller_compiling_first_does_not_change_the_draw(tmp_path):
     """numba hands a caller's fastmath to callees that leave it unset and caches that
-    variant (see counter_sampling.EXACT). In a fresh process with an empty cache, let a
+    variant (see compiled_draw.EXACT). In a fresh process with an empty cache, let a
     fastmath op (as FFCV compiles) compile the draw first: its rows and the rows of every
     later plain call must still be the reference's bit for bit."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path),

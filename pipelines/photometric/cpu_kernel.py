@@ -1,6 +1,6 @@
 """The spec's photometric ops + normalisation of one crop, fused and compiled for the CPU.
 
-The torch tensor ops (``pipelines/tensor_ops.py``) cost the FFCV executor five times its
+The torch tensor ops (``pipelines/photometric/torch_ops.py``) cost the FFCV executor five times its
 crops: every op is a full pass over float32 images with temporaries in memory. This kernel
 computes their semantics (listed in their docstring) with the same float32 formulas, but
 streams each view through the cache a row at a time:
@@ -16,10 +16,10 @@ streams each view through the cache a row at a time:
 Each op is a branch-free loop over one contiguous row, which LLVM vectorises; the op order is
 dispatched per row, not per pixel. Nothing is allocated per view (``make_scratch``;
 ``photometric_batch`` allocates once per call). Parameter rows follow
-``pipelines/param_row.py``; box and flip are ignored (the crop arrives resized and flipped).
-Rounding differs from tensor_ops only in order (luma mean, fused multiply-adds) and in the
+``pipelines/sampling/param_row.py``; box and flip are ignored (the crop arrives resized and flipped).
+Rounding differs from torch_ops only in order (luma mean, fused multiply-adds) and in the
 hue wheel's ``k mod 6`` taken with ``k * (1/6)``: where that wraps differently, both give a
-weight of 0. Twin tests: tests/pipelines/test_photometric_kernel.py.
+weight of 0. Twin tests: tests/pipelines/photometric/test_cpu_kernel.py.
 
 Numba specifics that decide speed: row helpers are inlined (``inline="always"``), which
 drops the atomic reference counts of the row slices they take; indices stay provably >= 0
@@ -34,16 +34,16 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .param_row import COL, WIDTH
-from .spec import AugmentationSpec
-from .tensor_ops import BRIGHTNESS, CONTRAST, HUE, LUMA, SATURATION, blur_radius
+from ..sampling.param_row import COL, WIDTH
+from ..spec import AugmentationSpec
+from .torch_ops import BRIGHTNESS, CONTRAST, HUE, LUMA, SATURATION, blur_radius
 
 _F = np.float32
 _LR, _LG, _LB = (_F(w) for w in LUMA)
 _ZERO, _ONE, _TWO, _FOUR, _SIX = _F(0.0), _F(1.0), _F(2.0), _F(4.0), _F(6.0)
 _LEVELS = _F(255.0)
 _SIXTH = _F(1.0 / 6.0)
-_MIN_CHROMA = _F(1e-12)  # the hue's division guard, as tensor_ops
+_MIN_CHROMA = _F(1e-12)  # the hue's division guard, as torch_ops
 # hsv -> rgb: channel = V - C * clamp(min(k, 4 - k), 0, 1), k = (offset + 6 h) mod 6
 _K_R, _K_G, _K_B = _F(5.0), _F(3.0), _F(1.0)
 _JITTER, _ORDER0, _HUE_COL, _GRAY, _BLUR, _SIGMA, _SOLARIZE = (
@@ -102,7 +102,7 @@ def _wheel(k: float) -> float:
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
 def _load(rgb: np.ndarray, r: np.ndarray, g: np.ndarray, b: np.ndarray) -> None:
     """uint8 [3 S] (one HWC row, flat) -> three float32 [S] planes in [0, 1]; a division,
-    as tensor_ops (x * (1/255) would differ in the last bit for half the levels)."""
+    as torch_ops (x * (1/255) would differ in the last bit for half the levels)."""
     for i in range(r.shape[0]):
         r[i] = _F(rgb[3 * i]) / _LEVELS
         g[i] = _F(rgb[3 * i + 1]) / _LEVELS
@@ -139,7 +139,7 @@ def _saturation(r: np.ndarray, g: np.ndarray, b: np.ndarray, f: float) -> None:
 
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
 def _hue(r: np.ndarray, g: np.ndarray, b: np.ndarray, shift6: float) -> None:
-    """HSV hue rotation by ``shift6`` sextants; V and S are kept (tensor_ops.adjust_hue)."""
+    """HSV hue rotation by ``shift6`` sextants; V and S are kept (torch_ops.adjust_hue)."""
     for i in range(r.shape[0]):
         rr, gg, bb = r[i], g[i], b[i]
         v = rr if rr > gg else gg
@@ -211,14 +211,14 @@ def _jitter_ops(r: np.ndarray, g: np.ndarray, b: np.ndarray, row: np.ndarray, fi
 # ------------------------------------------------------------------------------ blur
 @njit(cache=True, nogil=True, fastmath=False)
 def _radius(sigma: float) -> int:
-    """Half-width for float32 ``sigma``: the smaller of tensor_ops' mask (float32
+    """Half-width for float32 ``sigma``: the smaller of torch_ops' mask (float32
     ceil(3 sigma)) and its window (blur_radius in float64), both at least 1."""
     return max(1, min(int(math.ceil(_F(3.0) * sigma)), int(math.ceil(3.0 * float(sigma)))))
 
 
 @njit(cache=True, nogil=True, fastmath=False)
 def _gaussian_taps(sigma: float, r: int, taps: np.ndarray) -> None:
-    """taps[:2r + 1] = the normalised gaussian, in float32 as tensor_ops computes it."""
+    """taps[:2r + 1] = the normalised gaussian, in float32 as torch_ops computes it."""
     total = _ZERO
     for j in range(2 * r + 1):
         t = _F(j - r) / sigma

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines import reference as ref
-from pipelines import tensor_ops as T
+from pipelines.photometric import torch_ops as T
 from pipelines.sampling import JITTER_OPS, JitterParams, ViewParams
 from pipelines.spec import AugmentationSpec, ColorJitterSpec
 from tests.pipelines.fidelity import assert_images_close, assert_view_rates, check_rate, to_pixels

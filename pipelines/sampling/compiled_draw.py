@@ -26,8 +26,8 @@ from numba import njit
 
 from .counter_stream import GOLDEN, MIX1, MIX2, TO_UNIT
 from .param_row import COL, WIDTH, to_row
-from .sampling import JITTER_OPS, ViewParams, jitter_ranges
-from .spec import AugmentationSpec
+from .draw import JITTER_OPS, ViewParams, jitter_ranges
+from ..spec import AugmentationSpec
 
 V_SCALE_LO, V_SCALE_HI, V_BLUR_P, V_SOLARIZE_P = range(4)
 VIEW_COLUMNS = 4

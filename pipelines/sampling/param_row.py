@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .sampling import JitterParams, ViewParams
+from .draw import JitterParams, ViewParams
 
 NAMES = ("top", "left", "height", "width", "flip", "jitter", "order0", "order1", "order2",
          "order3", "brightness", "contrast", "saturation", "hue", "grayscale", "blur", "sigma",

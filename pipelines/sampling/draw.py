@@ -2,9 +2,9 @@
 
 This is the plain-Python definition of what every executor draws: the PIL reference
 executor and the evaluation probe call it directly; the DALI feed and the FFCV op run its
-compiled twin (``pipelines.counter_sampling``), tested to give bitwise-identical rows. All of
+compiled twin (``pipelines.sampling.compiled_draw``), tested to give bitwise-identical rows. All of
 them read one counter stream per sample (``sample_rng(seed, rank, epoch, index)``, see
-``pipelines.counter_stream``), so one seed gives one set of parameters whatever executes
+``pipelines.sampling.counter_stream``), so one seed gives one set of parameters whatever executes
 them. That is also what makes op-by-op fidelity tests possible: draw (or force) a
 ``ViewParams`` and hand it to two executors.
 
@@ -22,7 +22,7 @@ from typing import Union
 import numpy as np
 
 from .counter_stream import CounterRNG, sample_key
-from .spec import AugmentationSpec, ViewSpec
+from ..spec import AugmentationSpec, ViewSpec
 
 Rng = Union[np.random.Generator, CounterRNG]
 

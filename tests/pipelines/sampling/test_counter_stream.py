@@ -1,4 +1,4 @@
-"""pipelines.counter_stream: the one random stream, and CounterRNG's Generator methods.
+"""pipelines.sampling.counter_stream: the one random stream, and CounterRNG's Generator methods.
 
 Runs without numba (the base install's reference executor depends on this module).
 """
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines import counter_stream as cs
+from pipelines.sampling import counter_stream as cs
 from pipelines.sampling import sample_crop_box
 from pipelines.spec import AugmentationSpec
 from tests.pipelines.fidelity import check_rate, ks_critical, ks_statistic
@@ -138,8 +138,9 @@ def test_samplers_accept_the_counter_stream():
 
 
 def test_base_install_modules_do_not_import_numba():
-    code = ("import sys; import pipelines.sampling, pipelines.counter_stream, "
-            "pipelines.reference, pipelines.param_row; print('numba' in sys.modules)")
+    code = ("import sys; import pipelines.sampling, pipelines.sampling.counter_stream, "
+            "pipelines.reference, pipelines.sampling.param_row, "
+            "pipelines.photometric, pipelines.photometric.torch_ops; print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"

@@ -13,7 +13,7 @@ Semantics follow the reference recipe (PIL ops as the DINO code applies them):
 - grayscale: ITU-R 601-2 luma (0.299, 0.587, 0.114), as PIL's mode "L", on all 3 channels.
 - gaussian blur: true separable gaussian (window covering 3 sigma, edge pixels replicated).
   PIL's GaussianBlur approximates a gaussian with three box blurs; the difference is measured
-  in tests/pipelines/test_tensor_ops.py.
+  in tests/pipelines/photometric/test_torch_ops.py.
 - solarize: ``1 - x`` where ``x >= (threshold - 0.5) / 255``, i.e. where PIL, which rounds
   to uint8 first, would see a value ``>= threshold``.
 Unlike PIL nothing is rounded to uint8 between ops; that is the one intended difference.
@@ -21,7 +21,7 @@ Unlike PIL nothing is rounded to uint8 between ops; that is the one intended dif
 Parameters are either drawn on the device from a ``torch.Generator`` (``draw_params``) or
 given explicitly from ``pipelines.sampling.ViewParams`` (``params_from_views``), so tests can
 force them. ``apply_photometric`` is the vectorised path; its per-sample loop twin lives in
-tests/pipelines/test_tensor_ops.py.
+tests/pipelines/photometric/test_torch_ops.py.
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .sampling import JITTER_OPS, ViewParams
-from .spec import AugmentationSpec, ViewSpec
+from ..sampling import JITTER_OPS, ViewParams
+from ..sampling.param_row import COL, ORDER
+from ..spec import AugmentationSpec, ViewSpec
 
 LUMA = (0.299, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = (JITTER_OPS.index(n) for n in
@@ -128,6 +129,18 @@ def params_from_views(views: Sequence[ViewParams], device: torch.device | str = 
         sigma=t(sigmas, torch.float32),
         solarize=t([v.solarize for v in views], torch.bool),
         max_sigma=max(sigmas, default=1.0))
+
+
+def params_from_rows(rows: torch.Tensor, spec: AugmentationSpec) -> PhotometricParams:
+    """Parameters from ``param_row`` rows ``[n, WIDTH]`` on any device, without a host sync
+    (the blur window is sized from the spec's largest sigma, not from the rows)."""
+    r = rows.to(torch.float32)
+    return PhotometricParams(
+        jitter=r[:, COL.jitter] > 0, order=r[:, ORDER].to(torch.int64),
+        factors=r[:, COL.brightness:COL.saturation + 1].contiguous(), hue=r[:, COL.hue].contiguous(),
+        grayscale=r[:, COL.grayscale] > 0, blur=r[:, COL.blur] > 0,
+        sigma=r[:, COL.sigma].contiguous(), solarize=r[:, COL.solarize] > 0,
+        max_sigma=float(spec.blur_sigma[1]))
 
 
 # ----------------------------------------------------------------------------- single ops

@@ -1,0 +1,14 @@
+"""How the drawn parameters are applied: the spec's photometric ops and normalisation.
+
+Every executor crops and flips first (geometry), then finishes each uint8 view here with the
+view's ``param_row`` row: colour jitter in the sample's own order, grayscale, gaussian blur,
+solarize, normalise to the spec's mean/std. The semantics (PIL's ops as the reference recipe
+applies them, without uint8 rounding between ops) are stated once, in ``torch_ops``'
+docstring; every implementation below computes them and is tested against the others:
+
+    torch_ops.py    batched torch tensor ops, any device: the plain, op-at-a-time twin
+    cpu_kernel.py   the fused numba kernel, one view streamed through the cache row by row
+                    (the FFCV executor's CPU finish; needs numba)
+
+What is drawn lives in ``pipelines.sampling``.
+"""

@@ -1,0 +1,117 @@
+"""``finish_views``: the one call every executor makes to finish a batch of uint8 views.
+
+Geometry (decode, crop, resize, flip) differs per executor; what follows is the same for
+all: a batch of same-size uint8 views and their ``param_row`` rows go in, normalised views
+in the spec's output dtype come out. Which implementation runs is chosen here, once per
+process, and logged in one line:
+
+    CUDA device  the fused CUDA kernel (``cuda.py``) when the kernel library loads, else the
+                 torch ops (``torch_ops``, no host sync)
+    CPU          the fused numba kernel (``cpu_kernel``) when numba is installed, else the
+                 torch ops
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..spec import AugmentationSpec
+from . import torch_ops
+
+log = logging.getLogger(__name__)
+
+IMPLS = ("auto", "cuda", "cpu_kernel", "torch")
+Finisher = Callable[[torch.Tensor, torch.Tensor, AugmentationSpec], torch.Tensor]
+
+
+def finish_views(crops: torch.Tensor, rows: torch.Tensor | np.ndarray, spec: AugmentationSpec,
+                 impl: str = "auto") -> torch.Tensor:
+    """Photometric ops + normalisation of one batch of same-size views.
+
+    crops: uint8 ``[N, S, S, 3]`` (channels last, each view already cropped, resized and
+        flipped), on the CPU or a CUDA device.
+    rows: ``[N, param_row.WIDTH]`` parameter rows (box and flip columns ignored), float32 or
+        float64, on the crops' device (a numpy array is taken for CPU crops).
+    impl: "auto" (see the module docstring), or one of "cuda", "cpu_kernel", "torch" to
+        force an implementation (an error says why when it cannot run here).
+    Returns ``[N, 3, S, S]`` in ``spec.output_dtype`` on the crops' device.
+    """
+    if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[-1] != 3:
+        raise ValueError(f"finish_views takes uint8 [N, S, S, 3] crops, got "
+                         f"{crops.dtype} {tuple(crops.shape)}")
+    if isinstance(rows, np.ndarray):
+        rows = torch.from_numpy(rows)
+    if rows.dim() != 2 or rows.shape[0] != crops.shape[0]:
+        raise ValueError(f"finish_views needs one parameter row per view: {crops.shape[0]} "
+                         f"views, rows {tuple(rows.shape)}")
+    if crops.shape[0] == 0:
+        return torch.empty((0, 3, *crops.shape[1:3]), dtype=getattr(torch, spec.output_dtype),
+                           device=crops.device)
+    return finisher(crops.device.type, impl)(crops, rows.to(crops.device), spec)
+
+
+@functools.cache
+def finisher(device_type: str, impl: str = "auto") -> Finisher:
+    """The implementation for a device type ("cpu" / "cuda"), resolved once and logged."""
+    if impl not in IMPLS:
+        raise ValueError(f"photometric impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl, why = _auto(device_type)
+        log.info("photometric finish on %s: %s (%s)", device_type, impl, why)
+    if impl == "cuda":
+        if device_type != "cuda":
+            raise ValueError("photometric impl 'cuda' needs CUDA crops")
+        from . import cuda
+        reason = cuda.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"the CUDA photometric kernel is unavailable: {reason}")
+        return cuda.finish
+    if impl == "cpu_kernel":
+        if device_type != "cpu":
+            raise ValueError("photometric impl 'cpu_kernel' needs CPU crops")
+        return _cpu_kernel
+    return _torch
+
+
+def _auto(device_type: str) -> tuple[str, str]:
+    if device_type == "cuda":
+        try:
+            from . import cuda
+            reason = cuda.unavailable_reason()
+        except ImportError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        return ("cuda", "kernel library loaded") if reason is None else ("torch", reason)
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "torch", "numba is not installed"
+    return "cpu_kernel", "numba"
+
+
+def _cpu_kernel(crops: torch.Tensor, rows: torch.Tensor, spec: AugmentationSpec
+                ) -> torch.Tensor:
+    from .cpu_kernel import kernel_consts, photometric_batch
+    consts = kernel_consts(spec)
+    n, size = crops.shape[0], crops.shape[1]
+    out = np.empty((n, 3, size, size), np.float32)
+    photometric_batch(crops.numpy(), rows.to(torch.float64).numpy(), consts.norm,
+                      consts.solarize_at, out)
+    result = torch.from_numpy(out)
+    dtype = getattr(torch, spec.output_dtype)
+    return result if dtype == torch.float32 else result.to(dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _torch_ops(spec: AugmentationSpec, device: torch.device) -> torch_ops.PhotometricOps:
+    """Built once per spec and device: its constants are uploaded once, not per batch."""
+    return torch_ops.PhotometricOps(spec, device)
+
+
+def _torch(crops: torch.Tensor, rows: torch.Tensor, spec: AugmentationSpec) -> torch.Tensor:
+    params = torch_ops.params_from_rows(rows, spec)
+    return _torch_ops(spec, crops.device)(crops, spec.global_views[:1], generator=None,
+                                          params=params)
