@@ -69,6 +69,7 @@ examples:
   dino-bench pipeline --backends reference dali ffcv --data /data/imagenet/train
   dino-bench e2e --backends dali --data /data/imagenet/train --steps 100
   dino-bench feed --data /data/imagenet-wds/train
+  dino-bench gpu /tmp/gpu-check      # every GPU part, time-boxed, one summary (--help)
 """
 
 
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dino-bench``; returns the process exit status."""
     args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:1] == ["gpu"]:  # its own parser: parts, time boxes, one summary
+        from .gpu_check import main as gpu_main
+        return gpu_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     if args.threads is not None:
         if args.threads < 1:

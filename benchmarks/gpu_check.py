@@ -1,0 +1,224 @@
+"""``dino-bench gpu OUTDIR``: check and measure every GPU part of the project in one command.
+
+Made for a lent GPU machine with minutes, not hours: each part runs in its own process with
+its own time box (one hang cannot eat the rest), parts whose prerequisites are missing are
+skipped with the reason, and a one-screen summary is printed last and written to
+``OUTDIR/summary.md`` (``summary.json`` for tools). Logs go to ``OUTDIR/logs/<part>.log``,
+result files (JSON/CSV/MD/PNG of each benchmark) to ``OUTDIR/results/``.
+
+    env          GPU, driver, library versions, kernel library status; the two ceilings
+                 (device copy GB/s, bf16 matmul TFLOP/s) the other figures are read against
+    tests        ``pytest -m gpu``: kernels against their twins, the step, the loaders
+    loss         DINO loss: reference loop, fused torch, CUDA kernel (bf16, B=64, 12 views,
+                 K=65536), timed under CUDA-graph replay, bytes moved against the floor
+    photometric  the fused photometric kernel: 64 images x (2x224 + 10x96) -> bf16
+    step         our step vs the reference step, ViT-S/16 and ViT-B/16, bf16, MFU
+    patch        train-step images/s and MFU against patch size (16, 14, 8), ViT-S and ViT-B
+    pipeline     multi-crop images/s and CPU cores busy per loader on the ImageNet-like corpus
+    e2e          ViT-S/16 training on each fast loader: images/s and data-wait share
+
+A part that needs DALI or FFCV is skipped where they are not installed, so the same command
+serves a call before DALI is unpacked (``--parts`` picks parts; ``--only dali`` the DALI
+ones). On a machine without a GPU every part is skipped and says so: a dry run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Part:
+    """One time-boxed step of the check.
+
+    argv: the command, with ``{out}`` (OUTDIR), ``{results}`` and ``{py}`` substituted;
+    needs: prerequisites among "cuda", "dali", "ffcv"; timeout_s: the part's time box;
+    group: "dali" for the parts that need the DALI call (``--only dali``)."""
+
+    name: str
+    what: str
+    argv: tuple[str, ...]
+    timeout_s: int
+    needs: tuple[str, ...] = ("cuda",)
+    group: str = "main"
+
+
+def _bench(*args: str) -> tuple[str, ...]:
+    return ("{py}", "-m", "benchmarks.cli", *args, "--device", "cuda", "--output-dir",
+            "{results}", "--no-tensorboard")
+
+
+_PYTEST = ("{py}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=120", "-rs")
+
+PARTS: tuple[Part, ...] = (
+    Part("env", "GPU, versions, kernel library, copy and matmul ceilings",
+         ("{py}", "-m", "benchmarks.gpu_env", "{results}/env.json"), 90),
+    Part("tests", "pytest -m gpu (kernels vs twins, step, FFCV loader)",
+         (*_PYTEST, "-m", "gpu and not dali", "tests"), 240),
+    Part("loss", "DINO loss fwd+bwd, bf16 B=64 V=12 K=65536, graph replay",
+         _bench("loss", "--dtype", "bfloat16"), 90),
+    Part("photometric", "fused photometric kernel, 64 x (2x224 + 10x96) -> bf16",
+         _bench("photometric"), 60),
+    Part("step", "our step vs the reference step, ViT-S/16 and ViT-B/16, bf16",
+         _bench("step", "--archs", "vit_small", "vit_base", "--precision", "bf16"), 150),
+    Part("patch", "train-step img/s and MFU, ViT-S/ViT-B at patch 16, 14, 8",
+         _bench("patch", "--archs", "vit_small", "vit_base", "--patches", "16", "14", "8",
+                "--precision", "bf16"), 150),
+    Part("pipeline", "FFCV + GPU finish vs the reference, ImageNet-like corpus",
+         _bench("pipeline", "--backends", "reference", "ffcv"), 150, ("cuda", "ffcv")),
+    Part("e2e", "ViT-S/16 training fed by FFCV: images/s, data-wait share",
+         _bench("e2e", "--backends", "ffcv"), 150, ("cuda", "ffcv")),
+    Part("dali-tests", "pytest -m 'gpu and dali' (mixed decode, loader)",
+         (*_PYTEST, "-m", "gpu and dali", "tests"), 150, ("cuda", "dali"), "dali"),
+    Part("dali-pipeline", "DALI mixed decode + GPU finish, ImageNet-like corpus",
+         _bench("pipeline", "--backends", "dali"), 150, ("cuda", "dali"), "dali"),
+    Part("dali-e2e", "ViT-S/16 training fed by DALI: images/s, data-wait share",
+         _bench("e2e", "--backends", "dali"), 150, ("cuda", "dali"), "dali"),
+)
+
+
+def missing(needs: tuple[str, ...]) -> str | None:
+    """Why a part cannot run here (the first missing prerequisite), or None."""
+    for need in needs:
+        if need == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                return "no CUDA GPU on this machine"
+        elif need == "dali" and importlib.util.find_spec("nvidia.dali") is None:
+            return "nvidia-dali is not installed"
+        elif need == "ffcv" and importlib.util.find_spec("ffcv") is None:
+            return "ffcv is not installed"
+    return None
+
+
+@dataclass
+class Outcome:
+    name: str
+    what: str
+    status: str          # ok | failed (rc N) | timed out | skipped
+    seconds: float = 0.0
+    detail: str = ""     # skip reason, or the log's last line
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:160] if lines else ""
+
+
+def run_part(part: Part, out: Path, timeout_s: float) -> Outcome:
+    """Run one part in its own process group, killed whole when its time box ends."""
+    results, logs = out / "results", out / "logs"
+    argv = [a.format(py=PY, out=out, results=results) for a in part.argv]
+    log = logs / f"{part.name}.log"
+    start = time.monotonic()
+    with open(log, "w") as fh:
+        fh.write(f"$ {shlex.join(argv)}\n")
+        fh.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+    seconds = time.monotonic() - start
+    if rc is None:
+        with open(log, "a") as fh:
+            fh.write(f"\n[gpu-check] killed after its time box of {timeout_s:.0f} s\n")
+        return Outcome(part.name, part.what, "timed out", seconds, _last_line(log))
+    status = "ok" if rc == 0 else f"failed (rc {rc})"
+    return Outcome(part.name, part.what, status, seconds, _last_line(log))
+
+
+def select(names: list[str] | None, only: str | None) -> list[Part]:
+    known = {p.name: p for p in PARTS}
+    if names:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise SystemExit(f"dino-bench gpu: unknown part(s) {unknown}; known: {list(known)}")
+        return [known[n] for n in names]
+    return [p for p in PARTS if only is None or p.group == only]
+
+
+def run_check(out: Path, parts: list[Part], budget_s: float) -> list[Outcome]:
+    """Run ``parts`` in order within ``budget_s`` seconds in all; write the summary."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    start, outcomes = time.monotonic(), []
+    for part in parts:
+        reason = missing(part.needs)
+        left = budget_s - (time.monotonic() - start)
+        if reason is None and left < 10:
+            reason = f"the check's budget of {budget_s:.0f} s is spent"
+        if reason is not None:
+            outcomes.append(Outcome(part.name, part.what, "skipped", 0.0, reason))
+        else:
+            print(f"[gpu-check] {part.name}: {part.what} (box {min(part.timeout_s, left):.0f} s)",
+                  flush=True)
+            outcomes.append(run_part(part, out, min(part.timeout_s, left)))
+        write_summary(out, outcomes, time.monotonic() - start)
+    return outcomes
+
+
+def render(outcomes: list[Outcome], elapsed: float) -> str:
+    lines = [f"# GPU check: {sum(o.status == 'ok' for o in outcomes)} ok, "
+             f"{sum(o.status.startswith(('failed', 'timed')) for o in outcomes)} failed, "
+             f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {elapsed:.0f} s", "",
+             "| part | status | s | detail |", "|---|---|---|---|"]
+    for o in outcomes:
+        detail = o.detail.replace("|", "/")
+        lines.append(f"| {o.name} | {o.status} | {o.seconds:.0f} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out: Path, outcomes: list[Outcome], elapsed: float) -> None:
+    (out / "summary.md").write_text(render(outcomes, elapsed))
+    (out / "summary.json").write_text(json.dumps(
+        {"elapsed_s": elapsed, "parts": [dataclasses.asdict(o) for o in outcomes]}, indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    table = "\n".join(f"  {p.name:<14}{p.what} ({p.timeout_s} s box; needs {', '.join(p.needs)})"
+                      for p in PARTS)
+    p = argparse.ArgumentParser(
+        prog="dino-bench gpu", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check and measure every GPU part in one time-boxed command; see the "
+                    "summary it prints last (also OUTDIR/summary.md).",
+        epilog=f"parts, in order:\n{table}\n\nexample (a lent H200, DALI not yet unpacked):\n"
+               "  dino-bench gpu /tmp/gc --budget-s 420\n  dino-bench gpu /tmp/gc --only dali")
+    p.add_argument("outdir", type=Path, help="where logs/, results/ and summary.* go")
+    p.add_argument("--parts", nargs="+", metavar="PART", help="run only these parts, in order")
+    p.add_argument("--only", choices=("main", "dali"), help="run one group of parts")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="seconds for the whole check (default 480); a part gets at most what "
+                        "is left, and parts after the budget are skipped")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    outcomes = run_check(args.outdir, select(args.parts, args.only), args.budget_s)
+    print((args.outdir / "summary.md").read_text(), flush=True)
+    return 0 if not any(o.status.startswith(("failed", "timed")) for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
