@@ -37,17 +37,19 @@ HELP = {
              "ViT-S/16).",
     "pipeline": "multi-crop images/s of each loader backend (reference, dali, ffcv), and "
                 "images per CPU core-second, next to the reference PIL executor in the same "
-                "run. Read: speedup_per_core (goal >= 4x on CPU) and whether images/s exceeds "
-                "what the train step consumes (see patch).",
+                "run, on the ImageNet-like benchmark corpus (built once, cached). Read: "
+                "speedup_per_core (goal >= 4x on CPU) and whether images/s exceeds what the "
+                "train step consumes (see patch).",
     "loss": "DINO loss forward+backward time and peak extra memory per implementation "
             "(reference pair loop, fused, cuda) at 12 views, K=65536. Read: the ratios to "
             "the reference row (goal on CPU: >= 3x faster, >= 5x less memory).",
     "step": "one training step's images/s and MFU next to a recreated reference step "
             "(pair-loop loss, Python EMA loop, per-tensor host syncs). Read: the ratio "
             "(goal >= 2x on the same GPU).",
-    "e2e": "a short real training run through a backend next to the same run fed by the "
-           "reference executor: training images/s and the share of step time spent waiting "
-           "for data. Read: data_wait_share (goal <= 2% on a GPU with ViT-S/16).",
+    "e2e": "a real training run through a backend next to the same run fed by the "
+           "reference executor, on the ImageNet-like corpus: training images/s, the share of "
+           "step time spent waiting for data, CPU cores busy. Read: data_wait_share (goal <= "
+           "2% on a GPU with ViT-S/16).",
     "feed": "CPU time per image of the DALI executor's host feed (the external-source "
             "callback: read bytes, JPEG sizes, draw and pack every view's parameters), next "
             "to the same callback drawing per sample in Python; DALI's own decode and "
@@ -66,8 +68,9 @@ small inputs, few iterations): a smoke test of the harness, not a measurement to
 
 examples:
   dino-bench patch --quick
-  dino-bench pipeline --backends reference dali ffcv --data /data/imagenet/train
-  dino-bench e2e --backends dali --data /data/imagenet/train --steps 100
+  dino-bench pipeline --backends reference dali ffcv --seconds 10 --time-budget 60
+  dino-bench pipeline --backends reference ffcv --data /data/imagenet/train
+  dino-bench e2e --backends dali ffcv --seconds 60
   dino-bench feed --data /data/imagenet-wds/train
   dino-bench gpu /tmp/gpu-check      # every GPU part, time-boxed, one summary (--help)
 """
@@ -106,29 +109,53 @@ def cmd_patch(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     return run_patch_benchmark(cfg, device, argv), PATCH_PLOT
 
 
+def _data_choice(args):
+    """--data / --corpus / --corpus-dir / --corpus-images / --backend-data as a DataChoice."""
+    from .bench_data import DataChoice
+    from .pipeline import QUICK_CORPUS_IMAGES
+
+    images = args.corpus_images or (QUICK_CORPUS_IMAGES if args.quick
+                                    else DataChoice.corpus_images)
+    return DataChoice(data=args.data, corpus=args.corpus, corpus_dir=args.corpus_dir,
+                      corpus_images=images, backend_data=_backend_data(args.backend_data))
+
+
+def _data_bench_config(cls, args, device, names: dict[str, str]):
+    """The config of a data benchmark (pipeline, e2e): ``cls.quick`` with --quick,
+    ``cls.gpu`` on a CUDA device, else ``cls``; options given override its fields."""
+    from .backend_runs import RunLimits
+
+    fields = _overrides(args, names)
+    fields["source"] = _data_choice(args)
+    fields["limits"] = RunLimits(isolate=not args.in_process, time_budget=args.time_budget)
+    make = cls.quick if args.quick else (cls.gpu if device.type == "cuda" else cls)
+    return make(**fields)
+
+
+def _partial_writer(args):
+    """Write the results so far after every backend (a run cut short keeps them)."""
+    return lambda result: write_results(result, args.output_dir, tensorboard=False)
+
+
 def cmd_pipeline(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     from .pipeline import PIPELINE_PLOT, PipelineBenchConfig, run_pipeline_benchmark
 
-    fields = _overrides(args, {"backends": "backends", "data": "data", "batch_size": "batch_size",
-                               "workers": "num_workers", "local_crops": "local_crops",
-                               "batches": "batches", "warmup_batches": "warmup_batches"})
-    fields["backend_data"] = _backend_data(args.backend_data)
-    cfg = PipelineBenchConfig.quick(**fields) if args.quick else PipelineBenchConfig(**fields)
-    return run_pipeline_benchmark(cfg, device, argv), PIPELINE_PLOT
+    cfg = _data_bench_config(PipelineBenchConfig, args, device, {
+        "backends": "backends", "batch_size": "batch_size", "workers": "num_workers",
+        "local_crops": "local_crops", "batches": "batches", "warmup_batches": "warmup_batches",
+        "seconds": "seconds", "warmup_seconds": "warmup_seconds"})
+    return run_pipeline_benchmark(cfg, device, argv, _partial_writer(args)), PIPELINE_PLOT
 
 
 def cmd_e2e(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     from .e2e import E2E_PLOT, E2EConfig, run_e2e_benchmark
 
-    fields = _overrides(args, {"backends": "backends", "data": "data", "arch": "arch",
-                               "patch": "patch", "batch_size": "batch_size",
-                               "workers": "num_workers", "local_crops": "local_crops",
-                               "steps": "steps", "warmup_steps": "warmup_steps",
-                               "out_dim": "out_dim", "precision": "precision",
-                               "engine": "engine"})
-    fields["backend_data"] = _backend_data(args.backend_data)
-    cfg = E2EConfig.quick(**fields) if args.quick else E2EConfig(**fields)
-    return run_e2e_benchmark(cfg, device, argv), E2E_PLOT
+    cfg = _data_bench_config(E2EConfig, args, device, {
+        "backends": "backends", "arch": "arch", "patch": "patch", "batch_size": "batch_size",
+        "workers": "num_workers", "local_crops": "local_crops", "steps": "steps",
+        "warmup_steps": "warmup_steps", "out_dim": "out_dim", "precision": "precision",
+        "engine": "engine", "seconds": "seconds"})
+    return run_e2e_benchmark(cfg, device, argv, _partial_writer(args)), E2E_PLOT
 
 
 def cmd_feed(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
@@ -242,14 +269,31 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", nargs="+", metavar="NAME",
                    help="loader backends to measure (reference, dali, ffcv); the reference "
                    "executor always runs first as the baseline")
-    p.add_argument("--data", help="ImageFolder tree (default: the embedded dataset, or a "
-                   "synthetic folder while that is absent)")
+    p.add_argument("--data", help="your own ImageFolder tree, e.g. ImageNet's train folder "
+                   "(default: the ImageNet-like benchmark corpus, built once and cached)")
+    p.add_argument("--corpus", choices=("imagenet-like", "embedded"), default="imagenet-like",
+                   help="without --data: imagenet-like (default; median 500x375, ~110 KB, "
+                   "the data that counts) or embedded (the small embedded photos: flattering, "
+                   "labelled as such in the results)")
+    p.add_argument("--corpus-dir", help="cache folder of the corpus and its conversions "
+                   "(default $DINO_FAST_CACHE or ~/.cache/dino-fast)")
+    p.add_argument("--corpus-images", type=int, help="images in the corpus (default 8192; "
+                   "quick 1024); epochs are cycled")
     p.add_argument("--backend-data", action="append", metavar="BACKEND=PATH",
                    help="a backend's own copy of the data, e.g. ffcv=/data/train.beton "
-                   "(repeatable; ffcv otherwise converts --data to a temporary .beton)")
+                   "(repeatable; otherwise the corpus's cached conversions, or for --data a "
+                   "temporary .beton for ffcv)")
     p.add_argument("--batch-size", type=int, help="images per batch (multi-crop samples)")
     p.add_argument("--workers", type=int, help="loader worker processes / threads")
     p.add_argument("--local-crops", type=int, help="local views per image (recipe: 10)")
+    p.add_argument("--seconds", type=float, help="time each backend at least this long after "
+                   "warm-up (default on CUDA: pipeline 10, e2e 40; CPU: count only)")
+    p.add_argument("--time-budget", type=float, metavar="S",
+                   help="kill a backend's run after S seconds in all (start-up included) and "
+                   "report it as failed; the others still run (default: no limit)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every backend in this process (debugging: a crash or hang then "
+                   "takes the whole run down)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,8 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=HELP["pipeline"])
     _common(p)
     _data_options(p)
-    p.add_argument("--batches", type=int, help="timed batches per backend")
-    p.add_argument("--warmup-batches", type=int, help="untimed batches first")
+    p.add_argument("--batches", type=int, help="timed batches per backend (at least)")
+    p.add_argument("--warmup-batches", type=int, help="untimed batches first (at least)")
+    p.add_argument("--warmup-seconds", type=float,
+                   help="untimed seconds first (at least; default on CUDA 3)")
 
     p = sub.add_parser("loss", help="DINO loss time and memory per implementation",
                        description=HELP["loss"])

@@ -7,10 +7,12 @@
 - ``PeakMemory(device)``: a context manager reporting peak memory of the block:
   ``torch.cuda.max_memory_allocated`` on a GPU, peak resident set size (psutil, sampled by a
   background thread) on the CPU.
-- ``describe_machine()``: CPU model and cores, GPU, library versions, date, command line.
-- ``BenchmarkResult`` + ``write_results`` (from ``report.py``, re-exported): JSON, CSV, a
-  markdown report, a PNG plot (matplotlib Agg) and tensorboard scalars, named
-  ``<machine>_<yyyymm>_<what>.*``.
+- ``describe_machine()``: CPU model and cores, GPU, library versions, date, command line, as
+  a ``MachineInfo``.
+- ``BenchmarkResult``, ``MachineInfo`` + ``write_results`` (defined in ``report.py``,
+  re-exported): JSON, CSV, a markdown report, a PNG plot (matplotlib Agg) and tensorboard
+  scalars, named ``<machine>_<yyyymm>_<what>.*``. The import goes one way only
+  (harness -> report): ``report`` needs none of the measuring code.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from typing import Callable
 import psutil
 import torch
 
-from .report import BenchmarkResult, PlotSpec, write_results  # re-exported for sub-commands
+# harness -> report, never back: report holds the result types (MachineInfo included)
+from .report import BenchmarkResult, MachineInfo, PlotSpec, write_results  # re-exported
 
 __all__ = ["BenchmarkResult", "MachineInfo", "PeakMemory", "PlotSpec", "Timing", "cpu_cores",
            "describe_machine", "resolve_device", "summarize", "synchronize", "time_fn",
@@ -190,28 +193,6 @@ class PeakMemory:
 
 
 # ----------------------------------------------------------------------------- machine
-@dataclass(frozen=True)
-class MachineInfo:
-    """What a result was measured on, and how."""
-
-    slug: str             # short name used in file names: "cpu-2core", "h200"
-    cpu_model: str
-    cpu_cores: int        # cores this process may run on
-    torch_threads: int    # torch intra-op threads the measurement used
-    gpu: str              # "" when there is none
-    gpu_count: int
-    versions: dict[str, str]
-    date: str             # ISO date-time, local
-    command: str
-
-    def summary_lines(self) -> list[str]:
-        v = ", ".join(f"{k} {val}" for k, val in self.versions.items())
-        gpu = f"{self.gpu_count} x {self.gpu}" if self.gpu else "none"
-        return [f"- machine: `{self.slug}`: {self.cpu_model}, {self.cpu_cores} cores "
-                f"(torch threads: {self.torch_threads}); GPU: {gpu}",
-                f"- libraries: {v}", f"- date: {self.date}", f"- command: `{self.command}`"]
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -11,12 +11,30 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # only for annotations: harness imports this module
-    from .harness import MachineInfo
 
 MISSING = "–"  # a value a row does not have (skipped backend, placeholder GPU row)
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """What a result was measured on, and how."""
+
+    slug: str             # short name used in file names: "cpu-2core", "h200"
+    cpu_model: str
+    cpu_cores: int        # cores this process may run on
+    torch_threads: int    # torch intra-op threads the measurement used
+    gpu: str              # "" when there is none
+    gpu_count: int
+    versions: dict[str, str]
+    date: str             # ISO date-time, local
+    command: str
+
+    def summary_lines(self) -> list[str]:
+        v = ", ".join(f"{k} {val}" for k, val in self.versions.items())
+        gpu = f"{self.gpu_count} x {self.gpu}" if self.gpu else "none"
+        return [f"- machine: `{self.slug}`: {self.cpu_model}, {self.cpu_cores} cores "
+                f"(torch threads: {self.torch_threads}); GPU: {gpu}",
+                f"- libraries: {v}", f"- date: {self.date}", f"- command: `{self.command}`"]
 
 
 @dataclass
@@ -27,16 +45,21 @@ class BenchmarkResult:
     baseline: what the ratios in the rows are measured against (in the same run).
     columns: the columns of the markdown table, in order (CSV and JSON get every column).
     notes: sentences a reader needs (units, what was not measured and why).
+    data: what the figures were measured on, with its statistics, when data matters
+        (pipeline, e2e): shown in the header next to the machine and the baseline;
+        ``data_stats`` the same statistics as numbers (JSON only).
     """
 
     what: str
     title: str
-    machine: "MachineInfo"
+    machine: MachineInfo
     baseline: str
     rows: list[dict] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    data: str = ""
+    data_stats: dict = field(default_factory=dict)
 
     @property
     def stem(self) -> str:
@@ -45,8 +68,9 @@ class BenchmarkResult:
 
     def to_dict(self) -> dict:
         return {"what": self.what, "title": self.title, "machine": asdict(self.machine),
-                "baseline": self.baseline, "config": self.config, "notes": self.notes,
-                "columns": self.columns, "rows": self.rows}
+                "baseline": self.baseline, "data": self.data, "data_stats": self.data_stats,
+                "config": self.config,
+                "notes": self.notes, "columns": self.columns, "rows": self.rows}
 
 
 @dataclass(frozen=True)
@@ -106,7 +130,10 @@ def render_markdown(result: BenchmarkResult, png_name: str | None) -> str:
     """The human-readable report: context, baseline, notes, table, plot."""
     cols = result.columns or all_columns(result.rows)
     parts = [f"# {result.title}", "", *result.machine.summary_lines(),
-             f"- baseline: {result.baseline}", ""]
+             f"- baseline: {result.baseline}"]
+    if result.data:
+        parts.append(f"- data: {result.data}")
+    parts.append("")
     if result.config:
         parts += ["Settings: " + ", ".join(f"{k}={v}" for k, v in result.config.items()), ""]
     parts += [markdown_table(result.rows, cols), ""]

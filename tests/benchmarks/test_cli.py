@@ -69,6 +69,35 @@ def test_pipeline_quick_reference_and_skips(tmp_path, folder):
     assert rows[1]["status"].startswith("skipped: ValueError: unknown backend 'nope'")
 
 
+def test_pipeline_quick_defaults_to_the_imagenet_like_corpus(tmp_path):
+    pytest.importorskip("skimage", reason="the corpus is made from the embedded photos")
+    out = tmp_path / "out"
+    rc = cli.main(["pipeline", *QUICK, "--corpus-dir", str(tmp_path / "cache"),
+                   "--corpus-images", "24", "--batch-size", "2", "--batches", "1",
+                   "--workers", "0", "--backends", "reference", "--output-dir", str(out)])
+    assert rc == 0
+    rows, files = _rows(out, "pipeline")
+    assert rows[0]["status"] == "ok"
+    data = json.loads(files[".json"].read_text())
+    assert data["data"].startswith("imagenet-like benchmark corpus")
+    assert data["data_stats"]["kind"] == "imagenet-like" and data["data_stats"]["images"] == 24
+    md = files[".md"].read_text()
+    assert "- data: imagenet-like benchmark corpus" in md and "median" in md
+    assert "Figures only count on ImageNet-like data" in md
+
+
+def test_pipeline_embedded_photos_are_labelled(tmp_path, monkeypatch):
+    pytest.importorskip("skimage", reason="the embedded photos ship with scikit-image")
+    monkeypatch.setenv("DINO_FAST_CACHE", str(tmp_path / "cache"))
+    rc = cli.main(["pipeline", *QUICK, "--corpus", "embedded", "--batch-size", "2",
+                   "--batches", "1", "--workers", "0", "--backends", "reference",
+                   "--in-process", "--output-dir", str(tmp_path)])
+    assert rc == 0
+    _, files = _rows(tmp_path, "pipeline")
+    md = files[".md"].read_text()
+    assert "NOT ImageNet-like" in md and "These figures do not count" in md
+
+
 @pytest.mark.parametrize("engine,steps,images", [("trainer", 3, 6), ("loop", 2, 4)])
 def test_e2e_quick(tmp_path, folder, engine, steps, images):
     rc = cli.main(["e2e", *QUICK, "--data", str(folder), "--steps", "2", "--warmup-steps", "1",
@@ -117,3 +146,14 @@ def test_bad_arguments(capsys):
     assert cli.main(["patch", "--threads", "0"]) == 2
     with pytest.raises(SystemExit, match="BACKEND=PATH"):
         cli.main(["pipeline", "--quick", "--backend-data", "ffcv", "--device", "cpu"])
+
+
+def test_e2e_trainer_stopped_by_seconds(tmp_path, folder):
+    rc = cli.main(["e2e", *QUICK, "--data", str(folder), "--seconds", "1", "--batch-size", "2",
+                   "--workers", "0", "--time-budget", "240", "--output-dir", str(tmp_path)])
+    assert rc == 0
+    (row,) = _rows(tmp_path, "e2e")[0]
+    assert row["status"] == "ok" and row["engine"] == "dino_core.train.train"
+    assert row["stopped"].startswith("after") and row["wall_s"] >= 1
+    assert row["steps"] >= 4 and row["steps"] % 2 == 0  # logged every 2 steps (quick)
+    assert 0.0 <= row["data_wait_share"] <= 1.0 and row["cores_used"] > 0

@@ -119,3 +119,28 @@ def test_bar_plot_and_no_tensorboard(tmp_path):
     paths = write_results(result, tmp_path, spec, tensorboard=False)
     assert "tensorboard" not in paths and paths["png"].stat().st_size > 0
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_report_does_not_import_harness():
+    """One direction only: harness -> report (report holds the result types)."""
+    import ast
+    from pathlib import Path
+
+    import benchmarks.report as report
+
+    tree = ast.parse(Path(report.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.endswith("harness")}, imported
+    from benchmarks import harness
+    assert harness.MachineInfo is report.MachineInfo
+
+
+def test_data_line_in_the_header(tmp_path):
+    machine = describe_machine("cpu", ["dino-bench", "pipeline"])
+    result = BenchmarkResult(what="d", title="D", machine=machine, baseline="b",
+                             rows=[{"a": 1}], data="corpus X: 3 images",
+                             data_stats={"images": 3})
+    paths = write_results(result, tmp_path, tensorboard=False)
+    assert "- data: corpus X: 3 images" in paths["md"].read_text().splitlines()
+    assert json.loads(paths["json"].read_text())["data_stats"] == {"images": 3}
