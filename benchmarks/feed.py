@@ -2,17 +2,19 @@
 
 The DALI graph is fed by a Python external-source callback (``EpochFeed``): per batch it
 reads the encoded files, reads their JPEG sizes, draws every view's parameters (one compiled
-``compiled_draw.draw_batch_rows`` call) and packs them (``params.pack_rows``). DALI
-decodes and augments in its own threads or on the GPU; this callback is the part that stays
-Python, on the host. At the GPU goal of 8,000 multi-crop images/s it must cost well under
-1/8000 s of one core per image, or the feed needs several processes (``cores_for_8000``).
+``compiled_draw.draw_batch_rows`` call) and turns them into the graph's crop boxes
+(``boxes.view_boxes``). DALI decodes and crops in its own threads or on the GPU, and the
+photometric finish runs after it; this callback is the part that stays Python, on the host.
+At the GPU goal of 8,000 multi-crop images/s it must cost well under 1/8000 s of one core
+per image, or the feed needs several processes (``cores_for_8000``).
 
 Rows, all over the same batches of one run:
 - ``feed``: ``EpochFeed`` as shipped.
 - ``feed (per-sample draw)``: the same callback, its drawing replaced by the plain twin the
   batched draw replaced (``sampling.sample_image_params`` on ``sample_rng(...)``, then
-  ``params.pack_image``, per sample; reading unchanged). The baseline of ``speedup``.
-- ``part: ...``: read + size, draw, pack of the shipped feed, each alone (``--no-parts``
+  ``param_row.to_rows`` and ``boxes.view_box``, per sample; reading unchanged). The
+  baseline of ``speedup``.
+- ``part: ...``: read + size, draw, boxes of the shipped feed, each alone (``--no-parts``
   leaves them out); ``share_of_feed`` is each part's cost over the ``feed`` row's.
 
 Every variant runs untimed warm-up batches (numba's cache load, the file cache), then
@@ -38,7 +40,7 @@ from .pipeline import default_data
 
 GOAL_IMAGES_PER_S = 8000  # the GPU pipeline goal (design notes): multi-crop images/s
 FEED, PER_SAMPLE = "feed", "feed (per-sample draw)"
-PART_READ, PART_DRAW, PART_PACK = "part: read + size", "part: draw", "part: pack"
+PART_READ, PART_DRAW, PART_BOXES = "part: read + size", "part: draw", "part: boxes"
 
 
 @dataclass(frozen=True)
@@ -65,22 +67,24 @@ class FeedBenchConfig:
 def per_sample_feed_class():
     """``EpochFeed`` with its batched draw replaced by the per-sample Python twin (imported
     lazily: the feed module needs numba)."""
+    from pipelines.dali_backend.boxes import view_box
     from pipelines.dali_backend.feed import EpochFeed
-    from pipelines.dali_backend.params import pack_image
-    from pipelines.sampling import sample_image_params, sample_rng
+    from pipelines.sampling import param_row, sample_image_params, sample_rng
 
     class PerSampleDrawFeed(EpochFeed):
         """The shipped callback with the draw it replaced: one ``CounterRNG`` and one
-        ``sample_image_params`` + ``pack_image`` per sample, in Python. Same output."""
+        ``sample_image_params`` + ``to_rows`` + ``view_box`` per sample, in Python. Same
+        output."""
 
         def draw_params(self, epoch: int, indices: np.ndarray,
-                        wh: np.ndarray) -> list[np.ndarray]:
-            out = []
+                        wh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            boxes, rows = [], []
             for index, (w, h) in zip(indices, wh):
                 rng = sample_rng(self.plan.seed, self.plan.rank, epoch, int(index))
                 views = sample_image_params(self.spec, int(w), int(h), rng)
-                out.append(pack_image(views, int(w), int(h)))
-            return out
+                rows.append(param_row.to_rows(views))
+                boxes.append(np.stack([view_box(p, int(w), int(h)) for p in views]))
+            return np.stack(boxes), np.stack(rows)
 
     return PerSampleDrawFeed
 
@@ -122,8 +126,8 @@ def build_variants(cfg: FeedBenchConfig, dataset, spec) -> tuple[Variants, int]:
     position and returns the number of images it handled."""
     from pipelines.sampling.compiled_draw import batch_keys, draw_batch_rows, spec_arrays
     from pipelines.sampling.counter_stream import epoch_key
+    from pipelines.dali_backend.boxes import view_boxes
     from pipelines.dali_backend.feed import EpochFeed, EpochPlan
-    from pipelines.dali_backend.params import pack_rows
 
     plan = EpochPlan(len(dataset), cfg.batch_size, seed=cfg.seed, rank=0, world_size=1,
                      shuffle=True, drop_last=True)
@@ -163,11 +167,11 @@ def build_variants(cfg: FeedBenchConfig, dataset, spec) -> tuple[Variants, int]:
         b = inputs[p]
         return len(draw_batch_rows(keys_of(b.epoch, b.indices), b.wh[:, 0], b.wh[:, 1], *arrays))
 
-    def pack(p: int) -> int:
+    def boxes(p: int) -> int:
         b = inputs[p]
-        return len(pack_rows(b.rows, b.wh[:, 0], b.wh[:, 1]))
+        return len(view_boxes(b.rows, b.wh[:, 0], b.wh[:, 1]))
 
-    variants.update({PART_READ: read, PART_DRAW: draw, PART_PACK: pack})
+    variants.update({PART_READ: read, PART_DRAW: draw, PART_BOXES: boxes})
     return variants, per_epoch
 
 
@@ -251,8 +255,8 @@ def run_feed_benchmark(cfg: FeedBenchConfig, device: torch.device,
         what="feed", title="DALI host feed: CPU time per image of the external-source callback",
         machine=describe_machine(device, argv),
         baseline=f"`{PER_SAMPLE}`: the same callback drawing each sample in Python "
-        "(sample_image_params on sample_rng + pack_image), in the same run; speedup is the "
-        "ratio of median CPU ms per image to it",
+        "(sample_image_params on sample_rng + to_rows + view_box), in the same run; "
+        "speedup is the ratio of median CPU ms per image to it",
         rows=rows, columns=FEED_COLUMNS,
         config={**asdict(cfg), "data": described, "images": len(dataset),
                 "batches_per_epoch": per_epoch, "views": spec.num_views,
@@ -288,9 +292,10 @@ def feed_notes(spec, load: tuple[float, float], cores: int) -> list[str]:
     busy = max(load) > cores  # this process itself counts for about 1 while it runs
     return [
         "Measured: the host-side external-source callback only (read the encoded bytes, "
-        "JPEG sizes from the headers, draw and pack every view's parameters), called as DALI "
-        "calls it, in this process. NOT included: DALI's own decode, crop, resize and "
-        "photometric work (its CPU threads or the GPU), nor the copy to the device.",
+        "JPEG sizes from the headers, draw every view's parameters and crop box), called as "
+        "DALI calls it, in this process. NOT included: DALI's own decode, crop and resize "
+        "(its CPU threads or the GPU), the photometric finish after it, nor the copies to "
+        "the device.",
         f"Recipe: {spec.num_global} global + {spec.local_crops} local views per image "
         f"({spec.num_views} parameter rows per image).",
         "cpu_ms_per_image: median over rounds of time.process_time per image (CPU of this "
@@ -299,7 +304,7 @@ def feed_notes(spec, load: tuple[float, float], cores: int) -> list[str]:
         "needs at the GPU goal; cpu_share = CPU time / wall time (below 1: the process "
         "waited, for the disk or for a core another process held).",
         "Parts: read + size = reading the files and their sizes (the same code as the feed); "
-        "draw = batch_keys + draw_batch_rows; pack = pack_rows; each over the same batches "
+        "draw = batch_keys + draw_batch_rows; boxes = view_boxes; each over the same batches "
         "with its inputs prepared untimed. share_of_feed = part / feed.",
         "Files are read again every epoch; a dataset this small stays in the OS page cache, "
         "so reading is a memory copy here. Disk reads on a dataset larger than RAM add "

@@ -1,13 +1,16 @@
 """The DALI executor: ``build_loader(data, backend="dali")``.
 
     feed.py     host side: epoch order, encoded bytes, view parameters (compiled_draw.py)
-    params.py   parameters -> one float32 row per view (incl. the jitter slot trick)
-    graph.py    AugmentationSpec -> DALI graph: decode once, every view
-    ops.py      the photometric ops as DALI graph functions
+    boxes.py    parameter rows -> each view's relative crop box, the flip folded in
+    graph.py    AugmentationSpec -> DALI graph: decode once, every view's resized crop (uint8)
     readers.py  ImageFolder trees and ``dino-convert --format wds`` shard folders
-    loader.py   the pipeline behind the MultiCropLoader contract
+    loader.py   the pipeline behind the MultiCropLoader contract, and the photometric
+                finish after it (``pipelines.photometric.finish.finish_views``)
 
 Design choices, and why:
+- DALI decodes and cuts views, nothing more (about 3 operators per view); the photometric
+  ops run after it on the same device in one fused call per view size, the same finish
+  every executor uses. In the graph they took ~100 operators per view.
 - The graph executes parameters drawn on the host on the reference's streams
   (``sample_rng(seed, global rank, epoch, index)``), instead of drawing them in-graph: the
   same seed gives the reference executor's crops, flips and jitter, a resumed run continues
@@ -23,5 +26,5 @@ Design choices, and why:
   ``fn.readers.webdataset`` (tested).
 
 Import ``pipelines.dali_backend.loader`` (which imports DALI) only when DALI is installed;
-``params`` needs numpy only; ``feed`` numpy, PIL and numba (which the dali extra installs).
+``boxes`` needs numpy only; ``feed`` numpy, PIL and numba (which the dali extra installs).
 """

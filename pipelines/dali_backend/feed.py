@@ -1,14 +1,15 @@
 """The external-source callback that feeds the DALI graph, one batch at a time.
 
 For batch ``t`` of epoch ``e`` on global rank ``r`` it returns the encoded images, their
-packed view parameters, labels and dataset indices of the samples
-``epoch_indices(...)[t * B:(t + 1) * B]``, the same order the reference loader uses (a
-whole-dataset permutation per epoch from (seed, e), strided by rank, padded by wrapping), and
-draws every view on the reference's streams (``sample_rng(seed, r, e, index)``): one call
-of the compiled ``compiled_draw.draw_batch_rows`` per batch, packed by
-``params.pack_rows``, instead of Python per sample (numpy Generators per view were most
-of the feed's CPU time per image, which caps the host feed's rate). After the last batch
-it raises StopIteration, which ends DALI's epoch.
+views' crop boxes (for the graph) and parameter rows (for the photometric finish after it),
+labels and dataset indices of the samples ``epoch_indices(...)[t * B:(t + 1) * B]``, the
+same order the reference loader uses (a whole-dataset permutation per epoch from (seed, e),
+strided by rank, padded by wrapping). Every view is drawn on the reference's streams
+(``sample_rng(seed, r, e, index)``): one call of the compiled
+``compiled_draw.draw_batch_rows`` per batch, boxed by ``boxes.view_boxes``, instead of
+Python per sample (numpy Generators per view were most of the feed's CPU time per image,
+which caps the host feed's rate). After the last batch it raises StopIteration, which ends
+DALI's epoch.
 
 A sample replaced because it is unreadable keeps the stream of the index it replaces and
 takes the size of the image actually read.
@@ -33,7 +34,7 @@ from ..sampling.counter_stream import epoch_key
 from ..folder import DatasetError
 from ..reference_loader import epoch_indices
 from ..spec import AugmentationSpec
-from .params import pack_rows
+from .boxes import view_boxes
 from .readers import FolderDataset, ShardDataset
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,11 @@ class EpochPlan:
 
 
 class EpochFeed:
-    """``callback(batch_info) -> (encoded, params, labels[, indices])`` for DALI's external source.
+    """``callback(batch_info) -> (encoded, boxes, rows, labels[, indices])`` for DALI's
+    external source, one entry per sample of the batch:
 
-    encoded: list of uint8 [n] arrays; params: float32 [num_views, LAYOUT.width] each;
+    encoded: uint8 [num_bytes] arrays; boxes: float32 [B, num_views, 4] (``boxes.py``);
+    rows: float64 [B, num_views, param_row.WIDTH] (``pipelines.sampling.param_row``);
     labels / indices (dataset indices, only ``with_index``): int64 [1] each.
     ``start_epoch`` is the loader epoch of DALI's epoch 0, which starts at batch
     ``first_batch`` (a pipeline rebuilt mid-epoch); ``bad`` holds dataset indices known not
@@ -202,7 +205,7 @@ class EpochFeed:
 
     @property
     def num_outputs(self) -> int:
-        return 4 if self.with_index else 3
+        return 5 if self.with_index else 4
 
     def read_batch(self, indices: np.ndarray) -> tuple[list, list, list, np.ndarray]:
         """Encoded bytes, labels and dataset indices actually used (int64 [1] each), and the
@@ -216,16 +219,18 @@ class EpochFeed:
             used.append(np.array([j], dtype=np.int64))
         return encoded, labels, used, np.array(sizes, dtype=np.int64).reshape(len(sizes), 2)
 
-    def draw_params(self, epoch: int, indices: np.ndarray, wh: np.ndarray) -> list[np.ndarray]:
-        """Packed view parameters, float32 [num_views, LAYOUT.width] per sample, drawn on the
-        streams of ``indices`` (a replaced sample keeps its own) for the sizes ``wh``.
+    def draw_params(self, epoch: int, indices: np.ndarray, wh: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes float32 [n, num_views, 4], rows float64 [n, num_views, param_row.WIDTH])
+        drawn on the streams of ``indices`` (a replaced sample keeps its own) for the image
+        sizes ``wh`` int64 [n, 2].
 
         One compiled draw for the whole batch; a method of its own so that
         ``benchmarks/feed.py`` can time this callback against the per-sample Python twin."""
         keys = batch_keys(np.uint64(epoch_key(self.plan.seed, self.plan.rank, epoch)),
                           np.asarray(indices, dtype=np.int64))
         rows = draw_batch_rows(keys, wh[:, 0], wh[:, 1], *self._arrays)
-        return list(pack_rows(rows, wh[:, 0], wh[:, 1]))
+        return view_boxes(rows, wh[:, 0], wh[:, 1]), rows
 
     def __call__(self, batch_info) -> tuple[list, ...]:
         epoch = self.start_epoch + batch_info.epoch_idx
@@ -234,5 +239,6 @@ class EpochFeed:
             raise StopIteration
         indices = self.batch_indices(epoch, t)
         encoded, labels, used, wh = self.read_batch(indices)
-        params = self.draw_params(epoch, indices, wh)
-        return (encoded, params, labels, used) if self.with_index else (encoded, params, labels)
+        boxes, rows = self.draw_params(epoch, indices, wh)
+        out = (encoded, boxes, rows, labels)
+        return (*out, used) if self.with_index else out

@@ -1,19 +1,21 @@
-"""Compile an ``AugmentationSpec`` into a DALI multi-crop graph: decode once, then every view.
+"""Compile an ``AugmentationSpec`` into a DALI graph that decodes and cuts views, nothing else.
 
-Inputs per sample: the encoded image (uint8 bytes) and its packed view parameters
-(float32 ``[num_views, LAYOUT.width]``, see ``params.py``), both on the CPU. The graph
+Inputs per sample, both on the CPU: the encoded image (uint8 bytes) and its views' crop
+boxes (float32 ``[num_views, 4]``, see ``boxes.py``: relative ROI, flip folded in). The graph
 
     decodes the image ONCE (``mixed`` = nvJPEG + hardware decoder on a GPU, ``cpu`` without)
-    and for every view of ``spec.views()``:
-      resized crop straight from the decoded image (``resize`` with a per-sample relative ROI,
-        ``spec.interpolation``, antialiased, uint8 like PIL)
-      colour jitter: the fixed op slots of ``params.JITTER_SLOTS`` with per-sample factors
-      grayscale, gaussian blur (per-sample sigma and window), solarize
-      flip + normalise (spec.mean/std) + HWC->CHW + cast, fused in ``crop_mirror_normalize``
+    and for every view of ``spec.views()`` resizes its box straight from the decoded image
+    (``resize`` with a per-sample relative ROI, ``spec.interpolation``, antialiased, uint8
+    like PIL; a box whose left is past its right comes out mirrored: the flip)
 
-Sizes, interpolation, threshold, mean and std come from the spec; every random decision
-comes in with the parameters. An op whose probability is 0 for a view in the spec is left
-out of that view's graph (it would be the identity).
+and emits the views as uint8 ``[S, S, 3]`` (HWC). Operators: one decoder, and per view two
+CPU slices of the box array (ROI start, ROI end) and one resize: ``3 * num_views + 1``, plus
+one per external-source output (tests/pipelines/test_dali_graph.py holds it there).
+
+The photometric finish (jitter, grayscale, blur, solarize, normalise) is NOT in the graph:
+the loader runs ``pipelines.photometric.finish.finish_views`` on the views, on the same
+device, with the sample's parameter rows. In the graph it cost about 100 operators per view,
+most of them identity slots of a static jitter order that still touched every pixel.
 """
 from __future__ import annotations
 
@@ -23,15 +25,10 @@ from typing import Any
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 
-from ..spec import AugmentationSpec, ViewSpec
-from . import ops
-from .params import JITTER_SLOTS, LAYOUT
+from ..spec import AugmentationSpec
 
 INTERPOLATION = {"bicubic": types.INTERP_CUBIC, "bilinear": types.INTERP_LINEAR,
                  "nearest": types.INTERP_NN}
-# DALI has no bfloat16: the graph emits float32 and the loader casts on the device.
-OUTPUT_TYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}
-_SLOT_OPS = {"B": ops.brightness, "S": ops.saturation, "C": ops.contrast, "H": ops.rotate_hue}
 
 
 @dataclass(frozen=True)
@@ -70,46 +67,15 @@ class DecoderOptions:
                 "preallocate_height_hint": self.preallocate_height_hint}
 
 
-def jitter_enabled(spec: AugmentationSpec) -> bool:
-    j = spec.jitter
-    return j.p > 0.0 and (j.brightness > 0 or j.contrast > 0 or j.saturation > 0 or j.hue > 0)
-
-
-def color_jitter(x: Any, row: Any, spec: AugmentationSpec) -> Any:
-    """The fixed slot sequence; a slot whose op has strength 0 in the spec is left out."""
-    strength = {"B": spec.jitter.brightness, "C": spec.jitter.contrast,
-                "S": spec.jitter.saturation, "H": spec.jitter.hue}
-    for i, letter in enumerate(JITTER_SLOTS):
-        if strength[letter] > 0:
-            x = _SLOT_OPS[letter](x, row[LAYOUT.slots + i])
-    return x
-
-
-def _view(decoded: Any, row: Any, spec: AugmentationSpec, view: ViewSpec, out_dtype: Any
-          ) -> Any:
-    """One view: decoded uint8 ``[H, W, 3]`` + its packed row -> ``[3, S, S]`` normalised."""
-    x = fn.resize(decoded, roi_start=row[LAYOUT.box:LAYOUT.box + 2],
-                  roi_end=row[LAYOUT.box + 2:LAYOUT.box + 4], roi_relative=True,
-                  size=[view.size, view.size], interp_type=INTERPOLATION[spec.interpolation],
-                  antialias=True, dtype=types.UINT8)
-    if jitter_enabled(spec):
-        x = color_jitter(x, row, spec)
-    if spec.grayscale_p > 0.0:
-        x = ops.grayscale(x, row[LAYOUT.gray])
-    if view.blur_p > 0.0:
-        x = ops.gaussian_blur(x, row[LAYOUT.sigma], row[LAYOUT.window])
-    if view.solarize_p > 0.0:
-        x = ops.solarize(x, row[LAYOUT.solarize], float(spec.solarize_threshold))
-    return ops.normalize(x, row[LAYOUT.flip], spec.mean, spec.std, out_dtype)
-
-
-def multicrop_graph(encoded: Any, params: Any, spec: AugmentationSpec, device: str,
+def multicrop_graph(encoded: Any, boxes: Any, spec: AugmentationSpec, device: str,
                     decoder: DecoderOptions = DecoderOptions()) -> list[Any]:
-    """The views of a batch: ``spec.num_views`` nodes ``[3, S, S]`` in ``spec.views()`` order.
+    """The views of a batch: ``spec.num_views`` uint8 nodes ``[S, S, 3]`` in ``spec.views()``
+    order, on the graph's device.
 
     encoded: CPU node, uint8 [num_bytes] per sample (JPEG, PNG, ... anything DALI decodes).
-    params: CPU node, float32 [spec.num_views, LAYOUT.width] per sample.
-    device: "cpu" (decode and ops on the CPU) or "gpu" (``mixed`` decode, ops on the GPU).
+    boxes: CPU node, float32 [spec.num_views, 4] per sample (``boxes.view_boxes``).
+    device: "cpu" (decode and resize on the CPU) or "gpu" (``mixed`` decode, resize on the
+        GPU; the ROI slices stay on the CPU, where DALI wants per-sample arguments).
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"DALI graph device must be 'cpu' or 'gpu', got {device!r}")
@@ -117,6 +83,9 @@ def multicrop_graph(encoded: Any, params: Any, spec: AugmentationSpec, device: s
     # adjust_orientation=False: crop boxes are drawn for the stored size, as PIL reports it.
     decoded = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB,
                                 adjust_orientation=False, **decoder.kwargs(decoder_device))
-    out_dtype = OUTPUT_TYPES[spec.output_dtype]
-    return [_view(decoded, params[v], spec, view, out_dtype)
+    interp = INTERPOLATION[spec.interpolation]
+    return [fn.resize(decoded, roi_start=boxes[v, 0:2], roi_end=boxes[v, 2:4],
+                      roi_relative=True, size=[view.size, view.size], interp_type=interp,
+                      antialias=True, dtype=types.UINT8)
             for v, view in enumerate(spec.views())]
+

@@ -1,7 +1,9 @@
 """The DALI backend of ``build_loader``: ``(views, labels)`` batches from one DALI pipeline.
 
-    EpochFeed (host: order, bytes, parameters)  ->  external_source
-        ->  multicrop_graph (decode once, every view)  ->  torch tensors on ``device``
+    EpochFeed (host: order, bytes, boxes, parameter rows)  ->  external_source
+        ->  multicrop_graph (decode once, every view's resized, flipped crop; uint8)
+        ->  torch: views of one size stacked, ``finish_views`` (photometric ops, normalise)
+            with the batch's parameter rows, on ``device``
 
 Contract (``pipelines/loader.py``), identical to the reference backend: the same epoch
 order (whole-dataset permutation per epoch, strided by GLOBAL rank, padded to equal
@@ -15,23 +17,28 @@ on resume) or an epoch was abandoned part-way, and when a file that passed the c
 fails in DALI's decoder: the loader finds it (PIL), logs it, replaces it as the reference
 loader does, and resumes the epoch at the failed batch, so one bad file never stops a run.
 
-Devices: ``cpu`` runs DALI without CUDA (``device_id=None``); ``cuda[:k]`` decodes with
-``mixed`` and leaves every view in GPU memory, copied device-to-device into the torch
-tensors (no host round trip). bfloat16 (which DALI lacks) is cast on the device.
+Devices: ``cpu`` runs DALI without CUDA (``device_id=None``) and the finish in the numba
+kernel. ``cuda[:k]`` decodes with ``mixed`` and leaves every view in GPU memory; DALI hands
+its outputs over on torch's current stream (``run(stream)``: no host wait for the GPU work),
+where they are copied device-to-device into one uint8 tensor per view size and finished
+(the CUDA kernel, else torch ops). The parameter rows and labels, drawn on the host, go up
+once per batch through pinned memory, non-blocking. Nothing in a batch waits for the GPU.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from nvidia.dali import fn, pipeline_def
+from nvidia.dali import Pipeline, fn, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from ..folder import DatasetError
+from ..photometric.finish import IMPLS, finish_views
 from ..spec import AugmentationSpec
 from .feed import EpochFeed, EpochPlan, decode_problem
 from .graph import DecoderOptions, multicrop_graph
@@ -40,6 +47,13 @@ from .readers import open_dataset
 log = logging.getLogger(__name__)
 
 GPU_FEED_WORKERS = 4  # default feed processes on a GPU (see DaliOptions.py_workers)
+# Batches the parallel feed prepares ahead, per worker process. With batch=True each batch is
+# one task for one worker, and DALI schedules only ``prefetch_queue_depth`` tasks ahead: at
+# depth 1 (DALI's default) one worker runs and the others idle. Two per worker keeps every
+# worker busy with one batch while its previous one waits to be taken in order, so a slow
+# batch (a cold file read) does not stall the rest; each costs a batch of encoded bytes in
+# shared memory (about 7 MB for 64 ImageNet JPEGs).
+FEED_BATCHES_PER_WORKER = 2
 MAX_BAD_FILES = 1000  # files replaced after DALI decode failures before giving up
 
 
@@ -48,15 +62,21 @@ class DaliOptions:
     """Backend options of ``build_loader(..., backend="dali", **options)``.
 
     py_workers: worker processes that read files and draw parameters (DALI's parallel
-        external source); 0 does it in the calling thread. The feed costs about 1 ms of
-        Python per image with the full recipe (0.7-2.3 ms measured on a shared 2-core
-        machine), so a GPU needs several. None (default): 0 on the CPU, 4 on a GPU. Each
-        worker costs a process start (``spawn``) when the pipeline is built.
-    prefetch: batches prepared ahead of the one being consumed.
+        external source); 0 does it in the calling thread. The feed costs about 0.08 ms of
+        CPU per image with the full recipe (benchmarks/results/cpu-2core_202611_feed.md:
+        0.084 ms, 0.67 cores at 8,000 images/s, files in the page cache), so one process
+        nearly keeps up with a GPU; cold disk reads add waits, which more processes hide.
+        None (default): 0 on the CPU, 4 on a GPU. Each worker costs a process start
+        (``spawn``) when the pipeline is built.
+    prefetch: batches the DALI pipeline prepares ahead of the one being consumed.
     verify_images: ImageFolder only: decode every file once with PIL at start-up and leave
         out the ones that fail (a converted dataset was verified by the converter).
     debug: iterate ``(views, labels, info)`` with ``info = {"index": int64 [B] dataset
-        indices, "params": float32 [B, num_views, LAYOUT.width] packed view parameters}``.
+        indices, "rows": float64 [B, num_views, param_row.WIDTH] the views' parameters,
+        "boxes": float32 [B, num_views, 4] the graph's crop boxes (``boxes.py``)}``, on
+        the CPU.
+    photometric: ``finish_views``' implementation: "auto" (the CUDA kernel or torch ops on
+        a GPU, the numba kernel on the CPU), or one of "cuda", "cpu_kernel", "torch".
     decoder: ``DecoderOptions`` (hw_decoder_load, memory paddings, size hints).
     """
 
@@ -64,6 +84,7 @@ class DaliOptions:
     prefetch: int = 2
     verify_images: bool = False
     debug: bool = False
+    photometric: str = "auto"
     decoder: DecoderOptions = DecoderOptions()
 
     @classmethod
@@ -80,7 +101,49 @@ class DaliOptions:
         if (out.py_workers is not None and out.py_workers < 0) or out.prefetch < 1:
             raise ValueError(f"dali backend: py_workers must be >= 0 and prefetch >= 1, got "
                              f"{out.py_workers} and {out.prefetch}")
+        if out.photometric not in IMPLS:
+            raise ValueError(f"dali backend: photometric must be one of {IMPLS}, got "
+                             f"{out.photometric!r}")
         return out
+
+
+def size_groups(spec: AugmentationSpec) -> list[tuple[int, int, int]]:
+    """Runs of consecutive views of one size, (first view, views, size): each run is
+    stacked into one tensor and finished in one ``finish_views`` call."""
+    groups, first = [], 0
+    for size, run in itertools.groupby(view.size for view in spec.views()):
+        count = len(list(run))
+        groups.append((first, count, size))
+        first += count
+    return groups
+
+
+def build_pipeline(feed: EpochFeed, spec: AugmentationSpec, batch_size: int, num_threads: int,
+                   device_id: int | None, options: "DaliOptions", workers: int) -> Pipeline:
+    """The loader's DALI pipeline, defined but not built (``_build_graph()`` on a pipeline
+    with ``device_id=0`` traces the GPU graph without a GPU).
+
+    Outputs: the ``spec.num_views`` uint8 views ``[S, S, 3]`` (on the GPU when
+    ``device_id`` is set), then the rows float64 [num_views, WIDTH] and the label int64 [1]
+    of each sample, then (``options.debug``) its dataset index and boxes, all on the CPU.
+    ``workers`` > 0 runs the feed in that many processes (parallel external source).
+    """
+    parallel = workers > 0
+    graph_device = "cpu" if device_id is None else "gpu"
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=options.prefetch, py_num_workers=max(1, workers),
+                  py_start_method="spawn")
+    def pipeline():
+        encoded, boxes, rows, labels, *index = fn.external_source(
+            source=feed, num_outputs=feed.num_outputs, batch=True, batch_info=True,
+            parallel=parallel,
+            prefetch_queue_depth=FEED_BATCHES_PER_WORKER * workers if parallel else None)
+        views = multicrop_graph(encoded, boxes, spec, graph_device, options.decoder)
+        debug = (*index, boxes) if options.debug else ()
+        return (*views, rows, labels, *debug)
+
+    return pipeline()
 
 
 def _device_id(device: torch.device) -> int | None:
@@ -119,6 +182,7 @@ class DaliLoader:
                 f"{data}: {self.num_samples} images give {self.plan.samples_per_rank} per rank "
                 f"(world size {world_size}), fewer than one batch of {batch_size}; lower the "
                 "batch size or pass drop_last=False")
+        self._groups = size_groups(spec)
         self._pipe = None
         self._next_epoch: int | None = None  # the epoch the live pipeline will run next
         self._bad: set[int] = set()  # dataset indices DALI failed to decode
@@ -140,31 +204,14 @@ class DaliLoader:
         workers = self.options.py_workers
         if workers is None:
             workers = 0 if self.device_id is None else GPU_FEED_WORKERS
-        parallel = workers > 0
-        graph_device = "cpu" if self.device_id is None else "gpu"
-        debug = self.options.debug
-
-        @pipeline_def(batch_size=self.plan.batch_size, num_threads=self.num_threads,
-                      device_id=self.device_id, prefetch_queue_depth=self.options.prefetch,
-                      py_num_workers=max(1, workers), py_start_method="spawn")
-        def pipeline():
-            encoded, params, labels, *index = fn.external_source(
-                source=feed, num_outputs=feed.num_outputs, batch=True, batch_info=True,
-                parallel=parallel)
-            views = multicrop_graph(encoded, params, self.spec, graph_device,
-                                    self.options.decoder)
-            return (*views, labels, *index, params) if debug else (*views, labels)
-
-        pipe = pipeline()
+        pipe = build_pipeline(feed, self.spec, self.plan.batch_size, self.num_threads,
+                              self.device_id, self.options, workers)
         pipe.build()
         self._pipe, self._next_epoch = pipe, start_epoch
 
-    def _to_torch(self, tl, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Copy a DALI batch (uniform shapes) into a new torch tensor on ``device``."""
-        t = tl.as_tensor()
-        out = torch.empty(t.shape(), dtype=dtype, device=device)
-        stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        return feed_ndarray(t, out, cuda_stream=stream)
+    def _stream(self) -> torch.cuda.Stream | None:
+        """torch's current stream on the loader's GPU (None on the CPU)."""
+        return torch.cuda.current_stream(self.device) if self.device_id is not None else None
 
     def __iter__(self) -> Iterator[tuple]:
         epoch = self.epoch
@@ -174,9 +221,10 @@ class DaliLoader:
         t = 0
         while t < len(self):
             try:
-                # Host waits here for the batch DALI prepared ahead (prefetch); on a GPU the
-                # views stay in device memory and the copies below run on torch's stream.
-                out = self._pipe.run()
+                # The host waits here until DALI has the batch's CPU work done (prefetched
+                # ahead); its GPU work is only ordered before torch's current stream, not
+                # waited for: the copies and the finish below queue behind it.
+                out = self._pipe.run(self._stream())
             except StopIteration:
                 raise RuntimeError(f"DALI pipeline ended epoch {epoch} after {t} of "
                                    f"{len(self)} batches") from None
@@ -186,25 +234,40 @@ class DaliLoader:
             yield self._batch(out)
             t += 1
         try:  # the feed ends DALI's epoch after the last batch; start the next one
-            self._pipe.run()
+            self._pipe.run(self._stream())
         except StopIteration:
             self._pipe.reset()
             self._next_epoch = epoch + 1
 
     def _batch(self, out) -> tuple:
-        """Pipeline outputs -> (views, labels[, info]) as torch tensors."""
+        """Pipeline outputs -> (views, labels[, info]): each run of same-size views is
+        copied into one uint8 [k * B, S, S, 3] tensor (view-major, as the rows are ordered)
+        and finished in one call; ``views`` are its [B, 3, S, S] slices."""
         n = self.spec.num_views
-        view_dtype = torch.float16 if self.spec.output_dtype == "float16" else torch.float32
-        final_dtype = getattr(torch, self.spec.output_dtype)
-        cpu = torch.device("cpu")
-        views = [self._to_torch(out[v], view_dtype, self.device).to(final_dtype)
-                 for v in range(n)]
-        labels = self._to_torch(out[n], torch.int64, cpu).view(-1)
-        labels = labels.to(self.device, non_blocking=True)
+        stream = self._stream()
+        host_rows = _host_copy(out[n], torch.float64, stream is not None)  # [B, views, W]
+        host_labels = _host_copy(out[n + 1], torch.int64, stream is not None).view(-1)
+        # Pinned host memory -> device, queued on the current stream: no host wait.
+        rows = host_rows.to(self.device, non_blocking=True).transpose(0, 1)  # [views, B, W]
+        labels = host_labels.to(self.device, non_blocking=True)
+        b = host_labels.shape[0]
+        views: list[torch.Tensor] = []
+        for first, k, size in self._groups:
+            crops = torch.empty((k, b, size, size, 3), dtype=torch.uint8, device=self.device)
+            for j in range(k):
+                # Device-to-device on a GPU, queued on ``stream``. ``out`` is bound to that
+                # stream (``run(stream)``): DALI made its data ready there and frees its
+                # buffers in that stream's order, so not before these copies have run.
+                feed_ndarray(out[first + j].as_tensor(), crops[j], cuda_stream=stream)
+            group_rows = rows[first:first + k].reshape(k * b, rows.shape[-1])
+            finished = finish_views(crops.view(k * b, size, size, 3), group_rows, self.spec,
+                                    self.options.photometric)
+            views.extend(finished.split(b))
         if not self.options.debug:
             return views, labels
-        info = {"index": self._to_torch(out[n + 1], torch.int64, cpu).view(-1),
-                "params": self._to_torch(out[n + 2], torch.float32, cpu)}
+        info = {"index": _host_copy(out[n + 2], torch.int64, False).view(-1),
+                "rows": host_rows,
+                "boxes": _host_copy(out[n + 3], torch.float32, False)}
         return views, labels, info
 
     def _recover(self, epoch: int, t: int, err: RuntimeError) -> None:
@@ -251,6 +314,13 @@ class DaliLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _host_copy(tl, dtype: torch.dtype, pinned: bool) -> torch.Tensor:
+    """A CPU output of the pipeline (uniform shapes) as a new torch tensor, in pinned memory
+    when it goes on to a GPU (so that copy can be non-blocking). DALI reuses its buffer."""
+    t = tl.as_tensor()
+    return feed_ndarray(t, torch.empty(t.shape(), dtype=dtype, pin_memory=pinned))
 
 
 def _dali_error_summary(err: Exception) -> str:

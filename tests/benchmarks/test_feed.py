@@ -20,7 +20,7 @@ from pipelines.dali_backend.readers import open_dataset  # noqa: E402
 from pipelines.spec import AugmentationSpec  # noqa: E402
 
 QUICK = ["--quick", "--device", "cpu", "--threads", "1", "--no-tensorboard"]
-PARTS = ["part: read + size", "part: draw", "part: pack"]
+PARTS = ["part: read + size", "part: draw", "part: boxes"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_per_sample_variant_feeds_exactly_what_the_shipped_feed_does(folder):
     for epoch_idx, t in [(0, 0), (0, 1), (1, 0)]:
         info = SimpleNamespace(epoch_idx=epoch_idx, iteration=t)
         a, b = shipped(info), twin(info)
-        for got, want in zip(b, a):  # encoded, params, labels, indices
+        for got, want in zip(b, a):  # encoded, boxes, rows, labels, indices
             assert len(got) == len(want) == 5
             for x, y in zip(got, want):
                 assert x.dtype == y.dtype

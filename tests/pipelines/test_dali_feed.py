@@ -15,11 +15,11 @@ from pipelines.convert.common import ConvertConfig  # noqa: E402
 from pipelines.convert.wds import convert  # noqa: E402
 from pipelines.dali_backend.feed import (EpochFeed, EpochPlan, jpeg_size,  # noqa: E402
                                          looks_complete)
-from pipelines.dali_backend.params import pack_image  # noqa: E402
+from pipelines.dali_backend.boxes import view_box  # noqa: E402
 from pipelines.dali_backend.readers import FolderDataset, ShardDataset, open_dataset  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.reference_loader import epoch_indices  # noqa: E402
-from pipelines.sampling import sample_image_params, sample_rng  # noqa: E402
+from pipelines.sampling import param_row, sample_image_params, sample_rng  # noqa: E402
 from pipelines.spec import AugmentationSpec  # noqa: E402
 from tests.pipelines.images import write_bad_files, write_image_folder  # noqa: E402
 
@@ -71,15 +71,17 @@ def test_feed_follows_reference_order_and_streams(folder):
     order = epoch_indices(10, 5, 5, 1, 2)
     got = []
     for t in range(2):
-        encoded, params, labels, index = feed(SimpleNamespace(epoch_idx=1, iteration=t))
-        for data, packed, label, i in zip(encoded, params, labels, index):
+        encoded, boxes, rows, labels, index = feed(SimpleNamespace(epoch_idx=1, iteration=t))
+        assert boxes.dtype == np.float32 and rows.dtype == np.float64
+        for data, box, row, label, i in zip(encoded, boxes, rows, labels, index):
             i = int(i[0])
             got.append(i)
             assert np.array_equal(data, np.fromfile(ds.paths[i], np.uint8))
             assert int(label[0]) == ds.labels[i]
             w, h = Image.open(ds.paths[i]).size
-            want = pack_image(sample_image_params(SPEC, w, h, sample_rng(5, 1, 5, i)), w, h)
-            np.testing.assert_array_equal(packed, want)
+            want = sample_image_params(SPEC, w, h, sample_rng(5, 1, 5, i))
+            np.testing.assert_array_equal(row, param_row.to_rows(want))
+            np.testing.assert_array_equal(box, np.stack([view_box(p, w, h) for p in want]))
     assert got == order.tolist()
     with pytest.raises(StopIteration):
         feed(SimpleNamespace(epoch_idx=1, iteration=2))
@@ -93,17 +95,18 @@ def test_feed_replaces_unreadable_files_with_the_next_sample(tmp_path, folder):
     plan = EpochPlan(len(ds), batch_size=len(ds), seed=0, rank=0, world_size=1, shuffle=False,
                      drop_last=True)
     feed = EpochFeed(ds, SPEC, plan, start_epoch=0, with_index=True)
-    _, params, _, index = feed(SimpleNamespace(epoch_idx=0, iteration=0))
+    _, boxes, rows, _, index = feed(SimpleNamespace(epoch_idx=0, iteration=0))
     used = [ds.paths[int(i[0])].rsplit("/", 1)[1] for i in index]
     assert len(used) == len(ds)
     assert "truncated.jpg" not in used and "random_bytes.jpg" not in used
     replaced = 0
-    for position, (packed, j) in enumerate(zip(params, index)):
+    for position, (box, row, j) in enumerate(zip(boxes, rows, index)):
         j = int(j[0])
         replaced += j != position
         w, h = Image.open(ds.paths[j]).size  # the replacement's size, the original's stream
-        want = pack_image(sample_image_params(SPEC, w, h, sample_rng(0, 0, 0, position)), w, h)
-        np.testing.assert_array_equal(packed, want)
+        want = sample_image_params(SPEC, w, h, sample_rng(0, 0, 0, position))
+        np.testing.assert_array_equal(row, param_row.to_rows(want))
+        np.testing.assert_array_equal(box, np.stack([view_box(p, w, h) for p in want]))
     assert replaced > 0
 
 
