@@ -127,9 +127,13 @@ def _data_bench_config(cls, args, device, names: dict[str, str]):
 
     fields = _overrides(args, names)
     fields["source"] = _data_choice(args)
-    fields["limits"] = RunLimits(isolate=not args.in_process, time_budget=args.time_budget)
     make = cls.quick if args.quick else (cls.gpu if device.type == "cuda" else cls)
-    return make(**fields)
+    cfg = make(**fields)
+    if args.in_process or args.time_budget is not None:
+        budget = args.time_budget if args.time_budget is not None else cfg.limits.time_budget
+        cfg = dataclasses.replace(cfg, limits=RunLimits(isolate=not args.in_process,
+                                                        time_budget=budget))
+    return cfg
 
 
 def _partial_writer(args):
@@ -290,7 +294,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    "warm-up (default on CUDA: pipeline 10, e2e 40; CPU: count only)")
     p.add_argument("--time-budget", type=float, metavar="S",
                    help="kill a backend's run after S seconds in all (start-up included) and "
-                   "report it as failed; the others still run (default: no limit)")
+                   "report it as failed; the others still run (default on CUDA: pipeline 60 + "
+                   "warm-up + seconds, e2e 60 + seconds; CPU: no limit)")
     p.add_argument("--in-process", action="store_true",
                    help="run every backend in this process (debugging: a crash or hang then "
                    "takes the whole run down)")

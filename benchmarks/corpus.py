@@ -242,7 +242,7 @@ def build_corpus(cfg: CorpusConfig = CorpusConfig(), cache_dir: str | Path | Non
         return done
     parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(parent, key)
-    if root.exists():  # a folder without stats.json: not ours to trust, move it aside
+    if root.exists():  # a folder without stats.json is no finished corpus: rebuild it
         shutil.rmtree(root)
     tmp = parent / f".{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

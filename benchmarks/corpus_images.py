@@ -41,7 +41,7 @@ CHANNEL_GAIN = (0.92, 1.08)
 TEXTURE_AMP = (0.6, 1.6)    # times DETAIL: weight of the high-passed texture
 NOISE_SIGMA = (2.0, 6.0)    # times DETAIL: grey levels of Gaussian noise
 TEXEL_PER_PIXEL = (0.6, 1.2)
-DETAIL = 1.7
+DETAIL = 2.2
 TEXTURES = ("gravel", "grass", "brick")
 
 

@@ -41,6 +41,7 @@ from .trainstep import StepShape, build_train_step, snap
 
 ENGINES = ("trainer", "loop")
 MAX_IMAGES_PER_S = 20_000  # bound used to size a time-limited trainer run's epochs
+TRAIN_START_UP_S = 60.0    # GPU default budget beyond the seconds: spawn, model, loader, JIT
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,13 @@ class E2EConfig:
     @classmethod
     def gpu(cls, **overrides) -> "E2EConfig":
         """A CUDA device: ViT-S/16, batch 64, <= 8 loader threads, 40 s of training per
-        backend (two backends and their start-up fit in about 2.5 minutes)."""
+        backend (the reference and one backend fit in about 2 minutes); a run still going
+        ``TRAIN_START_UP_S`` after its seconds is killed."""
         base = dict(num_workers=min(GPU_WORKERS, cpu_cores()), seconds=40.0, warmup_steps=10)
-        return cls(**{**base, **overrides})
+        cfg = cls(**{**base, **overrides})
+        if "limits" in overrides or cfg.seconds <= 0:
+            return cfg
+        return replace(cfg, limits=RunLimits(time_budget=TRAIN_START_UP_S + cfg.seconds))
 
 
 # ----------------------------------------------------------------------------- loop engine

@@ -21,7 +21,7 @@ import functools
 import importlib
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,6 +36,7 @@ from .harness import (BenchmarkResult, PlotSpec, cpu_cores, describe_machine, su
                       synchronize)
 
 GPU_WORKERS = 8          # the GPU goal is stated for <= 8 CPU threads
+START_UP_S = 60.0        # GPU default budget beyond the timed seconds: spawn, imports, JIT
 QUICK_CORPUS_IMAGES = 1024
 
 
@@ -65,10 +66,15 @@ class PipelineBenchConfig:
     @classmethod
     def gpu(cls, **overrides) -> "PipelineBenchConfig":
         """A CUDA device: batches of 128, <= 8 worker threads, 3 s of warm-up, then >= 10 s
-        of steady state."""
+        of steady state; a backend still running ``START_UP_S`` after that is killed (so one
+        hang cannot eat a time-boxed GPU check)."""
         base = dict(batch_size=128, num_workers=min(GPU_WORKERS, cpu_cores()),
                     warmup_batches=5, warmup_seconds=3.0, batches=5, seconds=10.0)
-        return cls(**{**base, **overrides})
+        cfg = cls(**{**base, **overrides})
+        if "limits" in overrides:
+            return cfg
+        budget = START_UP_S + cfg.warmup_seconds + cfg.seconds
+        return replace(cfg, limits=RunLimits(time_budget=budget))
 
 
 # ----------------------------------------------------------------------------- data

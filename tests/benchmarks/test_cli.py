@@ -157,3 +157,31 @@ def test_e2e_trainer_stopped_by_seconds(tmp_path, folder):
     assert row["stopped"].startswith("after") and row["wall_s"] >= 1
     assert row["steps"] >= 4 and row["steps"] % 2 == 0  # logged every 2 steps (quick)
     assert 0.0 <= row["data_wait_share"] <= 1.0 and row["cores_used"] > 0
+
+
+def test_cuda_defaults_and_time_budget_options():
+    """On a CUDA device: >= 10 s pipeline windows after 3 s, 40 s e2e runs, each backend
+    bounded by a time budget; --time-budget and --in-process override it."""
+    import torch
+
+    from benchmarks.e2e import E2EConfig
+    from benchmarks.pipeline import PipelineBenchConfig
+
+    def config(cls, *argv):
+        args = cli.build_parser().parse_args(list(argv))
+        return cli._data_bench_config(cls, args, torch.device("cuda"),
+                                      {"seconds": "seconds", "engine": "engine"})
+    pipe = config(PipelineBenchConfig, "pipeline")
+    assert (pipe.seconds, pipe.warmup_seconds, pipe.batch_size) == (10.0, 3.0, 128)
+    assert pipe.limits.isolate and pipe.limits.time_budget == 73.0
+    assert pipe.num_workers <= 8 and pipe.source.corpus == "imagenet-like"
+    assert config(PipelineBenchConfig, "pipeline", "--seconds", "20").limits.time_budget == 83.0
+    assert config(PipelineBenchConfig, "pipeline", "--time-budget", "30").limits.time_budget == 30
+    e2e = config(E2EConfig, "e2e", "--seconds", "60")
+    assert e2e.seconds == 60 and e2e.limits.time_budget == 120.0 and e2e.engine == "trainer"
+    assert not config(E2EConfig, "e2e", "--in-process", "--engine", "loop").limits.isolate
+    with pytest.raises(ValueError, match="needs isolated runs"):
+        config(E2EConfig, "e2e", "--in-process")
+    quick = config(PipelineBenchConfig, "pipeline", "--quick")
+    assert quick.seconds == 0 and quick.limits.time_budget is None
+    assert quick.source.corpus_images == 1024
