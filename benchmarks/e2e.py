@@ -214,10 +214,31 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
+def steady_figures(first: dict, last: dict, batch_size: int) -> dict:
+    """images/s and data-wait share between two logged steps of one trainer run, from its
+    cumulative figures (images = iteration x batch; its wall time = images / images_per_s;
+    its wait = data_wait_share x its wall time): the steps before ``first`` (start-up, JIT
+    compilation, the first batches) are left out, as warm-up is elsewhere."""
+    def totals(rec: dict) -> tuple[float, float, float]:
+        images = rec["iteration"] * batch_size
+        wall = images / rec["images_per_s"] if rec["images_per_s"] > 0 else 0.0
+        return images, wall, rec["data_wait_share"] * wall
+    (i0, w0, d0), (i1, w1, d1) = totals(first), totals(last)
+    span = w1 - w0
+    if span <= 0:
+        return {}
+    return {"images_per_s": (i1 - i0) / span, "data_wait_share": (d1 - d0) / span,
+            "warmup_steps_left_out": int(first["iteration"])}
+
+
 class TrainerWatch:
     """Polled while a trainer runs in its own process: once ``seconds`` have passed since its
-    first logged step, returns the row of its last logged step and the CPU cores its process
-    tree used in between (epoch-end checkpoint saves included); the run is then stopped."""
+    first logged step, returns the row of its last logged step and stops the run.
+
+    images_per_s and data_wait_share are the trainer's own, over the steps between its first
+    and last logged step (``steady_figures``); its cumulative figures, first steps included,
+    are kept as ``cumulative_*``. cores_used: CPU of its process tree over the same wall time
+    (epoch-end checkpoint saves included)."""
 
     def __init__(self, metrics: Path, seconds: float, batch_size: int):
         self.metrics, self.seconds, self.batch_size = metrics, seconds, batch_size
@@ -237,9 +258,13 @@ class TrainerWatch:
             return None
         if now - self.first[0] < self.seconds or len(records) <= self.first[2]:
             return None
-        wall = now - self.first[0]
-        return {**trainer_figures(records[-1], self.batch_size), "epochs": records[-1]["epoch"] + 1,
-                "wall_s": wall, "cores_used": (cpu - self.first[1]) / wall,
+        wall, last = now - self.first[0], records[-1]
+        cumulative = trainer_figures(last, self.batch_size)
+        return {**cumulative, "cumulative_images_per_s": cumulative["images_per_s"],
+                "cumulative_data_wait_share": cumulative["data_wait_share"],
+                **steady_figures(records[self.first[2] - 1], last, self.batch_size),
+                "epochs": last["epoch"] + 1, "wall_s": wall,
+                "cores_used": (cpu - self.first[1]) / wall,
                 "stopped": f"after {wall:.0f} s of logged training"}
 
 
@@ -307,13 +332,16 @@ def e2e_result(cfg: E2EConfig, device: torch.device, machine, data: BenchData,
 
 E2E_COLUMNS = ["backend", "engine", "device", "arch", "patch", "batch_size", "num_workers",
                "steps", "epochs", "images_per_s", "speedup", "data_wait_share", "cores_used",
-               "wall_s", "step_median_ms", "fetch_median_ms", "status"]
+               "wall_s", "cumulative_images_per_s", "cumulative_data_wait_share",
+               "step_median_ms", "fetch_median_ms", "status"]
 E2E_NOTES = [
-    "engine dino_core.train.train: the real trainer and its own accounting, as it reports it "
-    "(first steps included; with --seconds, the figures of its last logged step once the "
-    "seconds have passed since its first; its epoch-end checkpoint saves are outside its "
-    "figures); engine loop: loader + DINOStep, warm-up excluded, per-step statistics "
-    "(step_median_ms, fetch_median_ms).",
+    "engine dino_core.train.train: the real trainer and its own accounting (its epoch-end "
+    "checkpoint saves are outside its figures). With --seconds it is stopped once the seconds "
+    "have passed since its first logged step, and images_per_s / data_wait_share are its own "
+    "figures between its first and last logged steps (start-up, JIT and first batches left "
+    "out; cumulative_* keep them in); with --steps they are its whole-run figures. Engine "
+    "loop: loader + DINOStep, warm-up excluded, per-step statistics (step_median_ms, "
+    "fetch_median_ms).",
     "data_wait_share: the share of step time spent waiting for a batch (goal on a GPU with "
     "ViT-S/16: <= 2%). images_per_s: training images per second. cores_used: CPU seconds of "
     "the run's process tree (model, loader threads and workers) per wall second. Each backend "

@@ -155,20 +155,25 @@ def test_trainer_watch_reads_the_last_logged_step(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     watch = TrainerWatch(metrics, seconds=0.2, batch_size=4)
     assert watch(os.getpid()) is None  # nothing logged yet
-    line = {"iteration": 2, "epoch": 0, "loss": 9.0, "images_per_s": 10.0,
-            "data_wait_share": 0.5}
-    metrics.write_text(json.dumps(line) + "\n")
+    # step 2 after 4 s of trainer time (start-up), 1 s of it waiting for data
+    first = {"iteration": 2, "epoch": 0, "loss": 9.0, "images_per_s": 8 / 4.0,
+             "data_wait_share": 1 / 4.0}
+    metrics.write_text(json.dumps(first) + "\n")
     assert watch(os.getpid()) is None  # the first logged step starts its clock
     time.sleep(0.25)
     assert watch(os.getpid()) is None  # no newer step logged yet
-    last = {**line, "iteration": 6, "epoch": 1, "images_per_s": 12.0, "data_wait_share": 0.25,
-            "data_wait_ms": 3.0}
+    # step 6: 4 more steps (16 images) in 2 more seconds, 0.5 s of it waiting
+    last = {"iteration": 6, "epoch": 1, "loss": 8.0, "images_per_s": 24 / 6.0,
+            "data_wait_share": 1.5 / 6.0, "data_wait_ms": 3.0}
     with open(metrics, "a") as f:
         f.write(json.dumps(last) + "\n" + '{"iteration": 8, "ep')  # a line being written
     assert [r["iteration"] for r in read_metrics(metrics)] == [2, 6]
     row = watch(os.getpid())
     assert row["steps"] == 6 and row["images"] == 24 and row["epochs"] == 2
-    assert row["images_per_s"] == 12.0 and row["data_wait_share"] == 0.25
+    assert row["images_per_s"] == pytest.approx(16 / 2.0)  # steady: steps 3-6
+    assert row["data_wait_share"] == pytest.approx(0.5 / 2.0)
+    assert row["cumulative_images_per_s"] == 4.0 and row["cumulative_data_wait_share"] == 0.25
+    assert row["warmup_steps_left_out"] == 2
     assert row["data_wait_ms"] == 3.0 and row["wall_s"] >= 0.2 and row["cores_used"] >= 0
 
 
