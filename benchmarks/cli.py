@@ -29,7 +29,7 @@ numbers across runs). Results name the machine, date, command line and baseline.
 
 # What each sub-command measures and how to read it: shown in --help and in each sub-help.
 HELP = {
-    "patch": "images/s against patch size (16, 14, 8, 5) for ViT-S and ViT-B: backbone "
+    "patch": "images/s against patch size (16, 14, 8) for ViT-S and ViT-B: backbone "
              "forward at 224 px (the DINO paper's inference column; its V100 figures are "
              "shown next to ours) and the full DINO train step with multi-crop; MFU against "
              "the device peak; peak memory. Read: the train column is what a GPU-hour buys; "
@@ -101,7 +101,7 @@ def cmd_patch(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     fields = _overrides(args, {"archs": "archs", "patches": "patches", "batch": "train_batch",
                                "infer_batch": "infer_batch", "iters": "iters",
                                "warmup": "warmup", "out_dim": "out_dim",
-                               "precision": "precision"})
+                               "precision": "precision", "seconds": "seconds"})
     cfg = dataclasses.replace(base, **fields, train=not args.no_train)
     return run_patch_benchmark(cfg, device, argv), PATCH_PLOT
 
@@ -203,7 +203,8 @@ def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
     run = _lazy("step", "run_step_benchmark", "issue 6, the fused step")
     offered = {"device": device, "quick": args.quick, "iters": args.iters, "batch": args.batch,
                "archs": tuple(args.archs) if args.archs else None, "patch": args.patch,
-               "precision": args.precision, "output_dir": args.output_dir, "argv": argv}
+               "precision": args.precision, "output_dir": args.output_dir, "argv": argv,
+               "seconds": args.seconds, "compile": args.compile or None}
     params = inspect.signature(run).parameters
     kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
     out = run(**kwargs)
@@ -261,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description=HELP["patch"])
     _common(p)
     p.add_argument("--archs", nargs="+", help="e.g. vit_small vit_base (quick: vit_tiny)")
-    p.add_argument("--patches", nargs="+", type=int, help="patch sizes (default 16 14 8 5)")
+    p.add_argument("--patches", nargs="+", type=int, help="patch sizes (default 16 14 8)")
     p.add_argument("--batch", type=int, help="train-step batch (images, each with all crops)")
     p.add_argument("--infer-batch", type=int, help="forward-only batch")
-    p.add_argument("--iters", type=int, help="timed iterations per measurement")
+    p.add_argument("--iters", type=int, help="timed iterations per measurement (at most)")
+    p.add_argument("--seconds", type=float, help="timed seconds per measurement (default 3)")
     p.add_argument("--warmup", type=int, help="untimed warm-up iterations")
     p.add_argument("--out-dim", type=int, help="DINO head prototypes K (65536; quick 4096)")
     p.add_argument("--no-train", action="store_true", help="forward-only, skip the train step")
@@ -294,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "GPU, vit_tiny on CPU)")
     p.add_argument("--patch", type=int, help="patch size (default 16)")
     p.add_argument("--batch", type=int, help="images per step")
-    p.add_argument("--iters", type=int, help="timed iterations")
+    p.add_argument("--iters", type=int, help="timed iterations (with --seconds: at most)")
+    p.add_argument("--seconds", type=float, help="timed seconds per measurement (GPU default 5)")
+    p.add_argument("--compile", action="store_true",
+                   help="add an ours+compile row (backbones through torch.compile)")
     _precision(p)
 
     p = sub.add_parser("e2e", help="short real training run: images/s and data-wait share",
