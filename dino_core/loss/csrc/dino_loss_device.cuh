@@ -208,10 +208,12 @@ __device__ __forceinline__ void wait_copies() {
 }
 
 // ----------------------------------------------------------------- reductions
-template <typename A>
+// Over groups of `Lanes` consecutive lanes (a whole warp by default), every lane of a group
+// ending with the group's result.
+template <typename A, int Lanes = 32>
 __device__ __forceinline__ Softmax2<A> warp_reduce(Softmax2<A> st) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
+  for (int offset = Lanes / 2; offset > 0; offset >>= 1) {
     Softmax2<A> other;
     other.max = __shfl_xor_sync(0xffffffffu, st.max, offset);
     other.sum = __shfl_xor_sync(0xffffffffu, st.sum, offset);
@@ -220,10 +222,12 @@ __device__ __forceinline__ Softmax2<A> warp_reduce(Softmax2<A> st) {
   return st;
 }
 
-template <typename A>
+template <typename A, int Lanes = 32>
 __device__ __forceinline__ A warp_sum(A x) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  for (int offset = Lanes / 2; offset > 0; offset >>= 1) {
+    x += __shfl_xor_sync(0xffffffffu, x, offset);
+  }
   return x;
 }
 
@@ -276,13 +280,7 @@ __device__ void combine_softmax(Softmax2<A>* part, A* lse, int rows, int cluster
     const int i = base + static_cast<int>(threadIdx.x) / 16;
     Softmax2<A> st = empty_softmax<A>();
     if (i < rows && rank < clusters) st = cluster_peer(part, rank)[i];
-#pragma unroll
-    for (int offset = 8; offset > 0; offset >>= 1) {
-      Softmax2<A> other;
-      other.max = __shfl_xor_sync(0xffffffffu, st.max, offset);
-      other.sum = __shfl_xor_sync(0xffffffffu, st.sum, offset);
-      st = combine(st, other);
-    }
+    st = warp_reduce<A, 16>(st);
     if (i < rows && rank == 0) lse[i] = lse2(st);
   }
 }
@@ -294,8 +292,7 @@ __device__ void combine_sums(A* part, A* out, int rows, int clusters) {
     const int i = base + static_cast<int>(threadIdx.x) / 16;
     A sum = A(0);
     if (i < rows && rank < clusters) sum = cluster_peer(part, rank)[i];
-#pragma unroll
-    for (int offset = 8; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    sum = warp_sum<A, 16>(sum);
     if (i < rows && rank == 0) out[i] = sum;
   }
 }
