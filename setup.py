@@ -28,7 +28,8 @@ def build_kernels(target: Path) -> None:
     ``dino_core/kernels/build.py`` is loaded by path: it needs only the standard library, and
     torch may not be installed yet. Environment: ``DINO_BUILD_KERNELS=0`` skips the build;
     ``DINO_KERNEL_ARCHS="sm_90 sm_80"`` chooses the architectures (default: the visible GPU's,
-    else sm_90). ``pip install -v`` shows these messages.
+    else sm_90). pip shows these messages only with ``-v`` (and not at all when setuptools'
+    ``develop`` runs pip again inside); the loader's error names the build log instead.
     """
     if os.environ.get("DINO_BUILD_KERNELS", "1") == "0":
         print("dino-fast: CUDA kernels not built (DINO_BUILD_KERNELS=0)")

@@ -122,6 +122,7 @@ class DINOLoss(nn.Module):
             reason = cuda_ext.unavailable_reason()
             if reason is not None:
                 raise RuntimeError(f"impl='cuda': the CUDA kernels are unavailable: {reason}")
+            return self._announce("cuda", f"impl='cuda', kernels from {library_path()}")
         if self.impl != "auto":
             return self._announce(self.impl, f"impl={self.impl!r}")
         if not on_cuda:

@@ -289,6 +289,26 @@ def test_auto_picks_cuda_and_logs_the_library_once(caplog):
 
 
 @pytest.mark.gpu
+def test_without_the_library_auto_falls_back_and_cuda_says_what_to_do(monkeypatch, tmp_path,
+                                                                      caplog):
+    missing = tmp_path / build.LIBRARY_NAME
+    monkeypatch.setenv(build.ENV_LIBRARY, str(missing))
+    library.clear_cache()
+    try:
+        student, teacher, _ = gpu_logits(2, 4, 64, torch.float32)
+        with caplog.at_level(logging.INFO, logger="dino_core.loss"):
+            DINOLoss(64, 4, impl="auto", **SCHEDULE).cuda()(student, teacher, 0)
+        lines = [r.getMessage() for r in caplog.records if "DINO loss: using" in r.getMessage()]
+        assert len(lines) == 1 and "using the fused implementation" in lines[0]
+        assert f"no kernel library at {missing}" in lines[0] and "dino-build-kernels" in lines[0]
+        with pytest.raises(RuntimeError, match="impl='cuda': the CUDA kernels are unavailable"):
+            DINOLoss(64, 4, impl="cuda", **SCHEDULE).cuda()(student, teacher, 0)
+    finally:
+        monkeypatch.undo()
+        library.clear_cache()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_torch_path_on_cuda_equals_reference(dtype):
     """The fallback when the kernel library is unavailable (its softmaxes run in place)."""
