@@ -21,7 +21,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines*", "dino_core*", "benchmarks*"]),
     package_data={"dino_core": ["loss/csrc/*.cu", "loss/csrc/*.cpp", "loss/csrc/*.h"],
-                  "pipelines": ["configs/*.yaml"]},
+                  "pipelines": ["configs/*.yaml", "photometric/csrc/*.cu",
+                                "photometric/csrc/*.cuh", "photometric/csrc/*.h",
+                                "photometric/csrc/*.cpp"]},
     install_requires=[
         # Pinned: an open range pulls the newest CUDA build (several GB) on a CPU machine.
         # On a GPU machine with its own CUDA torch, install with --no-deps.
