@@ -151,6 +151,10 @@ def run_photometric_benchmark(cfg: PhotometricBenchConfig, device: torch.device,
     outputs = {name: [o.float() for o in fn()] for name, (fn, _) in variants.items()}
     reference = outputs[BASELINE]
     timings, rows = {}, []
+    if gpu and "cuda finish_many" not in variants:
+        from pipelines.photometric import cuda
+        rows.append({"impl": "cuda finish_many",
+                     "status": f"not run: {cuda.unavailable_reason()}"})
     for name, (fn, launches) in variants.items():
         graph = False
         if gpu:
@@ -169,6 +173,8 @@ def run_photometric_benchmark(cfg: PhotometricBenchConfig, device: torch.device,
                      "launches": 1})
     base = timings[BASELINE].median
     for row in rows:
+        if row["impl"] not in timings:
+            continue
         t = timings[row["impl"]]
         moved = floor if row["impl"].startswith("device copy") else design
         row.update(t.as_row("time"), design_mb=moved / 1e6, gbps_design=moved / t.median / 1e9,

@@ -55,7 +55,8 @@ def bind(lib: ctypes.CDLL, prefix: str) -> Abi:
         fns = {name: getattr(lib, prefix + name) for name in (
             "finish", "workspace_floats", "error_string", "layout", "max_segments", "max_radius")}
     except AttributeError as exc:
-        raise AbiMismatch(f"{getattr(lib, '_name', lib)} has no photometric kernel ({exc})") from exc
+        name = getattr(lib, "_name", lib)
+        raise AbiMismatch(f"{name} has no photometric kernel ({exc})") from exc
     fns["finish"].argtypes, fns["finish"].restype = _FINISH_ARGS, _I
     fns["workspace_floats"].argtypes = [_I, ctypes.POINTER(_I), ctypes.POINTER(_I)]
     fns["workspace_floats"].restype = _LL
@@ -101,8 +102,9 @@ def run(abi: Abi, crops: Sequence[torch.Tensor], rows: Sequence[torch.Tensor],
     code = abi.finish(k, (_P * k)(*[c.data_ptr() for c in crops]),
                       (_P * k)(*[r.data_ptr() for r in rows]),
                       (_P * k)(*[o.data_ptr() for o in outs]), counts, sizes,
-                      ROW_CODES.get(rows[0].dtype, -1), OUT_CODES.get(outs[0].dtype, -1), const.norm,
-                      const.solarize_at, const.max_radius, workspace.data_ptr(), floats, stream)
+                      ROW_CODES.get(rows[0].dtype, -1), OUT_CODES.get(outs[0].dtype, -1),
+                      const.norm, const.solarize_at, const.max_radius, workspace.data_ptr(),
+                      floats, stream)
     if code != 0:
         raise RuntimeError(abi.error(code))
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "photometric_api.h"
+#include "photometric_launch.cuh"
 #include "photometric_tile.cuh"
 
 using namespace photometric;

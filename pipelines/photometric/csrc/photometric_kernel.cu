@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "photometric_api.h"
+#include "photometric_launch.cuh"
 #include "photometric_tile.cuh"
 
 namespace photometric {

@@ -130,7 +130,8 @@ def test_wide_blur_spec_beyond_48_kib_of_shared_memory(gpu, size):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,half_ulp", [(torch.bfloat16, 2.0 ** -8), (torch.float16, 2.0 ** -11)])
+@pytest.mark.parametrize("dtype,half_ulp",
+                         [(torch.bfloat16, 2.0 ** -8), (torch.float16, 2.0 ** -11)])
 def test_16_bit_outputs_within_their_rounding(gpu, dtype, half_ulp):
     spec = SPEC.with_overrides(output_dtype=str(dtype).removeprefix("torch."))
     imgs, rows = recipe_batch(96, 16, seed=5)
