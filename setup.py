@@ -84,7 +84,8 @@ setup(
     # Kernel sources ship with the package: the loader checks a library against them.
     package_data={"dino_core": ["loss/csrc/*.cu", "loss/csrc/*.cpp", "loss/csrc/*.h"],
                   "pipelines": ["configs/*.yaml", "photometric/csrc/*.cu",
-                                "photometric/csrc/*.h"]},
+                                "photometric/csrc/*.cuh", "photometric/csrc/*.h",
+                                "photometric/csrc/*.cpp"]},
     cmdclass={"build_py": BuildPyWithKernels, "develop": DevelopWithKernels},
     install_requires=[
         "torch>=2.4",  # the CPU wheel comes with the "cpu" extra (see EXTRAS)

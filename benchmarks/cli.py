@@ -53,6 +53,11 @@ HELP = {
             "to the same callback drawing per sample in Python; DALI's own decode and "
             "augmentation are not included. Read: cores_for_8000, the cores the feed alone "
             "needs at the GPU goal of 8,000 images/s (want well under 1).",
+    "photometric": "the fused photometric kernel on one multi-crop batch (64 images x (2 x "
+                   "224 + 10 x 96) uint8 crops -> normalised bf16) under CUDA-graph capture, "
+                   "with GB/s against the bytes it must move, next to the torch ops. Read: "
+                   "time_median_ms (goal on H200: <= 0.1 ms) and gbps_design against the "
+                   "device copy row. Without a GPU: a CPU smoke test (host twin, numba).",
 }
 
 
@@ -69,6 +74,7 @@ examples:
   dino-bench pipeline --backends reference dali ffcv --data /data/imagenet/train
   dino-bench e2e --backends dali --data /data/imagenet/train --steps 100
   dino-bench feed --data /data/imagenet-wds/train
+  dino-bench photometric
   dino-bench gpu /tmp/gpu-check      # every GPU part, time-boxed, one summary (--help)
 """
 
@@ -216,8 +222,19 @@ def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
                         argv, "the recreated reference step in the same run", config)
 
 
+def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .photometric import PHOTOMETRIC_PLOT, PhotometricBenchConfig, run_photometric_benchmark
+
+    fields = _overrides(args, {"images": "images", "local_crops": "local_crops",
+                               "dtype": "dtype", "iters": "iters", "warmup": "warmup",
+                               "reps": "reps"})
+    cfg = (PhotometricBenchConfig.quick(**fields) if args.quick
+           else PhotometricBenchConfig(**fields))
+    return run_photometric_benchmark(cfg, device, argv), PHOTOMETRIC_PLOT
+
+
 COMMANDS = {"patch": cmd_patch, "pipeline": cmd_pipeline, "loss": cmd_loss, "step": cmd_step,
-            "e2e": cmd_e2e, "feed": cmd_feed}
+            "e2e": cmd_e2e, "feed": cmd_feed, "photometric": cmd_photometric}
 
 
 # ----------------------------------------------------------------------------- parser
@@ -329,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="timing rounds (median and IQR over them)")
     p.add_argument("--no-parts", action="store_true",
                    help="only the two whole callbacks, not read / draw / pack alone")
+
+    p = sub.add_parser("photometric", help="fused photometric kernel on one multi-crop batch",
+                       description=HELP["photometric"])
+    _common(p)
+    p.add_argument("--images", type=int, help="images per batch (default 64; quick 2)")
+    p.add_argument("--local-crops", type=int, help="local views per image (recipe: 10)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                   help="output dtype (default bfloat16)")
+    p.add_argument("--iters", type=int, help="timed graph replays (GPU) or calls (CPU)")
+    p.add_argument("--warmup", type=int, help="untimed replays / calls first")
+    p.add_argument("--reps", type=int, help="calls captured per CUDA graph (default 10)")
     return parser
 
 

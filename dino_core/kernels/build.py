@@ -46,6 +46,7 @@ DEFAULT_ARCH = "sm_90"
 # The kernel sources, relative to ROOT. Adding a kernel to the library is one line here.
 SOURCES: tuple[str, ...] = (
     "dino_core/loss/csrc/dino_loss_kernel.cu",
+    "pipelines/photometric/csrc/photometric_kernel.cu",
 )
 
 NVCC_FLAGS = ("-O3", "-std=c++17", "-shared", "-cudart", "static", "-Xcompiler", "-fPIC",
