@@ -40,7 +40,6 @@ LUMA = (0.299, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = (JITTER_OPS.index(n) for n in
                                          ("brightness", "contrast", "saturation", "hue"))
 _IDENTITY = -1  # "no op in this round" in the vectorised jitter schedule
-_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
 CPU_CHUNK_BYTES = 1 << 22  # on the CPU, images go through the ops in chunks of this size
 
 
@@ -191,7 +190,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     h6 += 2.0 * is_g + 4.0 * is_b + 6.0 * _col(shift)
     # hsv -> rgb in closed form: channel = V - C * clamp(min(k, 4 - k), 0, 1) with
     # k = (m + h6) mod 6, m = 5, 3, 1 for red, green, blue.
-    k = h6 + _HUE_OFFSETS.to(x.device)
+    k = h6 + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # no host copy
     k -= 6.0 * torch.floor(k / 6.0)
     w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return torch.addcmul(v, c, w, value=-1.0)
