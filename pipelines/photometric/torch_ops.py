@@ -25,7 +25,6 @@ tests/pipelines/photometric/test_torch_ops.py.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -174,13 +173,6 @@ def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return _blend(x, luma(x), f)
 
 
-@functools.lru_cache(maxsize=None)
-def _hue_offsets(device: torch.device) -> torch.Tensor:
-    """[1, 3, 1, 1] = (5, 3, 1), made once per device: a per-call host-to-device copy would
-    cost a copy per call and forbid CUDA-graph capture."""
-    return torch.tensor([5.0, 3.0, 1.0], device=device).view(1, 3, 1, 1)
-
-
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue of float [n, 3, H, W] by ``shift`` [n] turns (V and S kept).
 
@@ -198,7 +190,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     h6 += 2.0 * is_g + 4.0 * is_b + 6.0 * _col(shift)
     # hsv -> rgb in closed form: channel = V - C * clamp(min(k, 4 - k), 0, 1) with
     # k = (m + h6) mod 6, m = 5, 3, 1 for red, green, blue.
-    k = h6 + _hue_offsets(x.device)
+    k = h6 + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # no host copy
     k -= 6.0 * torch.floor(k / 6.0)
     w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return torch.addcmul(v, c, w, value=-1.0)
