@@ -29,7 +29,7 @@ numbers across runs). Results name the machine, date, command line and baseline.
 
 # What each sub-command measures and how to read it: shown in --help and in each sub-help.
 HELP = {
-    "patch": "images/s against patch size (16, 14, 8, 5) for ViT-S and ViT-B: backbone "
+    "patch": "images/s against patch size (16, 14, 8) for ViT-S and ViT-B: backbone "
              "forward at 224 px (the DINO paper's inference column; its V100 figures are "
              "shown next to ours) and the full DINO train step with multi-crop; MFU against "
              "the device peak; peak memory. Read: the train column is what a GPU-hour buys; "
@@ -55,6 +55,11 @@ HELP = {
             "to the same callback drawing per sample in Python; DALI's own decode and "
             "augmentation are not included. Read: cores_for_8000, the cores the feed alone "
             "needs at the GPU goal of 8,000 images/s (want well under 1).",
+    "photometric": "the fused photometric kernel on one multi-crop batch (64 images x (2 x "
+                   "224 + 10 x 96) uint8 crops -> normalised bf16) under CUDA-graph capture, "
+                   "with GB/s against the bytes it must move, next to the torch ops. Read: "
+                   "time_median_ms (goal on H200: <= 0.1 ms) and gbps_design against the "
+                   "device copy row. Without a GPU: a CPU smoke test (host twin, numba).",
 }
 
 
@@ -72,6 +77,7 @@ examples:
   dino-bench pipeline --backends reference ffcv --data /data/imagenet/train
   dino-bench e2e --backends dali ffcv --seconds 60
   dino-bench feed --data /data/imagenet-wds/train
+  dino-bench photometric
   dino-bench gpu /tmp/gpu-check      # every GPU part, time-boxed, one summary (--help)
 """
 
@@ -104,7 +110,7 @@ def cmd_patch(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     fields = _overrides(args, {"archs": "archs", "patches": "patches", "batch": "train_batch",
                                "infer_batch": "infer_batch", "iters": "iters",
                                "warmup": "warmup", "out_dim": "out_dim",
-                               "precision": "precision"})
+                               "precision": "precision", "seconds": "seconds"})
     cfg = dataclasses.replace(base, **fields, train=not args.no_train)
     return run_patch_benchmark(cfg, device, argv), PATCH_PLOT
 
@@ -234,7 +240,8 @@ def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
     run = _lazy("step", "run_step_benchmark", "issue 6, the fused step")
     offered = {"device": device, "quick": args.quick, "iters": args.iters, "batch": args.batch,
                "archs": tuple(args.archs) if args.archs else None, "patch": args.patch,
-               "precision": args.precision, "output_dir": args.output_dir, "argv": argv}
+               "precision": args.precision, "output_dir": args.output_dir, "argv": argv,
+               "seconds": args.seconds, "compile": args.compile or None}
     params = inspect.signature(run).parameters
     kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
     out = run(**kwargs)
@@ -246,8 +253,19 @@ def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
                         argv, "the recreated reference step in the same run", config)
 
 
+def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .photometric import PHOTOMETRIC_PLOT, PhotometricBenchConfig, run_photometric_benchmark
+
+    fields = _overrides(args, {"images": "images", "local_crops": "local_crops",
+                               "dtype": "dtype", "iters": "iters", "warmup": "warmup",
+                               "reps": "reps"})
+    cfg = (PhotometricBenchConfig.quick(**fields) if args.quick
+           else PhotometricBenchConfig(**fields))
+    return run_photometric_benchmark(cfg, device, argv), PHOTOMETRIC_PLOT
+
+
 COMMANDS = {"patch": cmd_patch, "pipeline": cmd_pipeline, "loss": cmd_loss, "step": cmd_step,
-            "e2e": cmd_e2e, "feed": cmd_feed}
+            "e2e": cmd_e2e, "feed": cmd_feed, "photometric": cmd_photometric}
 
 
 # ----------------------------------------------------------------------------- parser
@@ -310,10 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description=HELP["patch"])
     _common(p)
     p.add_argument("--archs", nargs="+", help="e.g. vit_small vit_base (quick: vit_tiny)")
-    p.add_argument("--patches", nargs="+", type=int, help="patch sizes (default 16 14 8 5)")
+    p.add_argument("--patches", nargs="+", type=int, help="patch sizes (default 16 14 8)")
     p.add_argument("--batch", type=int, help="train-step batch (images, each with all crops)")
     p.add_argument("--infer-batch", type=int, help="forward-only batch")
-    p.add_argument("--iters", type=int, help="timed iterations per measurement")
+    p.add_argument("--iters", type=int, help="timed iterations per measurement (at most)")
+    p.add_argument("--seconds", type=float, help="timed seconds per measurement (default 3)")
     p.add_argument("--warmup", type=int, help="untimed warm-up iterations")
     p.add_argument("--out-dim", type=int, help="DINO head prototypes K (65536; quick 4096)")
     p.add_argument("--no-train", action="store_true", help="forward-only, skip the train step")
@@ -345,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "GPU, vit_tiny on CPU)")
     p.add_argument("--patch", type=int, help="patch size (default 16)")
     p.add_argument("--batch", type=int, help="images per step")
-    p.add_argument("--iters", type=int, help="timed iterations")
+    p.add_argument("--iters", type=int, help="timed iterations (with --seconds: at most)")
+    p.add_argument("--seconds", type=float, help="timed seconds per measurement (GPU default 5)")
+    p.add_argument("--compile", action="store_true",
+                   help="add an ours+compile row (backbones through torch.compile)")
     _precision(p)
 
     p = sub.add_parser("e2e", help="short real training run: images/s and data-wait share",
@@ -375,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="timing rounds (median and IQR over them)")
     p.add_argument("--no-parts", action="store_true",
                    help="only the two whole callbacks, not read / draw / pack alone")
+
+    p = sub.add_parser("photometric", help="fused photometric kernel on one multi-crop batch",
+                       description=HELP["photometric"])
+    _common(p)
+    p.add_argument("--images", type=int, help="images per batch (default 64; quick 2)")
+    p.add_argument("--local-crops", type=int, help="local views per image (recipe: 10)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                   help="output dtype (default bfloat16)")
+    p.add_argument("--iters", type=int, help="timed graph replays (GPU) or calls (CPU)")
+    p.add_argument("--warmup", type=int, help="untimed replays / calls first")
+    p.add_argument("--reps", type=int, help="calls captured per CUDA graph (default 10)")
     return parser
 
 

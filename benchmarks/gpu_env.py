@@ -1,7 +1,8 @@
 """The GPU machine as the other figures must be read against it: ``python -m benchmarks.gpu_env
 OUT.json``.
 
-Records the device, driver, library versions and whether the project's kernel library loads,
+Records the device, driver, library versions and whether the project's kernel library loads
+(rebuilding it here with nvcc when the carried build does not),
 and measures the two ceilings every GPU figure is compared with (METHOD.md of the device
 notes): device-to-device copy bandwidth (bytes read + written per second, 2 GiB buffers)
 and dense bf16 matmul throughput (8192^3 on random data). Both are medians of event-timed
@@ -32,12 +33,23 @@ def _smi() -> dict:
 
 
 def _kernel_library() -> str:
+    """Whether the carried kernel library loads here; if not (another system, a stale
+    build), rebuild it with this machine's nvcc for its GPU, once, and say so."""
     try:
-        from dino_core.kernels import library
+        from dino_core.kernels import build, library
     except ImportError as exc:
         return f"not importable: {exc}"
     reason = library.unavailable_reason()
-    return "loaded" if reason is None else f"unavailable: {reason}"
+    if reason is None:
+        return "loaded (carried build)"
+    try:
+        build.build()
+    except Exception as exc:  # the log path is in the message; the other parts fall back
+        return f"unavailable: {reason}; rebuilding here failed: {exc}"
+    library.clear_cache()
+    again = library.unavailable_reason()
+    return (f"rebuilt here ({reason})" if again is None
+            else f"unavailable after a rebuild here: {again}")
 
 
 def _median_ms(fn, reps: int) -> float:

@@ -7,16 +7,25 @@ Implementations, all measured in the same run on the same inputs:
 - ``fused (overwrite logits)``: ``overwrite_logits=True``: the student logits are the
   loss's buffer (one softmax, written over them in the forward; the gradient over that in
   the backward): what the trainer runs;
-- ``cuda`` and ``cuda (overwrite logits)``: the CUDA kernels (GPU only, when the extension
-  builds).
+- ``cuda`` and ``cuda (overwrite logits)``: the CUDA kernels (GPU only, when the kernel
+  library loads: ``dino-build-kernels``).
 
 Each timed call is teacher softmax + loss forward + backward to the student logits (the
 center EMA, one column sum shared by all, is left out). Inputs: logits ~ N(0, 1), teacher
 temperature 0.04, student temperature 0.1. An overwriting call destroys its logits, so
 before each one an untimed setup restores them from the pristine input into a buffer
-allocated once (in training the head writes fresh logits there anyway). Timing:
-``harness.time_fn`` (warm-up, then median and spread), the implementations interleaved over
-several rounds so that machine noise falls on all of them alike.
+allocated once (in training the head writes fresh logits there anyway). Timing: the
+implementations interleaved over several rounds so that machine noise falls on all of them
+alike; median and spread of the per-call times.
+- CPU: ``harness.time_fn`` (warm-up, then ``perf_counter`` per call).
+- GPU: each call is captured once in a CUDA graph (after eager warm-up calls on a side
+  stream) and replayed; a pair of CUDA events brackets each replay of the call (a restoring
+  setup is its own graph, replayed before the start event), so launch gaps and Python are
+  not what is measured.
+
+Bytes moved per call come from a stated model (``loss_model.py``) and are reported next to
+the floor (student logits in, teacher logits in, gradient out) with the achieved GB/s
+(modelled bytes / median time).
 
 Peak extra memory (bytes above what was allocated before the call; it includes the
 ``[views*B, K]`` gradient every implementation must return):
@@ -51,8 +60,9 @@ from dino_core.loss import cuda as cuda_ext
 
 from .harness import (BenchmarkResult, PeakMemory, PlotSpec, describe_machine, resolve_device,
                       summarize, time_fn, write_results)
+from .graph_timing import CapturedCall
+from .loss_model import OVERWRITE, Shapes, bytes_moved, floor_bytes
 
-OVERWRITE = "(overwrite logits)"
 IMPLS = ("reference", "einsum", "fused", f"fused {OVERWRITE}", "cuda", f"cuda {OVERWRITE}")
 TEACHER_TEMP, STUDENT_TEMP = 0.04, 0.1
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -84,9 +94,8 @@ def loss_fn(impl: str, views: int) -> Callable[[torch.Tensor, torch.Tensor, torc
         return lambda s, t, c: fused_dino_loss(s, teacher_probs(t, c, TEACHER_TEMP), views,
                                                STUDENT_TEMP, overwrite_logits=overwrite)
     if base == "cuda" and impl in IMPLS:
-        return lambda s, t, c: cuda_ext.cuda_dino_loss(
-            s, cuda_ext.cuda_teacher_probs(t, c, TEACHER_TEMP), views, STUDENT_TEMP,
-            overwrite_logits=overwrite)
+        return lambda s, t, c: cuda_ext.cuda_dino_loss(s, t, c, TEACHER_TEMP, views,
+                                                       STUDENT_TEMP, overwrite_logits=overwrite)
     raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
 
 
@@ -96,10 +105,11 @@ class Call:
     object runs both."""
 
     run: Callable[[], torch.Tensor]
-    setup: Callable[[], object] = lambda: None
+    setup: Callable[[], object] | None = None
 
     def __call__(self) -> torch.Tensor:
-        self.setup()
+        if self.setup is not None:
+            self.setup()
         return self.run()
 
 
@@ -195,7 +205,8 @@ def _memory_probe(impl: str, batch: int, views: int, out_dim: int, dtype: torch.
     student, teacher, center = make_inputs(cpu, batch, views, out_dim, dtype)
     del small
     step = step_fn(impl, student, teacher, center, views)  # overwrite: allocates its logits
-    step.setup()
+    if step.setup is not None:
+        step.setup()
     before = psutil.Process().memory_info().rss
     if not _reset_peak_rss() or _vm_hwm_bytes() is None:
         raise RuntimeError("peak RSS needs Linux /proc/self/clear_refs and VmHWM")
@@ -204,7 +215,8 @@ def _memory_probe(impl: str, batch: int, views: int, out_dim: int, dtype: torch.
 
 
 def gpu_peak_extra_bytes(step: Call, device: torch.device) -> int:
-    step.setup()
+    if step.setup is not None:
+        step.setup()
     with PeakMemory(device) as mem:
         step.run()
     return mem.extra
@@ -231,11 +243,17 @@ def agreement(steps: dict[str, Call], student: torch.Tensor
 def interleaved_samples(fns: dict[str, Call], device: torch.device, iters: int,
                         rounds: int, warmup: int) -> dict[str, list[float]]:
     """Per-call seconds of each function: ``rounds`` rounds, every function timed in each,
-    so slow phases of a shared machine fall on all of them alike."""
+    so slow phases of a shared machine fall on all of them alike. GPU: replays of CUDA
+    graphs captured once per function (``graph_timing.py``)."""
     per_round = max(1, -(-iters // rounds))
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    graphs = ({name: CapturedCall.capture(fn.run, fn.setup, warmup) for name, fn in fns.items()}
+              if device.type == "cuda" else {})
     for r in range(rounds):
         for name, fn in fns.items():
+            if name in graphs:
+                samples[name].extend(graphs[name].replay_times(device, per_round))
+                continue
             timing = time_fn(fn.run, device, warmup=warmup if r == 0 else 0,
                              iters=per_round, setup=fn.setup)
             samples[name].extend(timing.samples)
@@ -252,8 +270,11 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
     ``memory_ratio_vs_reference`` (reference peak / this peak), ``working_mib`` and
     ``working_ratio_vs_reference`` (the same without the student gradient),
     ``loss_rel_diff`` and ``grad_rel_diff`` (error against the reference, relative to its
-    largest value), or a ``status`` saying why it did not run; then a ``FLOOR`` row: the
-    time to allocate and write a gradient-sized tensor, which every implementation pays.
+    largest value), ``model_mb`` (modelled bytes moved per call, ``loss_model.py``),
+    ``floor_mb`` (the loss's floor: logits and teacher in, gradient out),
+    ``model_vs_floor`` and ``achieved_gb_per_s`` (modelled bytes / median time), or a
+    ``status`` saying why it did not run; then a ``FLOOR`` row: the time to allocate and
+    write a gradient-sized tensor, which every implementation pays.
     """
     device = torch.device(device)
     student, teacher, center = make_inputs(device, batch, views, out_dim, dtype)
@@ -277,6 +298,7 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
                for i, peak in peaks.items()}
 
     ref_median = summarize(samples["reference"]).median
+    shapes = Shapes(batch, views, out_dim, dtype)
     rows = []
     for impl in (*IMPLS, FLOOR):
         reason = unavailable(impl, device) if impl != FLOOR else None
@@ -287,6 +309,10 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
         row = {"impl": impl, "status": "ok", **timing.as_row("time")}
         if impl != FLOOR:
             row["speedup_vs_reference"] = ref_median / timing.median
+        moved = grad_bytes if impl == FLOOR else bytes_moved(impl, shapes)
+        row.update(model_mb=moved / 1e6, floor_mb=floor_bytes(shapes) / 1e6,
+                   model_vs_floor=moved / floor_bytes(shapes),
+                   achieved_gb_per_s=moved / timing.median / 1e9)
         if impl in peaks:
             row.update(peak_extra_mib=peaks[impl] / MIB,
                        memory_ratio_vs_reference=peaks["reference"] / max(peaks[impl], 1),
@@ -301,14 +327,23 @@ def run_loss_benchmark(device: torch.device | str, batch: int, views: int, out_d
 COLUMNS = ["threads", "impl", "status", "time_median_ms", "time_iqr_ms", "time_min_ms",
            "time_max_ms", "time_n", "speedup_vs_reference", "peak_extra_mib",
            "memory_ratio_vs_reference", "working_mib", "working_ratio_vs_reference",
-           "loss_rel_diff", "grad_rel_diff"]
+           "model_mb", "floor_mb", "model_vs_floor", "achieved_gb_per_s", "loss_rel_diff",
+           "grad_rel_diff"]
 
 
 def build_result(rows: list[dict], device: torch.device, config: dict,
                  argv: list[str]) -> BenchmarkResult:
     notes = [
         "time: teacher softmax + loss forward + backward to the student logits, per call; "
-        "median over the timed calls after warm-up, IQR and min-max for the spread.",
+        "median over the timed calls after warm-up, IQR and min-max for the spread. " + (
+            "GPU: replays of one CUDA graph per implementation, CUDA events around each "
+            "replay." if device.type == "cuda" else "CPU: perf_counter around each call."),
+        "model_mb: bytes read + written per call by the model of benchmarks/loss_model.py "
+        "(torch paths: each op reads its inputs and writes its outputs once, a lower bound; "
+        "CUDA kernels: each logit, teacher logit and gradient value once, re-reads from "
+        "shared memory or L2 not counted); floor_mb: student and teacher logits read once, "
+        "gradient written once; achieved_gb_per_s: model_mb / median time. The "
+        f"'{FLOOR}' row's model_mb is the write of one gradient-sized tensor.",
         "peak_extra_mib: peak memory above the level before the call, including the "
         "[views*B, K] student gradient. working_mib: the same minus that gradient's size "
         "(the memory an implementation needs beyond its inputs and its output). " + (

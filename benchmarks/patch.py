@@ -7,7 +7,10 @@ For every (architecture, patch size):
   backward, teacher forward, loss, AdamW, EMA: ``benchmarks.trainstep``) on synthetic inputs,
 - model-FLOPs utilisation of both against the device's peak (``benchmarks.flops``),
 - peak memory of both.
-A configuration that runs out of GPU memory is reported as such and the sweep goes on.
+Each measurement is bounded in time (``seconds``, at most ``iters`` calls, after ``warmup``).
+A configuration that fails (out of GPU memory or anything else) gets its reason in the row's
+``status`` and the sweep goes on. The GPU default is ViT-S and ViT-B at patch 16, 14 and 8,
+batch 64 (ViT-B/8's step, the largest, needs roughly 70 GB of activations in bf16).
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .flops import HeadShape, ViTShape, device_peak, dino_step_flops, mfu, vit_forward_flops
-from .harness import BenchmarkResult, PeakMemory, PlotSpec, describe_machine, time_fn
-from .trainstep import StepShape, build_train_step, snap
+from .harness import BenchmarkResult, PeakMemory, PlotSpec, describe_machine
+from .trainstep import StepShape, build_train_step, failure_status, release, snap, time_within
 
 # DINO paper, inference images/s on one V100 (dino_recipe.md). Patch 5 is ViT-S.
 PAPER_V100_IM_S = {("vit_small", 16): 1007, ("vit_small", 8): 180, ("vit_small", 5): 44,
@@ -30,7 +33,7 @@ class PatchBenchConfig:
     """What the patch sweep measures. Defaults are the GPU run; ``quick()`` the CPU smoke run."""
 
     archs: tuple[str, ...] = ("vit_small", "vit_base")
-    patches: tuple[int, ...] = (16, 14, 8, 5)
+    patches: tuple[int, ...] = (16, 14, 8)
     infer_res: int = 224
     infer_batch: int = 128
     train_batch: int = 64
@@ -39,7 +42,8 @@ class PatchBenchConfig:
     n_local: int = 10
     out_dim: int = 65536
     warmup: int = 3
-    iters: int = 10
+    iters: int = 50           # timed calls at most
+    seconds: float | None = 3.0   # timed seconds per measurement (None: exactly iters calls)
     precision: str = "auto"   # auto: bf16 on CUDA, fp32 on CPU
     train: bool = True
 
@@ -48,18 +52,12 @@ class PatchBenchConfig:
         """ViT-tiny on small inputs: a CPU-sized run of the whole sweep."""
         return cls(archs=("vit_tiny",), patches=(16, 14, 8, 5), infer_res=64, infer_batch=8,
                    train_batch=4, global_res=64, local_res=32, n_local=4, out_dim=4096,
-                   warmup=1, iters=3)
+                   warmup=1, iters=3, seconds=None)
 
     def step_shape(self, patch: int) -> StepShape:
         return StepShape(batch=self.train_batch, global_res=snap(self.global_res, patch),
                          local_res=snap(self.local_res, patch), n_local=self.n_local,
                          out_dim=self.out_dim)
-
-
-def _is_oom(err: BaseException) -> bool:
-    text = str(err).lower()
-    return (isinstance(err, torch.OutOfMemoryError) or "out of memory" in text
-            or "can't allocate memory" in text)
 
 
 def measure_forward(arch: str, patch: int, cfg: PatchBenchConfig, device: torch.device) -> dict:
@@ -77,7 +75,7 @@ def measure_forward(arch: str, patch: int, cfg: PatchBenchConfig, device: torch.
             return model(x)
 
     with PeakMemory(device) as mem:
-        timing = time_fn(forward, device, cfg.warmup, cfg.iters)
+        timing = time_within(forward, device, cfg.warmup, cfg.iters, cfg.seconds).timing
     ims = timing.per_second(cfg.infer_batch)
     return {"infer_res": res, "forward_im_s": ims, **timing.as_row("forward"),
             "forward_best_im_s": cfg.infer_batch / timing.min,
@@ -90,18 +88,14 @@ def measure_train(arch: str, patch: int, cfg: PatchBenchConfig, device: torch.de
     shape = cfg.step_shape(patch)
     step, _ = build_train_step(arch, patch, shape, device, cfg.precision)
     with PeakMemory(device) as mem:
-        timing = time_fn(step.run, device, cfg.warmup, cfg.iters)
-    return {"train_crops": _crops_label(shape),
+        bounded = time_within(step.run, device, cfg.warmup, cfg.iters, cfg.seconds)
+    timing = bounded.timing
+    return {"train_warmup_s": bounded.warmup_s, "train_crops": _crops_label(shape),
             "train_im_s": timing.per_second(shape.batch), **timing.as_row("train"),
             "train_best_im_s": shape.batch / timing.min,
             "train_gflop_per_img": _step_gflop(arch, patch, shape),
             "train_peak_mib": mem.peak / MIB, "train_extra_mib": mem.extra / MIB,
             "loss_impl": step.loss_impl, "step_impl": step.step_impl}
-
-
-def _release(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def run_patch_benchmark(cfg: PatchBenchConfig, device: torch.device,
@@ -122,11 +116,10 @@ def run_patch_benchmark(cfg: PatchBenchConfig, device: torch.device,
                     continue
                 try:
                     row.update(measure(arch, patch, cfg, device))
-                except (torch.OutOfMemoryError, RuntimeError) as err:
-                    if not _is_oom(err):
-                        raise
-                    row["status"] = f"{name}: out of memory"
-                _release(device)
+                except Exception as err:  # noqa: BLE001 - one failing config must not end the sweep
+                    fail = failure_status(name, err)
+                    row["status"] = fail if row["status"] == "ok" else f"{row['status']}; {fail}"
+                release(device)
             print(f"[patch] {arch}/{patch}: forward {row.get('forward_im_s', 0):.1f} im/s, "
                   f"train {row.get('train_im_s', 0):.1f} im/s ({row['status']})", flush=True)
             rows.append(row)

@@ -6,9 +6,13 @@ and teacher built from ``dino_core.models`` (``MultiCropWrapper`` of a ViT and a
 The loss is ``dino_core.loss.DINOLoss`` with ``impl="auto"`` (the CUDA kernel on a GPU when
 it builds, else the fused torch implementation); ``TrainStep.loss_impl`` says which ran.
 ``patch`` and ``step`` time it on synthetic views; ``e2e`` feeds it batches from a loader.
+``time_within`` is how ``patch`` and ``step`` bound a measurement's run time, and
+``failure_status`` how they record a configuration that fails without stopping the sweep.
 """
 from __future__ import annotations
 
+import gc
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +20,8 @@ import torch
 from torch import nn
 
 from dino_core.models import DINOHead, MultiCropWrapper, build_vit
+
+from .harness import Timing, synchronize, time_fn
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,11 @@ class TrainStep:
 
 
 def build_models(arch: str, patch: int, out_dim: int, device: torch.device,
-                 img_size: int = 224) -> tuple[nn.Module, nn.Module]:
-    """Student (drop path 0.1) and teacher (no drop path, no grad, same weights)."""
+                 img_size: int = 224, compile: bool = False) -> tuple[nn.Module, nn.Module]:
+    """Student (drop path 0.1) and teacher (no drop path, no grad, same weights); with
+    ``compile``, both backbones go through torch.compile as in training (model.compile)."""
+    from dino_core.train import compile_backbones
+
     def make(drop: float) -> nn.Module:
         vit = build_vit(arch, patch, img_size=snap(img_size, patch), drop_path_rate=drop)
         return MultiCropWrapper(vit, DINOHead(vit.embed_dim, out_dim))
@@ -64,11 +73,14 @@ def build_models(arch: str, patch: int, out_dim: int, device: torch.device,
     teacher = make(0.0).to(device)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
+    if compile:
+        compile_backbones(student, teacher)
     return student, teacher
 
 
 def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.device,
-                     precision: str = "auto") -> tuple[TrainStep, list[torch.Tensor]]:
+                     precision: str = "auto", compile: bool = False
+                     ) -> tuple[TrainStep, list[torch.Tensor]]:
     """Models, optimizer, loss and step for ``arch``/``patch``; returns the step and its views.
 
     The step is ``dino_core.step.DINOStep`` with ``epoch`` past the last-layer freeze, so
@@ -79,7 +91,8 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     from dino_core.optim import build_optimizer
     from dino_core.step import DINOStep, resolve_precision
 
-    student, teacher = build_models(arch, patch, shape.out_dim, device, shape.global_res)
+    student, teacher = build_models(arch, patch, shape.out_dim, device, shape.global_res,
+                                    compile)
     # recipe defaults: tau_t 0.04 without warm-up; 100 epochs bound the schedule's length
     loss = DINOLoss(shape.out_dim, shape.n_global + shape.n_local, warmup_teacher_temp=0.04,
                     teacher_temp=0.04, warmup_teacher_temp_epochs=0, nepochs=100,
@@ -98,5 +111,55 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     logits_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     probe = torch.zeros(1, shape.out_dim, device=device, dtype=logits_dtype)
     loss_impl = f"DINOLoss {loss.resolve_impl(probe)}"
+    step_impl = "dino_core.step.DINOStep" + (" + torch.compile" if compile else "")
     return TrainStep(run=run, student=student, teacher=teacher, loss_impl=loss_impl,
-                     step_impl="dino_core.step.DINOStep"), views
+                     step_impl=step_impl), views
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """A measurement bounded in time: the timing, and what the warm-up cost."""
+
+    timing: Timing
+    warmup_s: float      # warm-up calls plus the probe (includes any compilation)
+    probe_s: float       # one synchronised call after warm-up: the estimate iters came from
+
+
+def time_within(fn: Callable[[], object], device: torch.device, warmup: int, max_iters: int,
+                seconds: float | None, min_iters: int = 3) -> Bounded:
+    """``time_fn`` with the number of timed calls chosen to take about ``seconds``.
+
+    After ``warmup`` calls, one more call is timed alone (synchronised before and after: a
+    host sync outside the timed loop) to estimate a call's time; then
+    ``clamp(seconds / estimate, min_iters, max_iters)`` calls are timed by ``time_fn``
+    (CUDA events, one sync at the end). ``seconds=None`` times exactly ``max_iters``.
+    """
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    synchronize(device)  # host sync: warm-up done (outside the timing)
+    t1 = time.perf_counter()
+    fn()
+    synchronize(device)  # host sync: the probe call alone
+    t2 = time.perf_counter()
+    iters = max_iters
+    if seconds is not None:
+        iters = max(min_iters, min(max_iters, int(seconds / max(t2 - t1, 1e-9))))
+    return Bounded(time_fn(fn, device, warmup=0, iters=iters), warmup_s=t2 - t0,
+                   probe_s=t2 - t1)
+
+
+def failure_status(where: str, err: BaseException) -> str:
+    """One line naming what failed and why, for a result row's ``status``."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower() \
+            or "can't allocate memory" in text.lower():
+        return f"{where}: out of memory"
+    return f"{where}: {type(err).__name__}: {text[:300]}"
+
+
+def release(device: torch.device) -> None:
+    """Free what a finished (or failed) configuration held before the next one."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

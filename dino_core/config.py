@@ -35,6 +35,10 @@ class ModelConfig:
     drop_path_rate: float = 0.1   # student only; the teacher has none
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
+    # torch.compile the student's and teacher's backbones (one static graph per crop size).
+    # Opt-in until a GPU measurement (dino-bench step --compile) shows it pays for its
+    # compile time; state_dict keys are unchanged.
+    compile: bool = False
 
 
 @dataclass(frozen=True)

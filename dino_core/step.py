@@ -94,6 +94,10 @@ class DINOStep:
         self.student_params, self.teacher_params = paired_params(bare, self.teacher)
         self.trainable = [p for p in bare.parameters() if p.requires_grad]
         self.stats = StepStats(self.device)
+        # Under DDP with gradient_as_bucket_view the gradients are views into the all-reduce
+        # buckets: zero them in place so the backward accumulates into the buckets; dropping
+        # them (None) would make autograd allocate fresh ones and DDP copy them over.
+        self.grads_to_none = not getattr(self.student, "gradient_as_bucket_view", False)
         if self.precision == "fp16" and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type)
 
@@ -114,7 +118,7 @@ class DINOStep:
         self.stats.record(loss, iteration)
 
         # backward
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.grads_to_none)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)

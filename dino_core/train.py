@@ -9,7 +9,6 @@ position, RNG states, data order).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from . import distributed as dist_utils
 from .checkpoint import (CheckpointError, check_compatible, check_training_checkpoint,
                          load_checkpoint, load_state, save_checkpoint)
 from .config import TrainConfig
+from .data_wait import DataWaitClock
 from .models import DINOHead, MultiCropWrapper, build_vit
 from .schedules import Schedules, teacher_temp_schedule
 from .step import DINOStep, resolve_precision
@@ -72,7 +72,17 @@ def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
+    if m.compile:
+        compile_backbones(student, teacher)
     return student, teacher
+
+
+def compile_backbones(*wrappers: MultiCropWrapper) -> None:
+    """``torch.compile`` each wrapper's backbone in place (``nn.Module.compile``: parameter
+    names and checkpoints unchanged), with static shapes: the global and local crop sizes
+    each get their own graph (a dynamic-shape graph would be slower for two fixed sizes)."""
+    for w in wrappers:
+        w.backbone.compile(dynamic=False)
 
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
@@ -168,8 +178,7 @@ def build_run(cfg: TrainConfig) -> Run:
     student, teacher = student.to(device), teacher.to(device)
     optimizer = build_optimizer(student, cfg.optim.optimizer, device)
     if env.distributed:
-        student = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None)
+        student = dist_utils.wrap_ddp(student, device)
     loss_fn = build_loss(cfg).to(device)
     precision = resolve_precision(cfg.precision, device)
     step = DINOStep(student, teacher, loss_fn, optimizer, device, precision,
@@ -217,14 +226,14 @@ def _train_epochs(run: Run, out: Path) -> dict:
     batch_images = cfg.data.batch_size * run.env.world_size
     logger = ProgressLogger(out, enabled=run.env.is_main, progress=cfg.progress,
                             total=(cfg.epochs - run.start_epoch) * n)
-    wait_total = wall_total = 0.0
+    clock = DataWaitClock(run.device)   # data wait: CUDA events on a GPU, host clock on CPU
     images = 0
     last_loss = float("nan")
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
             run.loader.set_epoch(epoch)
             it0 = epoch * n
-            t_prev = time.perf_counter()
+            clock.start()
             batches = iter(run.loader)
             for i in range(n):
                 # fetch
@@ -232,24 +241,22 @@ def _train_epochs(run: Run, out: Path) -> dict:
                     views, _labels = next(batches)
                 except StopIteration:
                     raise RuntimeError(f"loader ended after {i} of {n} batches in epoch {epoch}") from None
-                t_data = time.perf_counter()
+                clock.batch_ready()
                 it = it0 + i
                 run.step(views, epoch, it, float(run.schedules.lr[it]), float(run.schedules.wd[it]),
                          float(run.schedules.momentum[it]))
-                t_end = time.perf_counter()
-                wait_total += t_data - t_prev
-                wall_total += t_end - t_prev
+                clock.step_enqueued()
                 images += batch_images
-                t_prev = t_end
                 if (it + 1) % cfg.log_every == 0 or i == n - 1:
                     mean_loss, last_loss, bad = run.step.stats.read()  # host sync (logging step)
                     _stop_if_diverged(bad, epoch, n)
+                    wait, wall = clock.totals()  # host sync on GPU (logging step): event times
                     logger.log(it + 1, epoch, {
                         "loss": mean_loss, "lr": run.schedules.lr[it], "wd": run.schedules.wd[it],
                         "momentum": run.schedules.momentum[it],
                         "teacher_temp": float(teacher_temp[epoch]),
-                        "images_per_s": images / max(wall_total, 1e-9),
-                        "data_wait_share": wait_total / max(wall_total, 1e-9)})
+                        "images_per_s": images / max(wall, 1e-9),
+                        "data_wait_share": wait / max(wall, 1e-9)})
                 logger.advance()
             del batches
             if run.env.is_main:
@@ -259,9 +266,9 @@ def _train_epochs(run: Run, out: Path) -> dict:
             dist_utils.barrier()
     finally:
         logger.close()
+    wait, wall = clock.totals()
     return {"epochs": cfg.epochs, "iterations": cfg.epochs * n, "final_loss": last_loss,
-            "images_per_s": images / max(wall_total, 1e-9),
-            "data_wait_share": wait_total / max(wall_total, 1e-9)}
+            "images_per_s": images / max(wall, 1e-9), "data_wait_share": wait / max(wall, 1e-9)}
 
 
 def _stop_if_diverged(bad_iteration: int, epoch: int, n: int) -> None:

@@ -52,7 +52,7 @@ OPTION_KEYS = {
     "arch": "model.arch", "patch_size": "model.patch_size", "out_dim": "model.out_dim",
     "epochs": "epochs", "lr": "optim.lr", "teacher_temp": "loss.teacher_temp",
     "output_dir": "output_dir", "device": "device", "precision": "precision", "seed": "seed",
-    "max_iters_per_epoch": "max_iters_per_epoch",
+    "max_iters_per_epoch": "max_iters_per_epoch", "compile": "model.compile",
 }
 
 
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--precision", choices=("auto", "bf16", "fp16", "fp32"),
       help="auto: bf16 on GPU, fp32 on CPU; fp16 uses a GradScaler")
     a("--seed", type=int)
+    a("--compile", action="store_true", default=None,
+      help="torch.compile the backbones (opt-in; compiling takes a minute or more)")
     a("--max-iters-per-epoch", type=int, help="cap iterations per epoch (smoke tests)")
     a("--resume", metavar="CKPT", help="start from this checkpoint instead of OUTPUT_DIR's")
     a("--no-knn", action="store_true", help="skip the k-NN evaluation at the end")

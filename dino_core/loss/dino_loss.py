@@ -12,14 +12,18 @@ raw teacher logits (see ``center.py``). Rows are view-major: rows ``v*B:(v+1)*B`
 Implementations (``impl``), all with the same value and gradient:
 - ``reference``: the paper's pair loop (``reference.py``), for tests and baselines.
 - ``fused``: one softmax per student view, closed-form backward, plain torch (``fused.py``).
-- ``cuda``: the CUDA kernels (``cuda.py``), built on first use.
-- ``auto``: ``cuda`` for CUDA tensors when the extension builds, else ``fused``; one log
-  line says which runs.
+- ``cuda``: the CUDA kernels (``cuda.py``), from the kernel library built ahead of time
+  (``dino-build-kernels``; see ``dino_core/kernels``).
+- ``auto``: ``cuda`` for CUDA tensors when the kernel library loads for this GPU, else
+  ``fused``.
+One log line per module says which implementation runs and why (the library's path, or why
+it cannot be used and what to do).
 
 ``overwrite_logits=True`` lets ``fused`` and ``cuda`` use the student logits as their
 working buffer from the call on, instead of a new ``[ncrops*B, K]`` tensor: ``fused`` writes
-its one softmax over them in the forward, and both write the gradient over them in the
-backward (``fused.py`` says when that is safe; the trainer is such a caller). After the
+its one softmax over them in the forward and the gradient in the backward; ``cuda`` writes
+the gradient over them in the forward (bf16/fp32/fp64) or the backward (fp16) (``fused.py``
+and ``cuda.py`` say when that is safe; the trainer is such a caller). After the
 backward, ``student_output`` holds the gradient. It is a permission, not a demand:
 ``reference`` is plain autograd and leaves the logits alone (one log line says so). The
 gradient's values are the same either way.
@@ -31,6 +35,8 @@ import logging
 import numpy as np
 import torch
 from torch import nn
+
+from dino_core.kernels.library import library_path
 
 from . import cuda as cuda_ext
 from .center import CenterEMA
@@ -106,27 +112,36 @@ class DINOLoss(nn.Module):
                              f"(nepochs={len(self.teacher_temp_schedule)})")
         return self.teacher_temp_schedule[epoch]
 
-    def resolve_impl(self, student_output: torch.Tensor) -> str:
-        """The implementation that runs for these inputs (``auto`` resolved)."""
+    def resolve_impl(self, student_output: torch.Tensor,
+                     teacher_output: torch.Tensor | None = None) -> str:
+        """The implementation that runs for these inputs (``auto`` resolved); logged once."""
         on_cuda = student_output.is_cuda
         if self.impl == "cuda" and not on_cuda:
             raise ValueError(f"impl='cuda' needs CUDA tensors, got {student_output.device}")
+        if self.impl == "cuda":
+            reason = cuda_ext.unavailable_reason()
+            if reason is not None:
+                raise RuntimeError(f"impl='cuda': the CUDA kernels are unavailable: {reason}")
+            return self._announce("cuda", f"impl='cuda', kernels from {library_path()}")
         if self.impl != "auto":
-            return self.impl
+            return self._announce(self.impl, f"impl={self.impl!r}")
         if not on_cuda:
-            return self._announce("fused", f"tensors on {student_output.device}")
+            return self._announce("fused", f"auto: tensors on {student_output.device}")
         if student_output.dtype not in cuda_ext.SUPPORTED_DTYPES:
-            return self._announce("fused", f"{student_output.dtype} is not a kernel dtype")
+            return self._announce("fused", f"auto: {student_output.dtype} is not a kernel dtype")
+        if teacher_output is not None and teacher_output.dtype != student_output.dtype:
+            return self._announce("fused", f"auto: teacher logits are {teacher_output.dtype}, "
+                                           f"student logits {student_output.dtype}")
         reason = cuda_ext.unavailable_reason()
         if reason is not None:
-            return self._announce("fused", f"CUDA extension unavailable: {reason}")
-        return self._announce("cuda", "CUDA tensors, extension built")
+            return self._announce("fused", f"auto: CUDA kernels unavailable: {reason}")
+        return self._announce("cuda", f"auto: CUDA tensors, kernels from {library_path()}")
 
     def _announce(self, impl: str, why: str) -> str:
-        """Log once per module and choice which implementation ``auto`` picked."""
+        """Log once per module and implementation which one runs and why."""
         if impl not in self._announced:
             self._announced.add(impl)
-            log.info("DINO loss: using the %s implementation (auto: %s)", impl, why)
+            log.info("DINO loss: using the %s implementation (%s)", impl, why)
         return impl
 
     def _note_once(self, message: str) -> None:
@@ -166,7 +181,7 @@ class DINOLoss(nn.Module):
         self._check_inputs(student_output, teacher_output)
         self._center_ema.apply(self.center)  # a pending all-reduce lands before its use
         temp = self.teacher_temp(epoch)
-        impl = self.resolve_impl(student_output)
+        impl = self.resolve_impl(student_output, teacher_output)
         # Autocast off: the kernels accumulate in float32 by themselves, and autocast would
         # run the fused path's matmuls in bf16.
         with torch.autocast(student_output.device.type, enabled=False):
@@ -181,9 +196,9 @@ class DINOLoss(nn.Module):
                 loss = fused_dino_loss(student_output, q, self.ncrops, self.student_temp,
                                        self.overwrite_logits)
             else:
-                q = cuda_ext.cuda_teacher_probs(teacher_output, self.center, temp)
-                loss = cuda_ext.cuda_dino_loss(student_output, q, self.ncrops,
-                                               self.student_temp, self.overwrite_logits)
+                loss = cuda_ext.cuda_dino_loss(student_output, teacher_output, self.center, temp,
+                                               self.ncrops, self.student_temp,
+                                               self.overwrite_logits)
         self._center_ema.launch(teacher_output, self.center)
         return loss
 

@@ -133,19 +133,34 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
-        """Position embeddings for an (h, w)-pixel input, bicubic-resized to its patch grid.
+        """Position embeddings (1, 1 + gh * gw, D) for an (h, w)-pixel input (gh = h // p).
 
-        The output size is passed directly (no scale factor), which avoids the off-by-one
-        rounding that the reference works around with a +0.1 fudge.
+        Computed exactly as upstream DINO computes them, so that the same weights give the same
+        features in this code and in upstream's at every input size (checkpoint
+        compatibility: official weights loaded here, and weights trained here evaluated
+        there). The stored s x s grid (s = sqrt(N)) is resized bicubically (align_corners
+        False) with the scale factors (gh + 0.1) / s for rows and (gw + 0.1) / s for columns,
+        not with an output size: ``F.interpolate`` samples output index i at source
+        (i + 0.5) / factor - 0.5, so the factor, and with it the + 0.1, decides the values.
+        Upstream adds the 0.1 so that floor(s * factor) is gh and gw despite floating-point
+        rounding; the output size is checked. (Upstream unpacks ``B, nc, w, h = x.shape``, so
+        its ``w0`` counts rows and its first factor is the rows' factor, as here.) Like
+        upstream, the stored embedding is returned unchanged when the input is square and has
+        N patches.
         """
         n_patches = self.pos_embed.shape[1] - 1
         gh, gw = h // self.patch_size, w // self.patch_size
-        if gh * gw == n_patches and gh == gw:
+        if gh * gw == n_patches and h == w:
             return self.pos_embed
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         side = int(math.sqrt(n_patches))
         grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, s, s)
-        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False)
+        factors = ((gh + 0.1) / math.sqrt(n_patches), (gw + 0.1) / math.sqrt(n_patches))
+        grid = F.interpolate(grid.float(), scale_factor=factors, mode="bicubic",
+                             align_corners=False)  # (1, D, gh, gw)
+        if grid.shape[-2:] != (gh, gw):
+            raise RuntimeError(f"position-embedding resize of a {side}x{side} grid gave "
+                               f"{tuple(grid.shape[-2:])}, expected ({gh}, {gw})")
         patch_pos = grid.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
         return torch.cat((cls_pos, patch_pos), dim=1)
 

@@ -5,20 +5,29 @@ decodes of the same JPEG. ``MultiCropDecoder`` is a single decoder for the image
 sample it decodes the JPEG once (FFCV's TurboJPEG binding; raw samples are read in place)
 into a scratch buffer, draws every view's parameters into a float64 [views, param_row.WIDTH]
 scratch (``compiled_draw.draw_image_rows``, the compiled twin of ``pipelines.sampling``),
-and for every view resamples the row's crop box, flipped when the row says so, into the
-output (``resample``, the spec's interpolation). With ``finish`` (the CPU executor) each
-crop then goes through ``cpu_kernel.photometric_view`` with the photometric columns
-of the same rows, and the op writes finished, normalised float32 CHW views. Samples run in
-parallel (numba prange over FFCV's worker threads). Every parameter is the one the reference
-and DALI executors draw for the same sample.
+and for every view resamples the row's crop box, flipped when the row says so (``resample``,
+the spec's interpolation). Then, by ``finish``:
+- True (the CPU executor): each crop goes through ``cpu_kernel.photometric_view`` with the
+  photometric columns of the same rows, and the op writes finished, normalised float32 CHW
+  views.
+- False (the device finish): the op writes the uint8 crops AND the rows, so that the loader
+  can finish the views elsewhere (``photometric.finish.finish_views`` on its device) with
+  the very parameters the CPU finish applies.
+Samples run in parallel (numba prange over FFCV's worker threads). Every parameter is the
+one the reference and DALI executors draw for the same sample.
 
 Output layout. FFCV gives a decoder one row of ``ViewLayout.row_entries`` per sample (uint8,
-or float32 with ``finish``). The op writes the batch view-major instead: with ``n`` samples
-in the batch, view ``v`` occupies ``n * S_v * S_v * 3`` consecutive entries starting at
-``n * offset[v]``, as a ``[n, S_v, S_v, 3]`` (or ``[n, 3, S_v, S_v]``) array; consecutive
-views of one size thus form one ``[views * n, ...]`` array without a copy. The last ``n``
-entries count JPEG decodes per sample (1 for JPEG, 0 for raw): the test hook proving one
-decode per image. ``ViewLayout.split`` undoes the layout.
+or float32 with ``finish``). The op writes the batch part-major instead; with ``n`` samples
+in the batch:
+- rows (``finish=False`` only): the first ``n * rows_entries`` bytes, float64
+  ``[views, n, WIDTH]`` (view-major, as the crops);
+- view ``v``: ``n * S_v * S_v * 3`` consecutive entries from ``n * offset[v]``, a
+  ``[n, S_v, S_v, 3]`` (or ``[n, 3, S_v, S_v]``) array; consecutive views of one size thus
+  form one ``[views * n, ...]`` array without a copy;
+- ``n`` entries from ``n * counts_at`` counting JPEG decodes per sample (1 for JPEG, 0 for
+  raw): the test hook proving one decode per image.
+With ``finish=False`` a sample's row is padded to a multiple of 8 bytes, so the rows of
+every FFCV batch slot start 8-byte aligned. ``ViewLayout.split`` undoes the layout.
 
 Randomness: sample ``i``'s stream is ``sampling.sample_rng(seed, global rank, epoch, i)``'s,
 key ``counter_stream.sample_key(seed, rank, epoch, i)``, derived in compiled code from the
@@ -28,9 +37,11 @@ epoch key. The epoch key lives in a small array the compiled code reads through 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numba
 import numpy as np
+import torch
 from ffcv.libffcv import ctypes_imdecode
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
@@ -47,19 +58,39 @@ from .resample import filter_code, resize_crop
 
 JPEG_MODE = 0  # ffcv.fields.rgb_image.IMAGE_MODES: 'jpg' -> 0, 'raw' -> 1
 DECODE_FAILED = 255  # decode-count byte of a sample whose JPEG did not decode
+ROW_ALIGN = 8  # bytes: a uint8 output row is padded to this, so float64 rows stay aligned
 _TOP, _LEFT, _HEIGHT, _WIDTH, _FLIP = COL.top, COL.left, COL.height, COL.width, COL.flip
+
+
+class Split(NamedTuple):
+    """One batch of the op's output, by part (views of the flat output, no copies).
+
+    groups: per run of same-size views (``ViewLayout.groups``) one ``[k * n, S, S, 3]``
+        uint8 array (``[k * n, 3, S, S]`` float32 when planar), view-major;
+    rows: float64 ``[views, n, WIDTH]`` parameter rows, None when planar;
+    counts: JPEG decodes per sample, ``[n]``.
+    """
+
+    groups: list
+    rows: object
+    counts: object
 
 
 @dataclass(frozen=True)
 class ViewLayout:
-    """Where each view lives in the op's output (see the module docstring).
+    """Where each part of a batch lives in the op's output (see the module docstring).
 
-    Sizes count entries: bytes of uint8 HWC crops, or float32 values of finished CHW views
-    when ``planar`` (the same number per view, 3 * S * S).
+    Sizes count entries: float32 values of finished CHW views when ``planar``, else bytes
+    (uint8 HWC crops, the float64 rows as bytes); a view holds 3 * S * S entries either way.
     """
 
     sizes: tuple[int, ...]
     planar: bool = False
+
+    @property
+    def rows_entries(self) -> int:
+        """Per sample: the bytes of its float64 [views, WIDTH] rows (0 when planar)."""
+        return 0 if self.planar else len(self.sizes) * WIDTH * 8
 
     @property
     def view_entries(self) -> tuple[int, ...]:
@@ -68,16 +99,23 @@ class ViewLayout:
     @property
     def offsets(self) -> tuple[int, ...]:
         """Per-sample entry offset of each view (multiply by the batch size)."""
-        out, acc = [], 0
+        out, acc = [], self.rows_entries
         for b in self.view_entries:
             out.append(acc)
             acc += b
         return tuple(out)
 
     @property
+    def counts_at(self) -> int:
+        """Per-sample entry offset of the decode counts: rows and views come before."""
+        return self.rows_entries + sum(self.view_entries)
+
+    @property
     def row_entries(self) -> int:
-        """Entries per sample: every view plus one decode-count entry."""
-        return sum(self.view_entries) + 1
+        """Entries per sample: rows, views and one decode-count entry, padded to a multiple
+        of ROW_ALIGN bytes unless planar (float32 entries are aligned anyway)."""
+        used = self.counts_at + 1
+        return used if self.planar else -(-used // ROW_ALIGN) * ROW_ALIGN
 
     def groups(self) -> list[tuple[int, int, int]]:
         """Runs of consecutive views of one size: (first view, number of views, size)."""
@@ -89,16 +127,20 @@ class ViewLayout:
                 runs.append((v, 1, s))
         return runs
 
-    def split(self, flat, n: int) -> tuple[list, object]:
-        """flat [n * row_entries] (numpy or torch) -> ([one [k * n, S, S, 3] per group, or
-        [k * n, 3, S, S] when planar], decode counts [n]), all views of ``flat``."""
-        arrays = []
+    def split(self, flat, n: int) -> Split:
+        """flat [n * row_entries] or at least its first ``n * counts_at`` entries (numpy or
+        torch; the counts only when it reaches that far) -> ``Split``, views of ``flat``."""
+        groups = []
         for first, k, s in self.groups():
             start = n * self.offsets[first]
             shape = (k * n, 3, s, s) if self.planar else (k * n, s, s, 3)
-            arrays.append(flat[start:start + k * n * s * s * 3].reshape(shape))
-        end = n * (self.row_entries - 1)
-        return arrays, flat[end:end + n]
+            groups.append(flat[start:start + k * n * s * s * 3].reshape(shape))
+        rows = None
+        if not self.planar:
+            f64 = torch.float64 if isinstance(flat, torch.Tensor) else np.float64
+            rows = flat[:n * self.rows_entries].view(f64).reshape(len(self.sizes), n, WIDTH)
+        end = n * self.counts_at
+        return Split(groups, rows, flat[end:end + n])
 
 
 @numba.njit(nogil=True)
@@ -123,9 +165,19 @@ def cut_views(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: int
 
 
 @numba.njit(nogil=True, cache=True, fastmath=False)
-def finish_views(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: int, n: int,
-                 sizes: np.ndarray, offsets: np.ndarray, kind: int, crop: np.ndarray,
-                 scratch: np.ndarray, norm: np.ndarray, solarize_at: float) -> None:
+def put_rows(rows: np.ndarray, flat: np.ndarray, sample: int, n: int) -> None:
+    """One sample's rows (float64 [views, WIDTH]) into the rows part of the uint8 batch
+    ``flat`` (float64 [views, n, WIDTH] from entry 0)."""
+    views, width = rows.shape
+    out = flat[:n * views * width * 8].view(np.float64).reshape(views, n, width)
+    for v in range(views):
+        out[v, sample, :] = rows[v]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=False)
+def cut_and_finish(image: np.ndarray, rows: np.ndarray, flat: np.ndarray, sample: int, n: int,
+                   sizes: np.ndarray, offsets: np.ndarray, kind: int, crop: np.ndarray,
+                   scratch: np.ndarray, norm: np.ndarray, solarize_at: float) -> None:
     """``cut_views``, then each crop's photometric ops and normalisation
     (``cpu_kernel.photometric_view``) into the planar float32 batch ``flat``.
     crop: uint8 scratch of the largest view; scratch: the kernel's float32 scratch."""
@@ -145,7 +197,8 @@ class MultiCropDecoder(Operation):
 
     seed, rank: base seed and GLOBAL rank of the streams; ``set_epoch`` moves them on.
     finish: also run each view's photometric ops and normalisation in the op (the CPU
-    executor): the output is then planar float32 views instead of uint8 crops.
+    executor): the output is then planar float32 views; else uint8 crops and the views'
+    parameter rows, for a finish after the op (``ViewLayout``).
     """
 
     def __init__(self, spec: AugmentationSpec, seed: int, rank: int, finish: bool = False
@@ -196,19 +249,20 @@ class MultiCropDecoder(Operation):
         consts = kernel_consts(spec)
         norm, solarize_at = consts.norm, float(consts.solarize_at)
         kind = filter_code(spec.interpolation)
-        counts_at = layout.row_entries - 1
+        counts_at = layout.counts_at
         key_address = self._epoch_key.ctypes.data
         jpeg = JPEG_MODE
 
         if finish:
             @numba.njit(nogil=True, fastmath=False)  # explicit: FFCV's fastmath would leak in
             def views(image, rows, buffers, i, flat, n):
-                finish_views(image, rows, flat, i, n, sizes, offsets, kind, buffers[3][i],
+                cut_and_finish(image, rows, flat, i, n, sizes, offsets, kind, buffers[3][i],
                              buffers[4][i], norm, solarize_at)
         else:
             @numba.njit(nogil=True, fastmath=False)  # explicit: FFCV's fastmath would leak in
             def views(image, rows, buffers, i, flat, n):
                 cut_views(image, rows, flat, i, n, sizes, offsets, kind)
+                put_rows(rows, flat, i, n)
 
         def decode_multi_crop(batch_indices, buffers, metadata, storage_state):
             out, scratch, params = buffers[0], buffers[1], buffers[2]

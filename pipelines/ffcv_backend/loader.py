@@ -1,16 +1,21 @@
 """``build_ffcv_loader``: the FFCV executor behind ``build_loader(..., backend="ffcv")``.
 
 Flow per batch: FFCV reads the .beton (os page cache or its process cache) -> the compiled
-``MultiCropDecoder`` decodes each image once and cuts every view, laid out view-major. Then
-one of two finishes (``FFCVOptions.photometric``):
+``MultiCropDecoder`` decodes each image once and cuts every view, laid out view-major, in
+one of FFCV's rotating batch buffers. Then one of two finishes (``FFCVOptions.photometric``),
+both with the parameters of the sample's own counter stream, the very parameters the
+reference executor draws:
 - compiled (the CPU default): the op itself runs each view's photometric ops and
-  normalisation (``pipelines.photometric.cpu_kernel``) with the parameters of the sample's own
-  stream, the very parameters the reference executor draws, in FFCV's worker threads; here
-  each run of same-size views is one finished ``[k * B, 3, S, S]`` float32 array, copied out
-  of FFCV's reused buffer.
-- tensor (the GPU default): the op writes uint8 crops; here each run of same-size views
-  becomes one ``[k * B, S, S, 3]`` tensor, goes to the device and gets the photometric ops
-  as batched tensor ops (``pipelines.photometric.torch_ops``), parameters drawn there per batch.
+  normalisation (``pipelines.photometric.cpu_kernel``) in FFCV's worker threads; here each
+  run of same-size views is one finished ``[k * B, 3, S, S]`` float32 array, copied out of
+  FFCV's buffer.
+- device (the GPU default): the op writes uint8 crops and every view's parameter row; here
+  the batch goes from FFCV's (pinned) buffer to the device in one non-blocking copy, and
+  each run of same-size views, ``[k * B, S, S, 3]`` uint8 with its rows ``[k * B, WIDTH]``,
+  is finished by ``pipelines.photometric.finish.finish_views`` on the device (the CUDA
+  kernel, else torch ops). No host sync per batch: the copies are queued on the current
+  stream, and FFCV's thread, not the consumer, waits for them before it refills the buffer
+  (``slots.py``).
 
 Sharding: no process group is needed. Each rank gets its own equal-length, disjoint slice
 of a per-epoch global order through a custom FFCV traversal order (``order.py``); the
@@ -22,6 +27,7 @@ and sets torch's intra-op thread count to ``num_workers`` too (process-wide).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -37,11 +43,15 @@ from ffcv.traversal_order.base import TraversalOrder
 
 from ..convert.common import Manifest
 from ..folder import DatasetError
+from ..photometric.finish import IMPLS, finish_views
+from ..sampling.param_row import WIDTH
 from ..spec import AugmentationSpec
-from ..photometric.torch_ops import PhotometricOps
 from . import reader_fix
 from .decode_once import DECODE_FAILED, MultiCropDecoder
 from .order import ORDERS, epoch_order, rank_slice
+from .slots import GuardedLoader, Retired, SlotGuard
+
+log = logging.getLogger(__name__)
 
 reader_fix.apply()  # before any FFCV Loader exists: see reader_fix.py
 
@@ -56,15 +66,25 @@ class FFCVOptions:
         when shuffling, else sequential); block, window: quasi_random's sizes (order.py).
     os_cache: read through the OS page cache (True) or FFCV's process cache (False, for
         datasets larger than RAM).
-    batches_ahead: batches FFCV decodes ahead of the consumer.
-    photometric: where the photometric ops run. "compiled": inside the decode op, per view,
-        with the parameters of the sample's stream (``cpu_kernel``; CPU only);
-        "tensor": batched tensor ops on the device after the op (``torch_ops``, parameters
-        from a per-batch torch generator); "auto": compiled on the CPU, tensor on a GPU.
+    batches_ahead: batches FFCV decodes ahead of the consumer. On a GPU its thread also
+        waits for the copy out of a buffer before refilling it, i.e. for the GPU work queued
+        before that copy: raise it when the training loop runs more steps ahead of the GPU.
+    photometric: where the photometric ops and normalisation run; the parameters are the
+        sample's own stream's in every case (those the reference executor draws).
+        "compiled": inside the decode op, per view, in FFCV's worker threads
+            (``cpu_kernel``); CPU only.
+        "device": after the op, on the loader's device: the op writes uint8 crops and the
+            views' parameter rows, ``finish_views`` finishes them there (on a GPU the CUDA
+            kernel, else torch ops; on the CPU the numba kernel, in the consumer's thread:
+            the CPU twin of the GPU path).
+        "auto": compiled on the CPU, device on a GPU.
+    finish_impl: ``finish_views``' implementation for "device" ("auto", "cuda",
+        "cpu_kernel" or "torch"; see ``pipelines.photometric.finish``).
     """
 
     order: str = "random"
     photometric: str = "auto"
+    finish_impl: str = "auto"
     os_cache: bool = True
     batches_ahead: int = 2
     block: int = 256
@@ -131,17 +151,14 @@ def _check_fields(path: Path) -> int:
     return int(reader.num_samples)
 
 
-def _batch_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
-    """Seed of the photometric generator of one batch."""
-    state = np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(2)
-    return int(state[0]) << 32 | int(state[1])
-
-
 class FFCVMultiCropLoader:
     """The FFCV executor; honours ``pipelines.loader.MultiCropLoader``.
 
     ``last_decode_counts`` (uint8 [B]) holds, after each batch, how many JPEG decodes each
-    sample of that batch took: 1 for JPEG samples, 0 for raw ones.
+    sample of that batch took: 1 for JPEG samples, 0 for raw ones. ``buffers_pinned``: on
+    the device path, whether FFCV's buffers are in pinned memory (checked at the first
+    batch; False on the CPU). Every tensor a batch yields is its own (nothing aliases FFCV's
+    reused buffers).
     """
 
     def __init__(self, path: Path, manifest: Manifest, batch_size: int, spec: AugmentationSpec,
@@ -159,10 +176,11 @@ class FFCVMultiCropLoader:
         self.compiled = options.photometric == "compiled" or (
             options.photometric == "auto" and device.type == "cpu")
         if self.compiled and device.type != "cpu":
-            raise ValueError("ffcv option photometric='compiled' runs on the CPU; use 'tensor' "
+            raise ValueError("ffcv option photometric='compiled' runs on the CPU; use 'device' "
                              f"(or 'auto') for device {device}")
+        self.finish_impl = options.finish_impl
         self.decoder = MultiCropDecoder(spec, seed, rank, finish=self.compiled)
-        self._loader = Loader(
+        self._loader = GuardedLoader(
             str(path), batch_size=batch_size, num_workers=num_workers,
             os_cache=options.os_cache, order=self.order, drop_last=drop_last,
             batches_ahead=options.batches_ahead,
@@ -170,11 +188,11 @@ class FFCVMultiCropLoader:
                        LABEL_FIELD: PipelineSpec(LABEL_FIELD, decoder=IntDecoder())})
         outputs = list(self._loader.pipeline_specs)
         self._image_at, self._label_at = outputs.index(IMAGE_FIELD), outputs.index(LABEL_FIELD)
-        self.ops = PhotometricOps(spec, device)
-        self._generator = torch.Generator(device=device)
-        self._views = spec.views()
+        self._dtype = getattr(torch, spec.output_dtype)
         self._epoch = 0
-        self._running = None
+        self._running: Retired | None = None  # the epoch being iterated
+        self._retired: Retired | None = None  # the last one, until its copies are done
+        self.buffers_pinned: bool | None = None
         self.last_decode_counts: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -188,21 +206,23 @@ class FFCVMultiCropLoader:
         return self.order.sample_order(epoch)
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-        self.close()
+        self._stop()
         epoch = self._epoch
-        self.decoder.set_epoch(epoch)  # safe: no epoch iterator is running
+        self.decoder.set_epoch(epoch)  # safe: no epoch thread is running
         self._loader.next_epoch = epoch
-        running = self._running = iter(self._loader)
+        guard = SlotGuard(self._loader.slots, previous=self._retired)
+        self._retired = None  # now kept by ``guard`` until the new thread has waited for it
+        running = self._loader.guarded_epoch(guard)
+        self._running = current = Retired(running, guard)
         try:
             for batch in range(len(self._loader)):
                 self._wait_for_batch(running)
                 outputs = next(running)
                 yield self._assemble(outputs[self._image_at], outputs[self._label_at],
-                                     epoch, batch)
+                                     epoch, batch, guard)
         finally:
-            running.close()
-            if self._running is running:
-                self._running = None
+            if self._running is current:
+                self._stop()
 
     def _wait_for_batch(self, running) -> None:
         """Wait for FFCV's epoch thread to queue a batch; raise if it died (FFCV would wait
@@ -215,34 +235,73 @@ class FFCVMultiCropLoader:
             with queue.not_empty:
                 queue.not_empty.wait(timeout=0.05)
 
-    def _assemble(self, rows: np.ndarray, labels: np.ndarray, epoch: int, batch: int
-                  ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Decoder rows [n, row_entries] + labels [n, 1] -> (views, labels) on the device."""
-        n = rows.shape[0]
-        groups, counts = self.decoder.layout.split(torch.from_numpy(rows).view(-1), n)
+    def _assemble(self, out: np.ndarray, labels: np.ndarray, epoch: int, batch: int,
+                  guard: SlotGuard) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The decoder's output [n, row_entries] and labels [n, 1], both in FFCV's buffer
+        slot of ``batch``, -> (views, labels) on the device, copied out of the slot."""
+        n = out.shape[0]
+        layout = self.decoder.layout
+        flat = torch.from_numpy(out).view(-1)
+        host = layout.split(flat, n)
+        counts = host.counts  # read on the host
         self.last_decode_counts = counts.to(torch.uint8, copy=True)
         if bool((counts == DECODE_FAILED).any()):  # host tensor: no device sync
             first = int((counts == DECODE_FAILED).nonzero()[0, 0])
             index = self.sample_indices(epoch)[batch * self.batch_size + first]
             raise DatasetError(f"{self.path}: the JPEG of sample {index} does not decode "
                                "(corrupt .beton? convert again)")
+        if self.compiled:  # finished float32 views in FFCV's buffer: copy them out
+            views = [v for finished in host.groups
+                     for v in finished.to(self._dtype, copy=True).split(n)]
+            label = torch.from_numpy(labels).view(-1).clone()
+            guard.copied(batch, None)
+            return views, label
+        data = torch.empty(n * layout.counts_at, dtype=torch.uint8, device=self.device)
+        label = torch.empty(n, dtype=torch.int64, device=self.device)
+        if self.buffers_pinned is None:
+            self._check_pinned(flat)
+        # The slot's crops + rows, and its labels, queued on the current stream (from pinned
+        # memory on a GPU: no host wait); FFCV refills the slot after ``event`` (slots.py).
+        data.copy_(flat[:data.numel()], non_blocking=True)
+        label.copy_(torch.from_numpy(labels).view(-1), non_blocking=True)
+        guard.copied(batch, self._copies_event())
+        part = layout.split(data, n)
         views: list[torch.Tensor] = []
-        if self.compiled:  # finished float32 views in FFCV's reused buffer: copy them out
-            for finished in groups:
-                views.extend(finished.to(self.ops.dtype, copy=True).split(n))
-        else:
-            self._generator.manual_seed(_batch_seed(self.seed, self.rank, epoch, batch))
-            for (first, k, _), images in zip(self.decoder.layout.groups(), groups):
-                out = self.ops(images, self._views[first:first + k], self._generator)
-                views.extend(out.split(n))
-        labels = torch.from_numpy(labels).view(-1).to(self.device, torch.int64, non_blocking=True)
-        return views, labels
+        for (first, k, _), crops in zip(layout.groups(), part.groups):
+            rows = part.rows[first:first + k].reshape(k * n, WIDTH)
+            views.extend(finish_views(crops, rows, self.spec, self.finish_impl).split(n))
+        return views, label
 
-    def close(self) -> None:
-        """Stop the running epoch's decoding thread, if any."""
+    def _copies_event(self) -> torch.cuda.Event | None:
+        """An event completing with the copies just queued (None on the CPU: done)."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(blocking=True)  # FFCV's thread sleeps in synchronize()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def _check_pinned(self, flat: torch.Tensor) -> None:
+        """Once: warn when FFCV's buffers are not pinned (a CUDA copy from them would then
+        wait for the GPU)."""
+        self.buffers_pinned = self.device.type == "cuda" and flat.is_pinned()
+        if self.device.type == "cuda" and not self.buffers_pinned:
+            log.warning("FFCV's batch buffers are not in pinned memory: every copy to %s "
+                        "waits for the GPU", self.device)
+
+    def _stop(self) -> None:
+        """Stop the running epoch's decoding thread, if any, and keep its buffers alive
+        until the next epoch's thread (or ``close``) has waited for their copies."""
         running, self._running = self._running, None
         if running is not None:
-            running.close()
+            running.iterator.close()
+            self._retired = running
+
+    def close(self) -> None:
+        """Stop the running epoch's decoding thread, if any, and release its buffers."""
+        self._stop()
+        retired, self._retired = self._retired, None
+        if retired is not None:
+            retired.guard.wait_all()  # host wait, once at close: copies out of the buffers
 
 
 def build_ffcv_loader(data: str | Path, batch_size: int, spec: AugmentationSpec,
@@ -261,9 +320,12 @@ def build_ffcv_loader(data: str | Path, batch_size: int, spec: AugmentationSpec,
     options = FFCVOptions(**{"order": "random" if shuffle else "sequential", **opts})
     if options.order not in ORDERS:
         raise ValueError(f"ffcv option order={options.order!r}: choose from {', '.join(ORDERS)}")
-    if options.photometric not in ("auto", "compiled", "tensor"):
+    if options.photometric not in ("auto", "compiled", "device"):
         raise ValueError(f"ffcv option photometric={options.photometric!r}: choose from auto, "
-                         "compiled, tensor")
+                         "compiled, device")
+    if options.finish_impl not in IMPLS:
+        raise ValueError(f"ffcv option finish_impl={options.finish_impl!r}: choose from "
+                         f"{', '.join(IMPLS)}")
     if options.batches_ahead < 1:
         raise ValueError(f"ffcv option batches_ahead must be >= 1, got {options.batches_ahead}")
     device = torch.device(device)

@@ -9,6 +9,14 @@ docstring; every implementation below computes them and is tested against the ot
     torch_ops.py    batched torch tensor ops, any device: the plain, op-at-a-time twin
     cpu_kernel.py   the fused numba kernel, one view streamed through the cache row by row
                     (the FFCV executor's CPU finish; needs numba)
+    cuda.py         the fused CUDA kernel (csrc/photometric_kernel.cu, built into the
+                    project's kernel library, dino_core.kernels), two launches for all view
+                    sizes of a batch; its math is the header csrc/photometric.cuh
+    host_twin.py    that header (and the kernel's tiling, csrc/photometric_tile.cuh) built
+                    for the host with a C++ compiler: how the CUDA code is tested on a CPU
+
+``finish.finish_views`` picks one per device; ``constants`` holds what the compiled kernels
+take from the spec and ``kernel_abi`` the kernel's C interface for ctypes.
 
 What is drawn lives in ``pipelines.sampling``.
 """

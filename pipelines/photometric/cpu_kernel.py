@@ -29,14 +29,13 @@ indexing uses a runtime stride, which LLVM vectorises only when it is 1).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
 from ..sampling.param_row import COL, WIDTH
-from ..spec import AugmentationSpec
-from .torch_ops import BRIGHTNESS, CONTRAST, HUE, LUMA, SATURATION, blur_radius
+from .constants import KernelConsts, kernel_consts  # noqa: F401  (re-exported)
+from .torch_ops import BRIGHTNESS, CONTRAST, HUE, LUMA, SATURATION
 
 _F = np.float32
 _LR, _LG, _LB = (_F(w) for w in LUMA)
@@ -50,27 +49,6 @@ _JITTER, _ORDER0, _HUE_COL, _GRAY, _BLUR, _SIGMA, _SOLARIZE = (
     COL.jitter, COL.order0, COL.hue, COL.grayscale, COL.blur, COL.sigma, COL.solarize)
 _FACTOR = (COL.brightness, COL.contrast, COL.saturation)  # indexed by JITTER_OPS index
 assert (BRIGHTNESS, CONTRAST, SATURATION) == (0, 1, 2) and HUE == 3
-
-
-class KernelConsts(NamedTuple):
-    """What the kernel needs from an ``AugmentationSpec``.
-
-    norm: float32 [2, 3], rows ``1 / std`` and ``-mean / std`` (computed in float32 as
-    ``PhotometricOps`` does, so normalisation rounds the same); solarize_at: the [0, 1]
-    level from which solarize inverts; max_radius: the blur half-width of the spec's largest
-    sigma, which sizes the scratch buffer.
-    """
-
-    norm: np.ndarray
-    solarize_at: np.float32
-    max_radius: int
-
-
-def kernel_consts(spec: AugmentationSpec) -> KernelConsts:
-    std, mean = np.asarray(spec.std, np.float32), np.asarray(spec.mean, np.float32)
-    norm = np.stack([np.float32(1.0) / std, -mean / std]).astype(np.float32)
-    return KernelConsts(norm, np.float32((spec.solarize_threshold - 0.5) / 255.0),
-                        blur_radius(spec.blur_sigma[1]))
 
 
 def scratch_size(size: int, max_radius: int) -> int:

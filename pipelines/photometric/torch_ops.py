@@ -190,8 +190,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     h6 += 2.0 * is_g + 4.0 * is_b + 6.0 * _col(shift)
     # hsv -> rgb in closed form: channel = V - C * clamp(min(k, 4 - k), 0, 1) with
     # k = (m + h6) mod 6, m = 5, 3, 1 for red, green, blue.
-    # m made on the device (5 - 2 * [0, 1, 2]): a host tensor .to(cuda) would wait on the stream
-    k = h6 + torch.arange(3, device=x.device, dtype=x.dtype).mul_(-2.0).add_(5.0).view(1, 3, 1, 1)
+    k = h6 + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # no host copy
     k -= 6.0 * torch.floor(k / 6.0)
     w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return torch.addcmul(v, c, w, value=-1.0)

@@ -4,19 +4,21 @@ decode with the reference's boxes, per-sample photometric parameters, rank slice
 Loaders compiled once for the whole module (numba compilation costs seconds):
 - ``plain``: JPEG .beton, every photometric probability 0 (views are normalised crops),
   sequential order, two FFCV threads (the parallel path).
-- ``recipe``: raw .beton, the recipe's probabilities, random order, global rank 1 of 2, the
-  CPU default (photometric ops compiled into the op).
-- ``recipe_tensor``: the same with photometric="tensor" (the GPU path's tensor ops).
+- ``recipe``: raw .beton, the recipe's probabilities, random order, global rank 1 of 2, one
+  sample per batch (more batches than FFCV has buffers), the CPU default (photometric ops
+  compiled into the op).
+- ``recipe_device``: the same with photometric="device": the GPU path (uint8 crops +
+  parameter rows out of the op, ``finish_views`` after it), run on the CPU.
+  test_ffcv_slots.py holds its buffer handling and host syncs.
 Crops must equal the compiled resize applied to one decode of the stored JPEG with the
 boxes and flips the REFERENCE draws for the sample (``sample_image_params`` on
 ``sample_rng(seed, rank, epoch, index)``), and be within mean 0.3 / p99 2 levels of the
 reference's PIL crop + resize (test_ffcv_crops.py). Compiled views must equal the fused
 kernel on those crops with the reference's parameters bitwise, and the tensor ops within
-float32 noise; tensor-path views must equal the tensor ops with the redrawn parameters.
+float32 noise; the device path must hand ``finish_views`` exactly those crops and the
+reference's rows, and so give the compiled views bitwise.
 Every compiled function sets fastmath explicitly, so FFCV's fastmath does not leak in.
 """
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -24,43 +26,18 @@ import torch
 pytestmark = pytest.mark.ffcv
 pytest.importorskip("ffcv", reason="ffcv is not installed")
 
-from ffcv.libffcv import imdecode  # noqa: E402
-from ffcv.reader import Reader  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from pipelines.photometric import cpu_kernel as PK  # noqa: E402
-from pipelines import reference as ref  # noqa: E402
 from pipelines.photometric import torch_ops as T  # noqa: E402
-from pipelines.convert.beton import convert  # noqa: E402
-from pipelines.convert.common import ConvertConfig  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
 from pipelines.ffcv_backend.order import epoch_order, rank_slice  # noqa: E402
-from pipelines.ffcv_backend.resample import filter_code, resize_crop  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import MultiCropLoader, build_loader  # noqa: E402
 from pipelines.sampling.param_row import to_rows  # noqa: E402
-from pipelines.sampling import sample_image_params, sample_rng  # noqa: E402
-from pipelines.spec import AugmentationSpec, ColorJitterSpec, ViewSpec  # noqa: E402
+from tests.pipelines.ffcv_twins import (PLAIN, RECIPE, SEED, convert_folder,  # noqa: E402
+                                        reference_params, stored_images, twin_crops)
 from tests.pipelines.fidelity import assert_images_close, is_gray, to_pixels  # noqa: E402
 from tests.pipelines.images import write_image_folder  # noqa: E402
-
-RECIPE = AugmentationSpec(global_views=(ViewSpec(32, (0.4, 1.0), 1.0, 0.0),
-                                        ViewSpec(32, (0.4, 1.0), 0.1, 0.2)),
-                          local_view=ViewSpec(16, (0.05, 0.4), 0.5, 0.0), local_crops=2)
-PLAIN = RECIPE.with_overrides(
-    global_views=tuple(dataclasses.replace(v, blur_p=0.0, solarize_p=0.0)
-                       for v in RECIPE.global_views),
-    local_view=dataclasses.replace(RECIPE.local_view, blur_p=0.0),
-    jitter=ColorJitterSpec(p=0.0), grayscale_p=0.0)
-SEED = 3
-
-
-def _convert(tmp_path_factory, folder, mode):
-    dst = tmp_path_factory.mktemp(mode)
-    convert(ConvertConfig(src=folder, dst=dst, format="ffcv", write_mode=mode, max_side=64,
-                          workers=2, progress=False))
-    return dst / "train.beton"
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +47,12 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def jpg(tmp_path_factory, folder):
-    return _convert(tmp_path_factory, folder, "jpg")
+    return convert_folder(folder, tmp_path_factory.mktemp("jpg"), "jpg")
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory, folder):
-    return _convert(tmp_path_factory, folder, "raw")
+    return convert_folder(folder, tmp_path_factory.mktemp("raw"), "raw")
 
 
 @pytest.fixture(scope="module")
@@ -86,63 +63,25 @@ def plain(jpg):
     loader.close()
 
 
-def _recipe_loader(raw, **options):
-    return build_loader(raw.parent, backend="ffcv", batch_size=3, spec=RECIPE, num_workers=1,
+def recipe_loader(raw, **options):
+    """One sample per batch: 6 batches per epoch, more than FFCV's 4 rotating buffers."""
+    return build_loader(raw.parent, backend="ffcv", batch_size=1, spec=RECIPE, num_workers=1,
                         seed=SEED, rank=1, world_size=2, shuffle=True, drop_last=True,
                         **options)
 
 
 @pytest.fixture(scope="module")
 def recipe(raw):
-    loader = _recipe_loader(raw)  # CPU: photometric ops compiled into the op
+    loader = recipe_loader(raw)  # CPU: photometric ops compiled into the op
     yield loader
     loader.close()
 
 
 @pytest.fixture(scope="module")
-def recipe_tensor(raw):
-    loader = _recipe_loader(raw, photometric="tensor")  # the GPU path's tensor ops, on CPU
+def recipe_device(raw):
+    loader = recipe_loader(raw, photometric="device")  # the GPU path, on the CPU
     yield loader
     loader.close()
-
-
-def stored_images(path) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each sample's pixels, decoded ONCE with FFCV's own decoder (or raw), and the labels."""
-    reader = Reader(str(path))
-    sizes = {int(r["ptr"]): int(r["size"]) for r in reader.alloc_table}
-    data = np.frombuffer(path.read_bytes(), np.uint8)
-    images = []
-    for field in reader.metadata["f0"]:
-        ptr, h, w = int(field["data_ptr"]), int(field["height"]), int(field["width"])
-        payload = data[ptr:ptr + sizes[ptr]]
-        if field["mode"] == 0:
-            out = np.zeros(h * w * 3, np.uint8)
-            assert imdecode(payload, out, h, w, h, w, 0, 0, 1, 1, False, False) == 0
-            images.append(out.reshape(h, w, 3))
-        else:
-            images.append(payload.reshape(h, w, 3))
-    return images, np.asarray(reader.metadata["f1"], dtype=np.int64)
-
-
-def reference_params(spec, image, seed, rank, epoch, index):
-    """What the reference executor draws for this sample (image: uint8 [H, W, 3])."""
-    return sample_image_params(spec, image.shape[1], image.shape[0],
-                               sample_rng(seed, rank, epoch, index))
-
-
-def twin_crops(spec, image, seed, rank, epoch, index, pil=False) -> list[np.ndarray]:
-    """The views of one sample from one decoded image, boxes and flips the reference draws,
-    resampled by the compiled resize (or the reference's PIL resize)."""
-    out = []
-    for view, p in zip(spec.views(), reference_params(spec, image, seed, rank, epoch, index)):
-        if pil:
-            crop = ref.resized_crop(Image.fromarray(image), p.box, view.size, spec.interpolation)
-            out.append(np.asarray(ref.hflip(crop) if p.flip else crop))
-        else:
-            crop = np.zeros((view.size, view.size, 3), np.uint8)
-            resize_crop(image, *p.box, p.flip, crop, filter_code(spec.interpolation))
-            out.append(crop)
-    return out
 
 
 def run_epoch(loader, epoch):
@@ -243,7 +182,7 @@ def test_raw_samples_are_not_decoded_and_ranks_read_their_slice(recipe, raw):
         batches = run_epoch(recipe, epoch)
         want = rank_slice(epoch_order(12, epoch, SEED, "random"), 1, 2)
         assert np.array_equal(recipe.sample_indices(epoch), want)
-        assert len(recipe) == len(batches) == 2
+        assert len(recipe) == len(batches) == 6
         assert np.array_equal(torch.cat([b[1] for b in batches]).numpy(), labels[want])
         assert torch.cat([b[2] for b in batches]).tolist() == [0] * 6
 
@@ -260,7 +199,7 @@ def test_compiled_views_are_the_reference_recipe_of_the_sample(recipe, raw):
     ops = T.PhotometricOps(RECIPE)
     gray_views = 0
     for batch, (views, labels, _) in enumerate(run_epoch(recipe, epoch)):
-        for b, index in enumerate(order[batch * 3:(batch + 1) * 3]):
+        for b, index in enumerate(order[batch:batch + 1]):
             params = reference_params(RECIPE, images[index], SEED, 1, epoch, index)
             crops = twin_crops(RECIPE, images[index], SEED, 1, epoch, index)
             for v, (crop, p) in enumerate(zip(crops, params)):
@@ -279,36 +218,61 @@ def test_compiled_views_are_the_reference_recipe_of_the_sample(recipe, raw):
     assert gray_views > 0
 
 
-def test_torch_ops_get_per_sample_parameters(recipe_tensor, raw):
-    """The GPU path (run here on the CPU): redraw each batch's parameters from its generator
-    seed and apply them to the twin crops: the loader's views must match, and grayscale must
-    hit exactly those samples."""
-    recipe = recipe_tensor
-    assert not recipe.compiled
+def test_batches_kept_by_the_caller_stay_intact(recipe, recipe_device, raw):
+    """FFCV reuses its batch buffers every ``batches_ahead + 2`` batches: nothing a batch
+    yields may alias them (the compiled path's labels once did). The device path's views
+    equal the compiled path's bitwise: the same crops, rows and numba kernel."""
+    _, labels = stored_images(raw)
+    want = labels[recipe.sample_indices(1)]
+    kept = {}
+    for loader in (recipe, recipe_device):
+        assert len(loader) > loader._loader.slots
+        loader.set_epoch(1)
+        kept[loader] = list(loader)  # views and labels as yielded, not copied
+        assert np.array_equal(torch.cat([b[1] for b in kept[loader]]).numpy(), want)
+    for v in range(RECIPE.num_views):
+        compiled = torch.cat([b[0][v] for b in kept[recipe]])
+        assert torch.equal(compiled, torch.cat([b[0][v] for b in kept[recipe_device]])), v
+
+
+def test_device_path_finishes_the_reference_crops_with_the_reference_rows(recipe_device, raw,
+                                                                          monkeypatch):
+    """The GPU path, run on the CPU: ``finish_views`` gets each view's crops as cut from one
+    decode with the reference's boxes, and the very rows the reference draws (bitwise: the
+    parameters of the sample's counter stream, as the compiled CPU finish uses them); its
+    views then equal the compiled path's bitwise (test above) and grayscale hits exactly
+    the rows that say so."""
+    loader = recipe_device
+    assert not loader.compiled
+    calls = []
+
+    def recording(crops, rows, spec, impl="auto"):
+        out = finish(crops, rows, spec, impl)
+        calls.append((crops.clone(), rows.clone(), out.clone()))
+        return out
+
+    finish = L.finish_views
+    monkeypatch.setattr(L, "finish_views", recording)
     images, _ = stored_images(raw)
     epoch = 2
-    order = recipe.sample_indices(epoch)
-    ops = T.PhotometricOps(RECIPE)
+    order = loader.sample_indices(epoch)
+    groups = loader.decoder.layout.groups()
     gray_views = 0
-    for batch, (views, labels, _) in enumerate(run_epoch(recipe, epoch)):
-        indices = order[batch * 3:(batch + 1) * 3]
-        crops = [twin_crops(RECIPE, images[i], SEED, 1, epoch, i) for i in indices]
-        gen = torch.Generator().manual_seed(L._batch_seed(SEED, 1, epoch, batch))
-        for first, k, _ in recipe.decoder.layout.groups():
-            group = RECIPE.views()[first:first + k]
-            u8 = torch.from_numpy(np.stack([c[first + j] for j in range(k) for c in crops]))
-            params = T.draw_params(RECIPE, group, len(indices), gen, "cpu")
-            want = ops(u8, group, gen, params=params)
+    loader.set_epoch(epoch)
+    for batch, (views, labels) in enumerate(loader):
+        index = order[batch]  # one sample per batch
+        params = reference_params(RECIPE, images[index], SEED, 1, epoch, index)
+        crops = twin_crops(RECIPE, images[index], SEED, 1, epoch, index)
+        assert len(calls) == len(groups) * (batch + 1)
+        for (first, k, _), (u8, rows, finished) in zip(groups, calls[-len(groups):]):
+            want_rows = to_rows(params[first:first + k])
+            assert np.array_equal(rows.numpy().view(np.uint64), want_rows.view(np.uint64))
+            assert np.array_equal(u8.numpy(), np.stack(crops[first:first + k]))
             for j in range(k):
-                for b in range(len(indices)):
-                    got = to_pixels(views[first + j][b], RECIPE.mean, RECIPE.std)
-                    exp = to_pixels(want[j * len(indices) + b], RECIPE.mean, RECIPE.std)
-                    assert_images_close(got, exp, 0.02, 1e-3, 3.0, f"view {first + j}")
-                    if bool(params.grayscale[j * len(indices) + b]):
-                        gray_views += 1
-                        assert is_gray(got, atol=1e-3)
-                    elif not is_gray(crops[b][first + j], atol=8):
-                        assert not is_gray(got, atol=0.5)
+                assert torch.equal(views[first + j][0], finished[j])
+                if params[first + j].grayscale:
+                    gray_views += 1
+                    assert is_gray(to_pixels(finished[j], RECIPE.mean, RECIPE.std), atol=1e-3)
     assert gray_views > 0
 
 
@@ -324,4 +288,6 @@ def test_clear_errors(tmp_path, jpg):
     with pytest.raises(ValueError, match="order"):
         build_loader(jpg, backend="ffcv", order="shuffled")
     with pytest.raises(ValueError, match="photometric"):
-        build_loader(jpg, backend="ffcv", photometric="gpu")
+        build_loader(jpg, backend="ffcv", photometric="tensor")
+    with pytest.raises(ValueError, match="finish_impl"):
+        build_loader(jpg, backend="ffcv", photometric="device", finish_impl="gpu")

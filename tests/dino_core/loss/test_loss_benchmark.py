@@ -1,6 +1,7 @@
 """benchmarks/loss.py: rows, agreement checks, the CPU memory method, the standalone entry."""
 import json
 
+import pytest
 import torch
 
 from benchmarks import loss as loss_bench
@@ -17,7 +18,25 @@ def test_rows_cover_every_implementation_and_agree_with_the_reference():
         row = by_impl[impl]
         assert row["status"] == "ok" and row["time_n"] == 2 and row["time_median_ms"] > 0
         assert row["loss_rel_diff"] < 1e-6 and row["grad_rel_diff"] < 1e-5
+        assert row["model_mb"] >= row["floor_mb"] > 0 and row["model_vs_floor"] >= 1
+        assert row["achieved_gb_per_s"] == pytest.approx(
+            row["model_mb"] / row["time_median_ms"])  # MB per ms = GB/s
     assert by_impl["reference"]["speedup_vs_reference"] == 1.0
+
+
+@pytest.mark.gpu
+def test_gpu_rows_time_cuda_graph_replays_of_every_implementation():
+    rows = loss_bench.run_loss_benchmark("cuda", batch=4, views=12, out_dim=4096, iters=20,
+                                         dtype=torch.bfloat16, rounds=2, warmup=1,
+                                         memory=True)
+    by_impl = {r["impl"]: r for r in rows}
+    for impl in loss_bench.IMPLS:
+        row = by_impl[impl]
+        assert row["status"] == "ok", (impl, row["status"])
+        assert row["time_n"] == 20 and row["time_median_ms"] > 0
+        assert row["loss_rel_diff"] < 1e-4 and row["grad_rel_diff"] < 2.0 ** -6, impl
+        assert row["peak_extra_mib"] >= 0
+    assert by_impl["cuda"]["model_vs_floor"] <= 1.3
 
 
 def test_cpu_peak_memory_sees_the_pair_tensors_of_the_reference():

@@ -70,6 +70,17 @@ def test_auto_uses_fused_on_cpu_and_says_so_once(caplog):
     assert loss_fn.resolve_impl(student) == "fused"
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_an_explicit_implementation_is_logged_once_with_the_reason(caplog, impl):
+    loss_fn = make(impl=impl)
+    student, teacher = inputs()
+    with caplog.at_level(logging.INFO, logger="dino_core.loss"):
+        loss_fn(student, teacher, 0)
+        loss_fn(student, teacher, 1)
+    lines = [r.getMessage() for r in caplog.records if "DINO loss: using" in r.getMessage()]
+    assert lines == [f"DINO loss: using the {impl} implementation (impl='{impl}')"]
+
+
 @pytest.mark.parametrize("impl", ["reference", "fused", "auto"])
 def test_implementations_agree_in_float32(impl):
     student, teacher = inputs(batch=4, ncrops=6, dim=64, seed=3)

@@ -1,0 +1,275 @@
+"""Build the project's CUDA kernels ahead of time into ONE shared library with a C interface.
+
+    dino-build-kernels                       # the visible GPU's architecture, else sm_90
+    dino-build-kernels --arch sm_90 sm_80    # a fat library for several GPU generations
+    python -m dino_core.kernels.build --out /opt/dino/libdino_fast_kernels.so
+
+Every ``.cu`` file in ``SOURCES`` (paths relative to the folder that holds ``dino_core/``) is
+compiled by nvcc, with the CUDA runtime linked statically, into ``libdino_fast_kernels.so``:
+plain ``extern "C"`` functions taking raw pointers, sizes and a ``cudaStream_t`` as ``void*``,
+loaded at run time with ctypes (``library.py``). No torch header and no compiler is needed at
+run time. Besides the kernels, the library exports what the loader checks before use:
+
+    int         dino_fast_kernels_abi_version(void)   ABI_VERSION below
+    const char* dino_fast_kernels_archs(void)         e.g. "sm_90 sm_80"
+    const char* dino_fast_kernels_digest(void)        sources_digest() of the sources built
+
+A build writes the compiler's full output next to the library
+(``libdino_fast_kernels.build.log``); a failed build names that log and leaves any previous
+library in place (the new one is written to a temporary file and renamed over it).
+
+This file uses the standard library only: ``setup.py`` runs it at install time, before torch
+may be installed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Bump when an exported function's signature or meaning changes: the loader refuses a
+# library built with another version.
+ABI_VERSION = 1
+LIBRARY_NAME = "libdino_fast_kernels.so"
+ENV_LIBRARY = "DINO_FAST_KERNELS"  # run time: the path of the .so to load instead
+PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT = PACKAGE_DIR.parent.parent  # holds dino_core/ (and pipelines/)
+DEFAULT_OUT_DIR = PACKAGE_DIR / "lib"  # git-ignored
+DEFAULT_ARCH = "sm_90"
+
+# The kernel sources, relative to ROOT. Adding a kernel to the library is one line here.
+SOURCES: tuple[str, ...] = (
+    "dino_core/loss/csrc/dino_loss_kernel.cu",
+    "pipelines/photometric/csrc/photometric_kernel.cu",
+)
+
+NVCC_FLAGS = ("-O3", "-std=c++17", "-shared", "-cudart", "static", "-Xcompiler", "-fPIC",
+              "-Xcompiler", "-fvisibility=hidden", "-Xlinker", "--exclude-libs,ALL")
+HEADER_SUFFIXES = (".h", ".cuh")
+
+
+class BuildError(RuntimeError):
+    """The library could not be built; the message says why and names the log if any."""
+
+
+def default_library_path() -> Path:
+    """Where the loader looks: ``$DINO_FAST_KERNELS``, else ``DEFAULT_OUT_DIR``."""
+    env = os.environ.get(ENV_LIBRARY)
+    return Path(env).expanduser() if env else DEFAULT_OUT_DIR / LIBRARY_NAME
+
+
+def log_path(library: Path) -> Path:
+    """The build log kept next to ``library``."""
+    return library.with_name(library.name.removesuffix(".so") + ".build.log")
+
+
+def source_paths(sources: tuple[str | Path, ...] = SOURCES) -> list[Path]:
+    """Absolute paths of ``sources``; a missing one is a ``BuildError`` naming it."""
+    paths = [Path(s) if Path(s).is_absolute() else ROOT / s for s in sources]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise BuildError(f"kernel source {missing[0]} does not exist (listed in SOURCES of "
+                         f"{Path(__file__).resolve()})")
+    return paths
+
+
+def sources_digest(sources: tuple[str | Path, ...] = SOURCES) -> str:
+    """A digest of the sources and of the headers beside them (``.h``, ``.cuh``): a library
+    whose digest differs was built from other code and must be rebuilt."""
+    files: set[Path] = set()
+    for src in source_paths(sources):
+        files.add(src)
+        files.update(p for p in src.parent.iterdir() if p.suffix in HEADER_SUFFIXES)
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def parse_arch(arch: str) -> str:
+    """``sm_90`` / ``sm_90a`` / ``90`` / ``9.0`` -> ``sm_90`` (``sm_90a``); else a BuildError."""
+    text = arch.strip().lower()
+    match = re.fullmatch(r"(?:sm_)?(\d+)\.?(\d)([af]?)", text)
+    if match is None:
+        raise BuildError(f"bad architecture {arch!r}: expected sm_<major><minor>, e.g. sm_90 "
+                         "(H100/H200), sm_80 (A100), sm_89 (L4/L40/RTX 40xx), sm_86 (A10/RTX 30xx)")
+    return f"sm_{match.group(1)}{match.group(2)}{match.group(3)}"
+
+
+def visible_gpu_archs() -> list[str]:
+    """The architectures of the GPUs ``nvidia-smi`` lists (empty without a GPU or driver)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        proc = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if proc.returncode != 0:
+        return []
+    caps = {line.strip() for line in proc.stdout.splitlines() if line.strip()}
+    try:
+        return sorted(parse_arch(c) for c in caps)
+    except BuildError:
+        return []
+
+
+def default_archs() -> list[str]:
+    """The visible GPUs' architectures, else ``[DEFAULT_ARCH]``."""
+    return visible_gpu_archs() or [DEFAULT_ARCH]
+
+
+def find_nvcc() -> Path:
+    """nvcc from ``$CUDA_HOME`` (or ``$CUDA_PATH``) when set, else ``PATH``, else
+    ``/usr/local/cuda``. A set ``CUDA_HOME`` without ``bin/nvcc`` is an error, not skipped."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home:
+            nvcc = Path(home) / "bin" / "nvcc"
+            if not nvcc.is_file():
+                raise BuildError(f"{var}={home} has no bin/nvcc: point it at the CUDA "
+                                 "toolkit's folder, or unset it to use nvcc from PATH")
+            return nvcc
+    found = shutil.which("nvcc")
+    if found:
+        return Path(found)
+    fallback = Path("/usr/local/cuda/bin/nvcc")
+    if fallback.is_file():
+        return fallback
+    raise BuildError("nvcc (the CUDA compiler) was not found: put it on PATH or set CUDA_HOME "
+                     "to the CUDA toolkit's folder")
+
+
+def _info_source(archs: list[str], digest: str, abi_version: int) -> str:
+    """The C source of the three functions the loader checks."""
+    return (
+        "#define EXPORT extern \"C\" __attribute__((visibility(\"default\")))\n"
+        f"EXPORT int dino_fast_kernels_abi_version(void) {{ return {int(abi_version)}; }}\n"
+        f"EXPORT const char* dino_fast_kernels_archs(void) {{ return \"{' '.join(archs)}\"; }}\n"
+        f"EXPORT const char* dino_fast_kernels_digest(void) {{ return \"{digest}\"; }}\n")
+
+
+def resolve_output(out: str | Path | None) -> Path:
+    """``--out``: a ``.so`` path, or a folder that receives ``LIBRARY_NAME``; None: the path
+    the loader looks at (``default_library_path``)."""
+    if out is None:
+        return default_library_path()
+    path = Path(out).expanduser()
+    return path if path.suffix == ".so" else path / LIBRARY_NAME
+
+
+def _compile(cmd: list[str], library: Path, compiler: str) -> Path:
+    """Run ``cmd`` (whose output goes to ``-o <temporary>``, the last argument) and rename its
+    output over ``library``; the full output is kept in ``log_path(library)``."""
+    log = log_path(library)
+    partial = Path(cmd[-1])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        raise BuildError(f"could not run {cmd[0]}: {exc}") from exc
+    log.write_text(f"$ {' '.join(cmd)}\n\n{proc.stdout}{proc.stderr}"
+                   f"\n[exit status {proc.returncode}]\n")
+    if proc.returncode != 0:
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "error" in ln]
+        first = f"; first error: {errors[0].strip()}" if errors else ""
+        raise BuildError(f"building {library} failed ({compiler} exit status "
+                         f"{proc.returncode}){first}\nThe compiler's full output is in {log}")
+    os.replace(partial, library)  # atomic: a loader never sees a half-written library
+    return library
+
+
+def build(archs: list[str] | None = None, out: str | Path | None = None,
+          sources: tuple[str | Path, ...] = SOURCES, extra_flags: tuple[str, ...] = (),
+          abi_version: int = ABI_VERSION) -> Path:
+    """Compile ``sources`` for ``archs`` into one shared library at ``out``; return its path.
+
+    ``archs``: e.g. ``["sm_90"]`` (default: ``default_archs()``). Raises ``BuildError`` (no
+    nvcc, a missing source, a bad architecture, or a compiler failure naming the log).
+    """
+    archs = sorted({parse_arch(a) for a in (archs or default_archs())})
+    paths = source_paths(sources)
+    nvcc = find_nvcc()
+    library = resolve_output(out).resolve()
+    library.parent.mkdir(parents=True, exist_ok=True)
+    gencode = [f for a in archs for f in ("-gencode", f"arch=compute_{a[3:]},code={a}")]
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=library.parent) as tmp:
+        info = Path(tmp) / "library_info.cu"
+        info.write_text(_info_source(archs, sources_digest(sources), abi_version))
+        cmd = [str(nvcc), *NVCC_FLAGS, *gencode, *extra_flags, *map(str, paths), str(info),
+               "-o", str(Path(tmp) / library.name)]
+        return _compile(cmd, library, "nvcc")
+
+
+def build_host(sources: tuple[str | Path, ...], out: str | Path,
+               extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile C++ ``sources`` (host twins of kernels, for tests) into a shared library at
+    ``out`` with ``$CXX`` (default g++); same log and errors as ``build``."""
+    paths = source_paths(sources)
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise BuildError("no C++ compiler found: install g++ or set CXX")
+    library = Path(out).resolve()
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=library.parent) as tmp:
+        cmd = [cxx, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", *extra_flags,
+               *map(str, paths), "-o", str(Path(tmp) / library.name)]
+        return _compile(cmd, library, Path(cxx).name)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="dino-build-kernels",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Compile dino-fast's CUDA kernels (the DINO loss; other kernels as they are added)\n"
+            "into one shared library, libdino_fast_kernels.so, loaded at run time with ctypes.\n"
+            "No compiler and no torch headers are needed when training: only this library.\n\n"
+            "When to run it: `pip install` builds the library when nvcc is on PATH; run this\n"
+            "after installing on a machine whose nvcc was not found then, after editing a .cu\n"
+            "file (the loader refuses a library built from other sources), or to build for\n"
+            "another GPU. Without the library, the loss runs its fused torch path and says why\n"
+            "in one log line."),
+        epilog=(
+            "architectures (--arch): the GPU's compute capability as sm_<major><minor>:\n"
+            "  sm_90  H100, H200, GH200        sm_80  A100, A30\n"
+            "  sm_89  L4, L40, RTX 40xx        sm_86  A10, A40, RTX 30xx\n"
+            "Code for sm_XY also runs on sm_XZ with Z >= Y (same major). Each extra\n"
+            "architecture adds compile time; list only the GPUs you train on.\n\n"
+            f"at run time: the loader reads ${ENV_LIBRARY} (the .so's path) when set, else\n"
+            f"{DEFAULT_OUT_DIR / LIBRARY_NAME}.\n"
+            "nvcc is taken from $CUDA_HOME/bin, else PATH, else /usr/local/cuda/bin.\n"
+            "A failed build keeps the compiler's full output in libdino_fast_kernels.build.log\n"
+            "next to the output and leaves any previous library untouched."))
+    p.add_argument("--arch", nargs="+", metavar="SM",
+                   help="target architectures, e.g. sm_90 (default: the visible GPU's, else "
+                        f"{DEFAULT_ARCH})")
+    p.add_argument("--out", help="output .so path, or a folder for libdino_fast_kernels.so "
+                                 f"(default: ${ENV_LIBRARY} when set, else "
+                                 f"{DEFAULT_OUT_DIR / LIBRARY_NAME})")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        archs = args.arch or default_archs()
+        path = build(archs, args.out)
+    except BuildError as exc:
+        print(f"dino-build-kernels: {exc}", file=sys.stderr)
+        return 1
+    print(f"built {path} for {' '.join(sorted({parse_arch(a) for a in archs}))} "
+          f"(compiler output: {log_path(path)})")
+    if args.out is not None and path != default_library_path().resolve():
+        print(f"the loader looks at {default_library_path()}: set {ENV_LIBRARY}={path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
