@@ -296,7 +296,7 @@ def export_photos(dst: str | Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python3 -m benchmarks.corpus",
         description=f"Build (once) the {NAME} benchmark corpus and print its statistics.")
@@ -311,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also convert it (cached) to these formats")
     p.add_argument("--export-photos", metavar="DIR", help="only copy the source photos to DIR "
                    f"(then set {PHOTO_DIR_ENV}=DIR where scikit-image is missing)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     if a.export_photos:
         for path in export_photos(a.export_photos):
             print(path)

@@ -14,8 +14,10 @@ result files (JSON/CSV/MD/PNG of each benchmark) to ``OUTDIR/results/``.
     photometric  the fused photometric kernel: 64 images x (2x224 + 10x96) -> bf16
     step         our step vs the reference step, ViT-S/16 and ViT-B/16, bf16, MFU
     patch        train-step images/s and MFU against patch size (16, 14, 8), ViT-S and ViT-B
+    corpus       the ImageNet-like benchmark corpus and its .beton / tar shards (cached)
     pipeline     multi-crop images/s and CPU cores busy per loader on the ImageNet-like corpus
     e2e          ViT-S/16 training on each fast loader: images/s and data-wait share
+    (patch last: the step part already gives ViT-S/16 and ViT-B/16 MFU)
 
 A part that needs DALI or FFCV is skipped where they are not installed, so the same command
 serves a call before DALI is unpacked (``--parts`` picks parts; ``--only dali`` the DALI
@@ -56,37 +58,52 @@ class Part:
     group: str = "main"
 
 
-def _bench(*args: str) -> tuple[str, ...]:
-    return ("{py}", "-m", "benchmarks.cli", *args, "--device", "cuda", "--output-dir",
-            "{results}", "--no-tensorboard")
+def _bench(*args: str, results: str = "") -> tuple[str, ...]:
+    """A dino-bench sub-command on the GPU; ``results``: a sub-folder, for sub-commands that
+    run twice (FFCV, then DALI) and would otherwise write the same file names."""
+    out = "{results}/" + results if results else "{results}"
+    return ("{py}", "-m", "benchmarks.cli", *args, "--device", "cuda", "--output-dir", out,
+            "--no-tensorboard")
 
 
 _PYTEST = ("{py}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=120", "-rs")
 
 PARTS: tuple[Part, ...] = (
     Part("env", "GPU, versions, kernel library, copy and matmul ceilings",
-         ("{py}", "-m", "benchmarks.gpu_env", "{results}/env.json"), 90),
+         ("{py}", "-m", "benchmarks.gpu_env", "{results}/env.json"), 120),
     Part("tests", "pytest -m gpu (kernels vs twins, step, FFCV loader)",
-         (*_PYTEST, "-m", "gpu and not dali", "tests"), 240),
+         (*_PYTEST, "-m", "gpu and not dali", "tests"), 180),
     Part("loss", "DINO loss fwd+bwd, bf16 B=64 V=12 K=65536, graph replay",
-         _bench("loss", "--dtype", "bfloat16"), 90),
+         _bench("loss", "--dtype", "bfloat16"), 60),
     Part("photometric", "fused photometric kernel, 64 x (2x224 + 10x96) -> bf16",
          _bench("photometric"), 60),
     Part("step", "our step vs the reference step, ViT-S/16 and ViT-B/16, bf16",
-         _bench("step", "--archs", "vit_small", "vit_base", "--precision", "bf16"), 150),
+         _bench("step", "--archs", "vit_small", "vit_base", "--precision", "bf16",
+                "--seconds", "3"), 120),
+    Part("corpus", "build the ImageNet-like corpus (8,192 JPEGs) and its .beton",
+         ("{py}", "-m", "benchmarks.corpus", "--convert", "ffcv"), 150),
+    Part("pipeline", "FFCV + GPU finish vs the reference, ImageNet-like corpus",
+         _bench("pipeline", "--backends", "reference", "ffcv", "--seconds", "10",
+                "--warmup-seconds", "2", "--time-budget", "75", results="ffcv"),
+         150, ("cuda", "ffcv")),
+    Part("e2e", "ViT-S/16 training fed by FFCV: images/s, data-wait share",
+         _bench("e2e", "--backends", "ffcv", "--seconds", "20", "--time-budget", "80",
+                results="ffcv"), 100, ("cuda", "ffcv")),
     Part("patch", "train-step img/s and MFU, ViT-S/ViT-B at patch 16, 14, 8",
          _bench("patch", "--archs", "vit_small", "vit_base", "--patches", "16", "14", "8",
-                "--precision", "bf16"), 150),
-    Part("pipeline", "FFCV + GPU finish vs the reference, ImageNet-like corpus",
-         _bench("pipeline", "--backends", "reference", "ffcv"), 150, ("cuda", "ffcv")),
-    Part("e2e", "ViT-S/16 training fed by FFCV: images/s, data-wait share",
-         _bench("e2e", "--backends", "ffcv"), 150, ("cuda", "ffcv")),
+                "--precision", "bf16", "--seconds", "2"), 120),
+    Part("dali-corpus", "the corpus's DALI tar shards and index files",
+         ("{py}", "-m", "benchmarks.corpus", "--convert", "wds"), 120, ("cuda", "dali"),
+         "dali"),
     Part("dali-tests", "pytest -m 'gpu and dali' (mixed decode, loader)",
-         (*_PYTEST, "-m", "gpu and dali", "tests"), 150, ("cuda", "dali"), "dali"),
+         (*_PYTEST, "-s", "-m", "gpu and dali", "tests"), 120, ("cuda", "dali"), "dali"),
     Part("dali-pipeline", "DALI mixed decode + GPU finish, ImageNet-like corpus",
-         _bench("pipeline", "--backends", "dali"), 150, ("cuda", "dali"), "dali"),
+         _bench("pipeline", "--backends", "reference", "dali", "--seconds", "10",
+                "--warmup-seconds", "2", "--time-budget", "75", results="dali"),
+         150, ("cuda", "dali"), "dali"),
     Part("dali-e2e", "ViT-S/16 training fed by DALI: images/s, data-wait share",
-         _bench("e2e", "--backends", "dali"), 150, ("cuda", "dali"), "dali"),
+         _bench("e2e", "--backends", "dali", "--seconds", "20", "--time-budget", "80",
+                results="dali"), 100, ("cuda", "dali"), "dali"),
 )
 
 
@@ -207,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", type=Path, help="where logs/, results/ and summary.* go")
     p.add_argument("--parts", nargs="+", metavar="PART", help="run only these parts, in order")
     p.add_argument("--only", choices=("main", "dali"), help="run one group of parts")
-    p.add_argument("--budget-s", type=float, default=480.0,
-                   help="seconds for the whole check (default 480); a part gets at most what "
+    p.add_argument("--budget-s", type=float, default=450.0,
+                   help="seconds for the whole check (default 450); a part gets at most what "
                         "is left, and parts after the budget are skipped")
     return p
 

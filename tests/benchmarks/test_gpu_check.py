@@ -72,16 +72,26 @@ def test_missing_prerequisites_name_the_package(monkeypatch):
 
 
 def test_part_selection():
-    assert [p.group for p in G.select(None, "dali")] == ["dali"] * 3
+    assert [p.group for p in G.select(None, "dali")] == ["dali"] * 4
     assert [p.name for p in G.select(["loss", "env"], None)] == ["loss", "env"]
     with pytest.raises(SystemExit, match="unknown part"):
         G.select(["lossy"], None)
 
 
-def test_every_benchmark_part_names_a_real_sub_command():
+def test_every_benchmark_part_parses_with_dino_bench():
+    """A typo in a part's options would cost a GPU run: parse each one here."""
     from benchmarks.cli import build_parser
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    parser = build_parser()
     for part in G.PARTS:
         if "benchmarks.cli" in part.argv:
-            name = part.argv[part.argv.index("benchmarks.cli") + 1]
-            assert name in sub.choices, f"{part.name}: dino-bench has no {name!r}"
+            argv = [a.format(py="python3", out="/o", results="/o/results")
+                    for a in part.argv[part.argv.index("benchmarks.cli") + 1:]]
+            args = parser.parse_args(argv)
+            assert args.command == argv[0] and args.device == "cuda", part.name
+
+
+def test_corpus_parts_parse():
+    from benchmarks.corpus import build_parser
+    for part in G.PARTS:
+        if "benchmarks.corpus" in part.argv:
+            build_parser().parse_args(list(part.argv[part.argv.index("benchmarks.corpus") + 1:]))
