@@ -6,6 +6,7 @@ solarize, normalise to the spec's mean/std. The semantics (PIL's ops as the refe
 applies them, without uint8 rounding between ops) are stated once, in ``torch_ops``'
 docstring; every implementation below computes them and is tested against the others:
 
+    params.py       the per-sample parameters as tensors (from param rows or explicit views)
     torch_ops.py    batched torch tensor ops, any device: the plain, op-at-a-time twin
     cpu_kernel.py   the fused numba kernel, one view streamed through the cache row by row
                     (the FFCV executor's CPU finish; needs numba)

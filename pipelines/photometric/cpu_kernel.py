@@ -33,7 +33,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..sampling.param_row import COL, WIDTH
+from ..sampling.param_row import COL
 from .constants import KernelConsts, kernel_consts  # noqa: F401  (re-exported)
 from .torch_ops import BRIGHTNESS, CONTRAST, HUE, LUMA, SATURATION
 

@@ -21,6 +21,7 @@ import torch
 
 from ..spec import AugmentationSpec
 from . import torch_ops
+from .params import params_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,6 @@ def _torch_ops(spec: AugmentationSpec, device: torch.device) -> torch_ops.Photom
 
 
 def _torch(crops: torch.Tensor, rows: torch.Tensor, spec: AugmentationSpec) -> torch.Tensor:
-    params = torch_ops.params_from_rows(rows, spec)
+    params = params_from_rows(rows, spec)
     return _torch_ops(spec, crops.device)(crops, spec.global_views[:1], generator=None,
                                           params=params)

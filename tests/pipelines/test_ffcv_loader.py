@@ -27,6 +27,7 @@ pytestmark = pytest.mark.ffcv
 pytest.importorskip("ffcv", reason="ffcv is not installed")
 
 from pipelines.photometric import cpu_kernel as PK  # noqa: E402
+from pipelines.photometric import params as P  # noqa: E402
 from pipelines.photometric import torch_ops as T  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
@@ -208,7 +209,7 @@ def test_compiled_views_are_the_reference_recipe_of_the_sample(recipe, raw):
                                      fused[None])
                 assert np.array_equal(views[v][b].numpy(), fused), (batch, b, v)
                 x = T.to_float(torch.from_numpy(crop[None]), channels_last=True)
-                twin = ops.normalize(T.apply_photometric(x, T.params_from_views([p]), RECIPE))
+                twin = ops.normalize(T.apply_photometric(x, P.params_from_views([p]), RECIPE))
                 got = to_pixels(views[v][b], RECIPE.mean, RECIPE.std)
                 assert_images_close(got, to_pixels(twin[0], RECIPE.mean, RECIPE.std), 0.01,
                                     0.05, 0.5, f"view {v}")

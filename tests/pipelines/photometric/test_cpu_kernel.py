@@ -1,7 +1,7 @@
 """pipelines.photometric.cpu_kernel: the fused numba kernel against its twin, the torch tensor ops,
 and op by op against the PIL reference.
 
-The twin is ``torch_ops``: ``params_from_views`` of the same rows, ``apply_photometric``
+The twin is ``torch_ops``: ``params.params_from_views`` of the same rows, ``apply_photometric``
 with the grouped CPU schedule, then ``PhotometricOps.normalize``. Both compute the same
 formulas in float32; they differ only in rounding (the kernel sums blur taps four at a time
 without rounding differently, but reduces the contrast mean in another order, and the
@@ -33,6 +33,7 @@ from PIL import Image
 from pipelines.sampling import param_row
 from pipelines.photometric import cpu_kernel as K
 from pipelines import reference as ref
+from pipelines.photometric import params as P
 from pipelines.photometric import torch_ops as T
 from pipelines.sampling.param_row import COL
 from pipelines.sampling import JitterParams, ViewParams, sample_image_params, sample_rng
@@ -67,7 +68,7 @@ def kernel(imgs: np.ndarray, rows: np.ndarray, spec: AugmentationSpec = SPEC) ->
 
 def twin(imgs: np.ndarray, rows: np.ndarray, spec: AugmentationSpec = SPEC) -> np.ndarray:
     """torch_ops on the same rows: the obviously-correct, op-at-a-time path."""
-    params = T.params_from_views([param_row.from_row(r) for r in rows])
+    params = P.params_from_views([param_row.from_row(r) for r in rows])
     x = T.to_float(torch.from_numpy(imgs), channels_last=True)
     return T.PhotometricOps(spec).normalize(T.apply_photometric(x, params, spec, "grouped")).numpy()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipelines.photometric import finish as F
-from pipelines.photometric import torch_ops as T
+from pipelines.photometric import params as P
 from pipelines.sampling import param_row, sample_image_params, sample_rng
 from pipelines.spec import AugmentationSpec
 from tests.pipelines.photometric.test_cpu_kernel import ATOL, images
@@ -23,8 +23,8 @@ def recipe_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def test_params_from_rows_equals_params_from_views():
     rows = recipe_rows(40, 96)
-    a = T.params_from_rows(torch.from_numpy(rows), SPEC)
-    b = T.params_from_views([param_row.from_row(r) for r in rows])
+    a = P.params_from_rows(torch.from_numpy(rows), SPEC)
+    b = P.params_from_views([param_row.from_row(r) for r in rows])
     for name in ("jitter", "order", "factors", "hue", "grayscale", "blur", "solarize"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     on = b.blur

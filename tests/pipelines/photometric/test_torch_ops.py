@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines import reference as ref
+from pipelines.photometric import params as P
 from pipelines.photometric import torch_ops as T
 from pipelines.sampling import JITTER_OPS, JitterParams, ViewParams
 from pipelines.spec import AugmentationSpec, ColorJitterSpec
@@ -172,7 +173,7 @@ def explicit(order, grayscale=False, sigma=None, solarize=False) -> ViewParams:
 @pytest.mark.parametrize("order", list(itertools.permutations(range(4)))[::5])
 def test_jitter_orders_match_the_reference(order):
     params = [explicit(order)] * 2
-    got = pixels(T.apply_photometric(BATCH, T.params_from_views(params), SPEC))
+    got = pixels(T.apply_photometric(BATCH, P.params_from_views(params), SPEC))
     for g, image, p in zip(got, IMAGES, params):
         # three truncating PIL blends (-0.5 level each) and PIL's 256-step hue
         assert_images_close(g, reference_chain(image, p), mean_tol=2.5, p99_tol=10,
@@ -183,7 +184,7 @@ def test_full_view_matches_the_reference():
     """jitter -> gray -> blur -> solarize with fixed parameters, whole-image box."""
     cases = [explicit((3, 0, 2, 1), sigma=1.0, solarize=True),
              explicit((1, 2, 0, 3), grayscale=True, sigma=0.6)]
-    got = pixels(T.apply_photometric(BATCH, T.params_from_views(cases), SPEC))
+    got = pixels(T.apply_photometric(BATCH, P.params_from_views(cases), SPEC))
     for g, image, p in zip(got, IMAGES, cases):
         # hue quantisation, blur approximation and solarize flips near 128 add up
         assert_images_close(g, reference_chain(image, p), mean_tol=3.0, p99_tol=40,
@@ -191,7 +192,7 @@ def test_full_view_matches_the_reference():
 
 
 # ------------------------------------------------------------------------------ twins
-def loop_twin(x: torch.Tensor, p: T.PhotometricParams, spec: AugmentationSpec) -> torch.Tensor:
+def loop_twin(x: torch.Tensor, p: P.PhotometricParams, spec: AugmentationSpec) -> torch.Tensor:
     """The per-sample twin of ``apply_photometric``: one image at a time, the ops in each
     image's order, blur as a direct 2-d convolution with the outer product of the kernel."""
     ops = {T.BRIGHTNESS: T.adjust_brightness, T.CONTRAST: T.adjust_contrast,
@@ -218,11 +219,11 @@ def loop_twin(x: torch.Tensor, p: T.PhotometricParams, spec: AugmentationSpec) -
     return torch.cat(out)
 
 
-def random_params(n: int, seed: int) -> T.PhotometricParams:
+def random_params(n: int, seed: int) -> P.PhotometricParams:
     """Drawn with every probability at 1/2, so all branches and all 24 orders occur."""
     spec = SPEC.with_overrides(jitter=ColorJitterSpec(p=0.5), grayscale_p=0.5)
     views = [dataclasses.replace(SPEC.local_view, blur_p=0.5, solarize_p=0.5)]
-    return T.draw_params(spec, views, n, torch.Generator().manual_seed(seed), "cpu")
+    return P.draw_params(spec, views, n, torch.Generator().manual_seed(seed), "cpu")
 
 
 @pytest.mark.parametrize("schedule", ["grouped", "rounds"])
@@ -253,7 +254,7 @@ def test_photometric_ops_on_uint8_views():
     gen = torch.Generator().manual_seed(0)
     out = T.PhotometricOps(spec)(images, spec.views()[:3], gen)
     assert out.shape == (6, 3, 32, 40) and out.dtype == torch.bfloat16
-    params = T.draw_params(spec, spec.views()[:3], 2, torch.Generator().manual_seed(0), "cpu")
+    params = P.draw_params(spec, spec.views()[:3], 2, torch.Generator().manual_seed(0), "cpu")
     want = T.apply_photometric(T.to_float(images, True), params, spec)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
     want = (want - mean) / std
@@ -264,7 +265,7 @@ def test_photometric_ops_on_uint8_views():
 def test_drawn_parameters_follow_the_spec():
     """A few hundred samples per view of the default recipe: rates, ranges, orders."""
     n, views = 400, SPEC.views()
-    p = T.draw_params(SPEC, views, n, torch.Generator().manual_seed(5), "cpu")
+    p = P.draw_params(SPEC, views, n, torch.Generator().manual_seed(5), "cpu")
     by_view = lambda t: t.view(len(views), n).T.numpy()  # noqa: E731  [n, views]
     assert_view_rates(by_view(p.blur), [v.blur_p for v in views], "blur")
     assert_view_rates(by_view(p.solarize), [v.solarize_p for v in views], "solarize")
@@ -286,7 +287,7 @@ def test_drawn_parameters_follow_the_spec():
 def test_cuda_path_matches_cpu_path():
     x = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(6))
     p = random_params(24, seed=7)
-    cuda = T.PhotometricParams(*(getattr(p, f.name).cuda() if f.name != "max_sigma" else p.max_sigma
+    cuda = P.PhotometricParams(*(getattr(p, f.name).cuda() if f.name != "max_sigma" else p.max_sigma
                                  for f in dataclasses.fields(p)))
     got = T.apply_photometric(x.cuda(), cuda, SPEC).cpu()
     torch.testing.assert_close(got, T.apply_photometric(x, p, SPEC), atol=1e-5, rtol=0)
