@@ -69,6 +69,10 @@ def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
         return MultiCropWrapper(backbone, head)
 
     student, teacher = make(m.drop_path_rate), make(0.0)
+    if cfg.init_backbone:  # a start from released weights, not a resume: the head is fresh
+        from .init_backbone import load_init_backbone, read_init_backbone
+        state = read_init_backbone(cfg.init_backbone, m.arch, m.patch_size)
+        load_init_backbone(student.backbone, state, cfg.init_backbone)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)

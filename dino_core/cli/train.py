@@ -53,6 +53,8 @@ OPTION_KEYS = {
     "epochs": "epochs", "lr": "optim.lr", "teacher_temp": "loss.teacher_temp",
     "output_dir": "output_dir", "device": "device", "precision": "precision", "seed": "seed",
     "max_iters_per_epoch": "max_iters_per_epoch", "compile": "model.compile",
+    "init_backbone": "init_backbone", "checkpoint_every_min": "checkpoint.every_minutes",
+    "keep_epoch_checkpoints": "saveckp_freq",
 }
 
 
@@ -82,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compile", action="store_true", default=None,
       help="torch.compile the backbones (opt-in; compiling takes a minute or more)")
     a("--max-iters-per-epoch", type=int, help="cap iterations per epoch (smoke tests)")
+    a("--init-backbone", metavar="PATH",
+      help="start student and teacher backbones from this backbone file (released DINO "
+      "weights or dino-export output); the head starts fresh, schedules start at zero")
+    a("--checkpoint-every-min", type=float, metavar="M",
+      help="also checkpoint mid-epoch, at the first step after M minutes (0: epoch ends only)")
+    a("--keep-epoch-checkpoints", type=int, metavar="N",
+      help="keep OUTPUT_DIR/checkpointNNNN.pth every N epochs (0: only the latest)")
     a("--resume", metavar="CKPT", help="start from this checkpoint instead of OUTPUT_DIR's")
     a("--no-knn", action="store_true", help="skip the k-NN evaluation at the end")
     a("--no-progress", action="store_true", help="log lines instead of a progress bar")
