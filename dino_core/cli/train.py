@@ -31,8 +31,21 @@ tuning, from experience with the recipe:
   * GPU starvation: use --backend dali (GPU decode) or ffcv (.beton) instead of reference.
 
 resuming:
-  Checkpoints are written atomically to OUTPUT_DIR/checkpoint.pth after every epoch. Running
-  the same command again resumes from it exactly; --resume CKPT starts from another file.
+  Checkpoints are written atomically to OUTPUT_DIR/checkpoint.pth after every epoch (the one
+  before it kept as checkpoint_prev.pth) and, with --checkpoint-every-min M, inside epochs.
+  Running the same command again resumes from it exactly, inside the epoch if it stopped
+  there; --resume CKPT starts from another file. A corrupt latest checkpoint is refused
+  (one line) and the previous one used.
+
+preemption:
+  On SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint and exits with status
+  143; the next start with the same --output-dir resumes mid-epoch. Under torchrun every
+  rank stops at the same step. tools/slurm_dino.sbatch asks SLURM for a warning signal
+  before the time limit and requeues the job.
+
+exit status:
+  0 done; 1 training diverged (last good checkpoint kept); 2 bad config, data or
+  checkpoint; 130 Ctrl-C; 143 stopped by SIGTERM/SIGUSR1 after writing a checkpoint.
 
 multi-node:
   torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
@@ -115,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config_io import ConfigError
     from ..checkpoint import CheckpointError
     from ..config import load_config
+    from ..preemption import EXIT_PREEMPTED, Preempted
     from ..train import TrainingDiverged, train
 
     overrides = [f"{key}={getattr(args, opt)}" for opt, key in OPTION_KEYS.items()
@@ -139,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"dino-train: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"dino-train: {e}; run the same command again to resume (exit status "
+              f"{EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("dino-train: interrupted; the last finished epoch's checkpoint is kept",
               file=sys.stderr)
