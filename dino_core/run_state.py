@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.convert.common import atomic_write_bytes, fsync_path
+
 from .checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("dino_core.run_state")
@@ -100,34 +102,17 @@ def set_rng_state(rng: dict, device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------- files
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_verified(state: dict, path: Path) -> None:
-    """Serialise ``state`` (with its checksum) to ``path`` atomically, after reading the
-    written bytes back; the old file stays in place until then."""
+    """Serialise ``state`` (with its checksum) to ``path`` atomically and read the written
+    bytes back; a file that reads back differently is removed and an OSError raised."""
     state = {**state, "checksum": checksum(state)}
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if zlib.crc32(tmp.read_bytes()) != zlib.crc32(data):
-            raise OSError(f"checkpoint {tmp} reads back different bytes than were written")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    atomic_write_bytes(path, data)
+    if zlib.crc32(path.read_bytes()) != zlib.crc32(data):
+        path.unlink()
+        raise OSError(f"checkpoint {path} reads back different bytes than were written")
 
 
 def save_latest(state: dict, out: Path) -> None:
@@ -142,7 +127,7 @@ def save_latest(state: dict, out: Path) -> None:
         os.link(last, link)
         os.replace(link, prev)  # checkpoint.pth stays in place meanwhile
     os.replace(new, last)
-    _fsync_dir(out)
+    fsync_path(out)
 
 
 def load_verified(path: Path, map_location) -> dict:
