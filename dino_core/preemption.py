@@ -55,7 +55,7 @@ class StopSignals:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.received).name if self.received else "none"
+        return signal.Signals(self.received).name if self.received else "another rank's signal"
 
 
 class StepGate:

@@ -112,9 +112,9 @@ def test_torchrun_sigterm_to_one_rank_stops_every_rank_at_one_step(data, tmp_pat
     r = _torchrun(out, data, worker=["term", "1"], env={**ENV, "PREEMPT_RANKS": "1"})
     log = r.stdout + r.stderr
     assert r.returncode != 0, log
-    assert log.count("stopped on SIGTERM inside epoch 0 after 2 of 3 batches") == 1, log
-    assert "after 2 of 3 batches; checkpoint written" in log
-    assert log.count("exitcode: 143") + log.count("exitcode  : 143") >= 1 or "143" in log
+    # rank 0 got no signal, yet stopped after the very step in which rank 1 got its own
+    assert "stopped on another rank's signal inside epoch 0 after 2 of 3 batches" in log, log
+    assert "exitcode  : 143" in log, log  # torchrun's report of the preempted rank
     mid = load_checkpoint(out / "checkpoint.pth")
     assert (mid["epoch"], mid["epoch_batches"]) == (0, 2)
     r = _torchrun(out, data)
