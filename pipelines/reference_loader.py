@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -141,6 +142,15 @@ class _EpochSampler(Sampler):
         return iter([(epoch, int(i)) for i in idx[ld.first_batch * ld.batch_size:]])
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGTERM / SIGUSR1 are the trainer's to handle (it
+    finishes its step and checkpoints, ``dino_core/preemption.py``). A scheduler that signals
+    every process of a job (``scancel --signal``) would otherwise kill the workers under it,
+    and their death would abort that step. Workers still exit with the main process."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def collate_views(batch: list[tuple[list[torch.Tensor], int]]
                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """[(views, label)] * B -> ([view tensors [B, 3, S, S]], labels int64 [B]).
@@ -187,6 +197,7 @@ class ReferenceLoader:
             # its own generator: iter() draws a base seed, which must not move torch's global
             # RNG (the trainer's drop path), or a mid-epoch resume would draw differently
             generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
             prefetch_factor=prefetch_factor if num_workers > 0 else None)
         self._active = None  # the DataLoader iterator of the epoch in progress
 

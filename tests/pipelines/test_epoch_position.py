@@ -73,3 +73,23 @@ def test_reference_loader_leaves_torch_global_rng_alone(folder):
     loader.set_epoch(0)
     next(iter(loader))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_reference_workers_survive_a_sigterm_meant_for_the_trainer(folder):
+    import os
+    import signal
+    import time
+    loader = build_loader(folder, backend="reference", batch_size=3, spec=SPEC, num_workers=1)
+    try:
+        loader.set_epoch(0)
+        batches = iter(loader)
+        first = next(batches)
+        workers = loader._active._workers
+        for w in workers:
+            os.kill(w.pid, signal.SIGTERM)  # as scancel --signal=TERM does to every process
+        time.sleep(0.5)
+        assert all(w.is_alive() for w in workers)
+        rest = list(batches)
+    finally:
+        loader.close()
+    assert len(rest) == len(loader) - 1 and first[1].shape == (3,)
