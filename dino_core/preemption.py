@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 
 import torch
@@ -45,6 +46,12 @@ class StopSignals:
             self.received = signum  # nothing else here: we may be inside any code
 
     def install(self) -> None:
+        """Take over SIGTERM / SIGUSR1 (only possible in the main thread; elsewhere, e.g. a
+        run started from a worker thread, the process keeps its handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("training outside the main thread: SIGTERM/SIGUSR1 stop the process "
+                        "without a checkpoint")
+            return
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handler)
 

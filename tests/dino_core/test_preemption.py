@@ -163,3 +163,44 @@ def test_in_process_preemption_is_exact_for_every_loader(backend, data, tmp_path
     train(cfg(out))
     assert_same_run(load_checkpoint(out / "checkpoint.pth"),
                     load_checkpoint(tmp_path / "ref" / "checkpoint.pth"))
+
+
+# ----------------------------------------------------------------------------- the gate
+def test_gate_checkpoints_after_the_minutes_and_every_n_steps(monkeypatch):
+    from dino_core import preemption
+    now = [100.0]
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: now[0])
+    gate = preemption.StepGate(2.0, 0, preemption.StopSignals(), False, "cpu")
+    now[0] += 119.0
+    assert gate.after_step(1) == (False, False)
+    now[0] += 1.0
+    assert gate.after_step(2) == (False, True)   # the first step boundary after 2 minutes
+    gate.checkpointed()
+    now[0] += 60.0
+    assert gate.after_step(3) == (False, False)  # counted from the last checkpoint
+    steps = preemption.StepGate(0.0, 3, preemption.StopSignals(), False, "cpu")
+    assert [steps.after_step(i)[1] for i in range(1, 8)] == [False, False, True, False, False,
+                                                             True, False]
+
+
+def test_signal_is_recorded_not_fatal_and_handlers_are_restored():
+    from dino_core.preemption import StopSignals
+    before = signal.getsignal(signal.SIGUSR1)
+    signals = StopSignals()
+    signals.install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signals.received == signal.SIGUSR1 and signals.name == "SIGUSR1"
+        os.kill(os.getpid(), signal.SIGTERM)  # a second signal changes nothing
+        assert signals.received == signal.SIGUSR1
+    finally:
+        signals.restore()
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_cli_options_map_to_the_config():
+    r = _cli(["--checkpoint-every-min", "20", "--keep-epoch-checkpoints", "5",
+              "--init-backbone", "w.pth", "--print-config"])
+    assert r.returncode == 0, r.stderr
+    assert "every_minutes: 20.0" in r.stdout and "saveckp_freq: 5" in r.stdout
+    assert "init_backbone: w.pth" in r.stdout
