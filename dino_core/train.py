@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 from . import distributed as dist_utils
+from . import run_state
 from .checkpoint import (CheckpointError, check_compatible, check_training_checkpoint,
                          load_state, save_checkpoint)
 from .config import TrainConfig
 from .data_wait import DataWaitClock
-from .preemption import Preempted, StepGate, StopSignals
-from . import run_state
 from .models import DINOHead, MultiCropWrapper, build_vit
+from .preemption import Preempted, StepGate, StopSignals
 from .schedules import Schedules, teacher_temp_schedule
 from .step import DINOStep, resolve_precision
 
@@ -288,15 +288,14 @@ def _train_epochs(run: Run, out: Path) -> dict:
                         "images_per_s": images / max(wall, 1e-9),
                         "data_wait_share": wait / max(wall, 1e-9)})
                 logger.advance()
-                stop, due = run.gate.after_step(it + 1)  # the same on every rank
-                if (stop or due) and i + 1 < n:
+                stop, due = run.gate.after_step(it + 1)  # the same answer on every rank
+                if (stop or due) and i + 1 < n:  # the epoch's last step: the end one below
                     _checkpoint(run, out, epoch, i + 1)
-                if stop and i + 1 < n:
-                    break
+                    if stop:
+                        raise Preempted(f"stopped on {run.gate.signals.name} inside epoch "
+                                        f"{epoch} after {i + 1} of {n} batches; checkpoint "
+                                        "written")
             del batches
-            if stop and i + 1 < n:
-                raise Preempted(f"stopped on {run.gate.signals.name} inside epoch {epoch} "
-                                f"after {i + 1} of {n} batches; checkpoint written")
             _checkpoint(run, out, epoch + 1, 0)
             if stop:
                 raise Preempted(f"stopped on {run.gate.signals.name} after epoch {epoch + 1}; "
