@@ -150,7 +150,8 @@ def test_in_process_preemption_is_exact_for_every_loader(backend, data, tmp_path
     if importlib.util.find_spec(module) is None:
         pytest.fail(f"{module} is not installed: the {backend} loader cannot be checked")
     src = _backend_data(backend, data, tmp_path_factory)
-    extra = [f"data.backend={backend}", "data.num_workers=1", *EVERY]
+    workers = 0 if backend == "reference" else 1  # in-process: no worker processes to start
+    extra = [f"data.backend={backend}", f"data.num_workers={workers}", "saveckp_freq=1", *EVERY]
     cfg = lambda out: tiny_config(src, out, epochs=2, batch=2, iters=3, extra=extra)
     train(cfg(tmp_path / "ref"))
     out = tmp_path / "run"
@@ -163,6 +164,11 @@ def test_in_process_preemption_is_exact_for_every_loader(backend, data, tmp_path
     train(cfg(out))
     assert_same_run(load_checkpoint(out / "checkpoint.pth"),
                     load_checkpoint(tmp_path / "ref" / "checkpoint.pth"))
+    # --keep-epoch-checkpoints 1: every epoch end kept, never a mid-epoch one, no temp file
+    kept = sorted(p.name for p in out.glob("*checkpoint*"))
+    assert kept == ["checkpoint.pth", "checkpoint0001.pth", "checkpoint0002.pth",
+                    "checkpoint_prev.pth"], kept
+    assert [load_checkpoint(out / f"checkpoint000{e}.pth")["iteration"] for e in (1, 2)] == [3, 6]
 
 
 # ----------------------------------------------------------------------------- the gate
