@@ -92,3 +92,21 @@ def test_resize_is_identity_for_the_same_grid():
     model = build_vit("vit_tiny", 16)
     pe = torch.randn_like(model.pos_embed)
     assert resized_pos_embed(pe, model) is pe
+
+
+def test_cli_reports_a_mismatched_file_in_one_line(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from tests.dino_core.train_helpers import tiny_overrides
+    root = Path(__file__).resolve().parents[2]
+    _official_file(tmp_path / "s8.pth", "vit_small", 8)
+    sets = sum((["--set", o] for o in tiny_overrides(data, tmp_path / "run")), [])
+    r = subprocess.run([sys.executable, "-m", "dino_core.cli.train", *sets, "--init-backbone",
+                        str(tmp_path / "s8.pth")], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("dino-train:")]
+    assert len(errors) == 1 and "holds a vit_small backbone with patch size 8" in errors[0]
+    assert "Traceback" not in r.stderr

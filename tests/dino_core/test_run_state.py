@@ -97,3 +97,16 @@ def test_truncated_latest_falls_back_to_mid_epoch_and_still_ends_exactly(tmp_pat
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     train(cfg(out))  # resumes inside epoch 0 from the previous one
     assert_same_run(load_checkpoint(last), load_checkpoint(tmp_path / "ref" / run_state.LAST))
+
+
+def test_mid_epoch_checkpoint_with_other_batching_is_one_clear_error(tmp_path, monkeypatch):
+    data = write_image_folder(tmp_path / "data", num_classes=2, per_class=6)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _self_term_at(m, 1)
+        with pytest.raises(Preempted, match="inside epoch 0 after 2 of 3 batches"):
+            train(tiny_config(data, out, epochs=2, batch=2, iters=3))
+    with pytest.raises(CheckpointError, match="stopped inside epoch 0 with data position.*"
+                       "'batch_size': 2.*'batch_size': 3") as e:
+        train(tiny_config(data, out, epochs=2, batch=3, iters=3))
+    assert "\n" not in str(e.value)
