@@ -128,6 +128,8 @@ def save_latest(state: dict, out: Path) -> None:
         os.replace(link, prev)  # checkpoint.pth stays in place meanwhile
     os.replace(new, last)
     fsync_path(out)
+    for stale in (*out.glob(f".{LAST}.new*"), *out.glob(f".{PREV}.link*")):
+        stale.unlink(missing_ok=True)  # left by a process killed while saving
 
 
 def load_verified(path: Path, map_location) -> dict:

@@ -1,6 +1,8 @@
 """Checkpoint files of a run: verified writes, rotation, checksums, fallback, RNG states."""
 import logging
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +112,33 @@ def test_mid_epoch_checkpoint_with_other_batching_is_one_clear_error(tmp_path, m
                        "'batch_size': 2.*'batch_size': 3") as e:
         train(tiny_config(data, out, epochs=2, batch=3, iters=3))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("crash_at", ["write", "link", "rename"])
+def test_a_crash_while_saving_leaves_a_good_checkpoint_and_no_debris_later(tmp_path,
+                                                                           monkeypatch, crash_at):
+    run_state.save_latest(_state(1), tmp_path)
+    run_state.save_latest(_state(2), tmp_path)
+
+    class Crash(BaseException):
+        pass
+
+    def crash(*a, **k):
+        raise Crash()
+    with monkeypatch.context() as m:
+        if crash_at == "write":  # the new file half written (the temporary name only)
+            m.setattr(run_state, "atomic_write_bytes", lambda path, data: (
+                path.write_bytes(data[:100]), crash()))
+        elif crash_at == "link":
+            m.setattr(run_state.os, "link", crash)
+        else:
+            real = os.replace
+            m.setattr(run_state.os, "replace", lambda a, b: crash() if Path(b).name ==
+                      run_state.LAST else real(a, b))
+        with pytest.raises(Crash):
+            run_state.save_latest(_state(3), tmp_path)
+    ckpt, path = run_state.load_latest(tmp_path, "cpu")
+    assert ckpt["epoch_batches"] == 2 and path.name == run_state.LAST
+    run_state.save_latest(_state(4), tmp_path)  # the next save clears what the crash left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_state.LAST, run_state.PREV]
+    assert run_state.load_latest(tmp_path, "cpu")[0]["epoch_batches"] == 4
