@@ -116,7 +116,8 @@ def write_verified(state: dict, path: Path) -> None:
 
 
 def save_latest(state: dict, out: Path) -> None:
-    """Write ``state`` as OUTPUT_DIR/checkpoint.pth, the previous one kept as checkpoint_prev.pth."""
+    """Write ``state`` as OUTPUT_DIR/checkpoint.pth; the previous one becomes
+    checkpoint_prev.pth."""
     last, prev = out / LAST, out / PREV
     new = out / f".{LAST}.new{os.getpid()}"
     write_verified(state, new)  # verified before anything is renamed

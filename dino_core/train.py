@@ -19,8 +19,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from . import run_state
-from .checkpoint import (CheckpointError, check_compatible, check_training_checkpoint,
-                         load_state, save_checkpoint)
+from .checkpoint import CheckpointError, check_compatible, check_training_checkpoint, load_state
 from .config import TrainConfig
 from .data_wait import DataWaitClock
 from .models import DINOHead, MultiCropWrapper, build_vit
@@ -316,7 +315,7 @@ def _checkpoint(run: Run, out: Path, epoch: int, batch: int) -> None:
         run_state.save_latest(state, out)
         every = run.cfg.saveckp_freq
         if batch == 0 and every and epoch % every == 0:
-            save_checkpoint(state, out / f"checkpoint{epoch:04d}.pth")
+            run_state.write_verified(state, out / f"checkpoint{epoch:04d}.pth")
     dist_utils.barrier()
     run.gate.checkpointed()
 

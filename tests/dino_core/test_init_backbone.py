@@ -17,7 +17,8 @@ def data(tmp_path_factory):
 
 def _official_file(path, arch="vit_tiny", patch=16, img_size=224, seed=7):
     torch.manual_seed(seed)
-    state = {k: v.clone() for k, v in build_vit(arch, patch, img_size=img_size).state_dict().items()}
+    model = build_vit(arch, patch, img_size=img_size)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     save_checkpoint(state, path)  # bare keys, as dino_deitsmall16_pretrain.pth
     return state
 

@@ -52,7 +52,7 @@ def assert_same_run(a: dict, b: dict) -> None:
     for key in ("student", "teacher"):
         assert a[key].keys() == b[key].keys()
         for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs from the uninterrupted run"
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs from the uninterrupted"
     assert torch.equal(a["dino_loss"]["center"], b["dino_loss"]["center"])
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys()
@@ -119,7 +119,8 @@ def test_torchrun_sigterm_to_one_rank_stops_every_rank_at_one_step(data, tmp_pat
     assert (mid["epoch"], mid["epoch_batches"]) == (0, 2)
     r = _torchrun(out, data)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert_same_run(load_checkpoint(out / "checkpoint.pth"), load_checkpoint(ref / "checkpoint.pth"))
+    assert_same_run(load_checkpoint(out / "checkpoint.pth"),
+                    load_checkpoint(ref / "checkpoint.pth"))
 
 
 # ----------------------------------------------------------------------------- in process
@@ -168,7 +169,10 @@ def test_in_process_preemption_is_exact_for_every_loader(backend, data, tmp_path
     kept = sorted(p.name for p in out.glob("*checkpoint*"))
     assert kept == ["checkpoint.pth", "checkpoint0001.pth", "checkpoint0002.pth",
                     "checkpoint_prev.pth"], kept
-    assert [load_checkpoint(out / f"checkpoint000{e}.pth")["iteration"] for e in (1, 2)] == [3, 6]
+    from dino_core.run_state import load_verified  # kept ones carry a checksum too
+    assert [load_verified(out / f"checkpoint000{e}.pth", "cpu")["iteration"] for e in (1, 2)] \
+        == [3, 6]
+    assert "checksum" in load_checkpoint(out / "checkpoint0001.pth")
 
 
 # ----------------------------------------------------------------------------- the gate
