@@ -93,3 +93,39 @@ def test_reference_workers_survive_a_sigterm_meant_for_the_trainer(folder):
     finally:
         loader.close()
     assert len(rest) == len(loader) - 1 and first[1].shape == (3,)
+
+
+def _children() -> set[int]:
+    import os
+    from pathlib import Path
+    pids = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        pids |= {int(p) for p in (task / "children").read_text().split()}
+    return pids
+
+
+def test_dali_feed_workers_survive_a_sigterm_meant_for_the_trainer(folder):
+    import os
+    import signal
+    import time
+    if "dali" not in BACKENDS:
+        pytest.fail("nvidia-dali is not installed: its feed workers cannot be checked")
+    before = _children()
+    loader = build_loader(folder, backend="dali", batch_size=3, spec=SPEC, num_workers=1,
+                          py_workers=1)
+    try:
+        loader.set_epoch(0)
+        batches = iter(loader)
+        next(batches)
+        workers = _children() - before
+        assert workers, "DALI started no feed worker process"
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)  # as scancel --signal=TERM does to every process
+        time.sleep(0.5)
+        assert workers <= _children()
+        rest = list(batches)
+        loader.set_epoch(1)
+        assert len(list(loader)) == len(loader)
+    finally:
+        loader.close()
+    assert len(rest) == len(loader) - 1
