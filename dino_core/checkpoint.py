@@ -54,8 +54,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "data (e.g. replace an argparse Namespace by vars(args)); torch.save(obj, new_path)"
         ) from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, struct.error) as e:
+        first = (str(e).splitlines() or ["empty message"])[0]
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                              f"({type(e).__name__}: {first})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
     return obj

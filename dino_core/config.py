@@ -79,11 +79,22 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    # Mid-epoch checkpoints: at the first step boundary after this many minutes since the
+    # last checkpoint (0: at epoch ends only). Each holds the data position and every RNG
+    # state; a resume continues inside the epoch exactly (see dino_core/run_state.py).
+    every_minutes: float = 0.0
+    # The same every N steps (0: off). For tests and debugging; minutes are the user knob.
+    every_steps: int = 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     epochs: int = 100
     output_dir: str = "runs/dino"
     seed: int = 0
@@ -94,6 +105,10 @@ class TrainConfig:
     max_iters_per_epoch: int = 0  # cap on iterations per epoch (0: the whole epoch)
     knn_eval: bool = True         # weighted k-NN on the val split at the end, when there is one
     progress: bool = True         # console progress bar
+    # Start student and teacher backbones from this backbone file (released weights or
+    # dino-export output); the head starts fresh and schedules start at zero. Ignored when
+    # output_dir holds a checkpoint to resume from.
+    init_backbone: str | None = None
 
     def __post_init__(self) -> None:
         from .models import ARCHS
@@ -121,6 +136,11 @@ class TrainConfig:
         _check(self.epochs >= 1, "epochs", "must be >= 1")
         _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         _check(self.log_every >= 1, "log_every", "must be >= 1")
+        _check(self.checkpoint.every_minutes >= 0, "checkpoint.every_minutes",
+               "must be >= 0 (0: checkpoints at epoch ends only)")
+        _check(self.checkpoint.every_steps >= 0, "checkpoint.every_steps",
+               "must be >= 0 (0: off)")
+        _check(self.saveckp_freq >= 0, "saveckp_freq", "must be >= 0 (0: never)")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:

@@ -2,9 +2,11 @@
 
 ``train(cfg)`` runs on one CPU, one GPU, or every rank of a torchrun / SLURM job (each rank
 calls it; ``distributed.init_distributed`` joins the group). Checkpoints are written by rank 0
-at the end of every epoch, atomically; a run restarted with the same ``output_dir`` resumes
-from the last one and continues exactly (model, optimiser, scaler, loss center, schedules
-position, RNG states, data order).
+at the end of every epoch and, with ``checkpoint.every_minutes`` / ``every_steps`` or on
+SIGTERM / SIGUSR1 (``preemption.py``), inside an epoch, verified and rotated
+(``run_state.py``); a run restarted with the same ``output_dir`` resumes from the last one
+and continues exactly (model, optimiser, scaler, loss center, schedules position, RNG
+states, data position inside the epoch).
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ import torch
 from torch import nn
 
 from . import distributed as dist_utils
-from .checkpoint import (CheckpointError, check_compatible, check_training_checkpoint,
-                         load_checkpoint, load_state, save_checkpoint)
+from . import run_state
+from .checkpoint import CheckpointError, check_compatible, check_training_checkpoint, load_state
 from .config import TrainConfig
 from .data_wait import DataWaitClock
 from .models import DINOHead, MultiCropWrapper, build_vit
+from .preemption import Preempted, StepGate, StopSignals
 from .schedules import Schedules, teacher_temp_schedule
 from .step import DINOStep, resolve_precision
 
@@ -69,6 +72,10 @@ def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
         return MultiCropWrapper(backbone, head)
 
     student, teacher = make(m.drop_path_rate), make(0.0)
+    if cfg.init_backbone:  # a start from released weights, not a resume: the head is fresh
+        from .init_backbone import load_init_backbone, read_init_backbone
+        state = read_init_backbone(cfg.init_backbone, m.arch, m.patch_size)
+        load_init_backbone(student.backbone, state, cfg.init_backbone)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -111,24 +118,25 @@ class Run:
     schedules: Schedules
     iters_per_epoch: int
     knn_root: Path | None
+    gate: StepGate
     start_epoch: int = 0
+    start_batch: int = 0          # batches of start_epoch already consumed (mid-epoch resume)
 
     @property
     def bare_student(self) -> MultiCropWrapper:
         return getattr(self.student, "module", self.student)
 
-    def state(self, epoch: int) -> dict:
-        """The checkpoint after ``epoch`` epochs (plain data and tensors only)."""
+    def state(self, epoch: int, batch: int = 0) -> dict:
+        """The checkpoint after ``epoch`` epochs and ``batch`` batches of the next one
+        (plain data and tensors only)."""
         student = {f"module.{k}": v for k, v in self.bare_student.state_dict().items()}
         self.loss_fn.sync_center()  # fold a pending center all-reduce in before saving
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"student": student, "teacher": self.teacher.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "epoch": epoch,
-                 "iteration": epoch * self.iters_per_epoch,
+                 "epoch_batches": batch, "iteration": epoch * self.iters_per_epoch + batch,
+                 "data_position": self.data_position(),
                  "dino_loss": {"center": self.loss_fn.center.detach().cpu()},
-                 "config": self.cfg.to_dict(), "rng": rng}
+                 "config": self.cfg.to_dict(), "rng": run_state.rng_state(self.device)}
         if self.step.scaler is not None:
             state["fp16_scaler"] = self.step.scaler.state_dict()
         return state
@@ -143,12 +151,22 @@ class Run:
         self.loss_fn.load_state_dict({"center": ckpt["dino_loss"]["center"]})
         if self.step.scaler is not None and "fp16_scaler" in ckpt:
             self.step.scaler.load_state_dict(ckpt["fp16_scaler"])
-        rng = ckpt.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        run_state.set_rng_state(ckpt.get("rng", {}), self.device)
         self.start_epoch = int(ckpt["epoch"])
+        self.start_batch = int(ckpt.get("epoch_batches", 0))
+        if self.start_batch:  # batch k means the same samples only with the same batching
+            saved, now = ckpt.get("data_position"), self.data_position()
+            if saved != now:
+                raise CheckpointError(
+                    f"checkpoint {path} stopped inside epoch {self.start_epoch} with data "
+                    f"position {saved}, which this run cannot continue ({now}); resume with "
+                    "the same batch size, world size, seed and data")
+
+    def data_position(self) -> dict:
+        """What batch k of an epoch means: the same k is the same samples only if equal."""
+        return {"batch_size": self.cfg.data.batch_size, "world_size": self.env.world_size,
+                "seed": self.cfg.seed, "batches_per_epoch": self.iters_per_epoch,
+                "num_samples": int(self.loader.num_samples)}
 
 
 def build_run(cfg: TrainConfig) -> Run:
@@ -185,18 +203,25 @@ def build_run(cfg: TrainConfig) -> Run:
                     cfg.optim.clip_grad, cfg.optim.freeze_last_layer)
     schedules = Schedules.build(cfg.optim, cfg.epochs, iters,
                                 cfg.data.batch_size * env.world_size)
+    gate = StepGate(cfg.checkpoint.every_minutes, cfg.checkpoint.every_steps, StopSignals(),
+                    env.distributed, device.type)
     return Run(cfg, env, device, student, teacher, loss_fn, optimizer, step, loader, schedules,
-               iters, knn_root)
+               iters, knn_root, gate)
 
 
 def _maybe_resume(run: Run, out: Path, resume_from: str | None) -> None:
-    path = Path(resume_from) if resume_from else out / "checkpoint.pth"
-    if not resume_from and not path.is_file():
-        return
-    ckpt = load_checkpoint(path, map_location=run.device)
+    if resume_from:
+        path = Path(resume_from)
+        ckpt = run_state.load_verified(path, run.device)
+    else:  # checkpoint.pth, else checkpoint_prev.pth when the latest is refused
+        found = run_state.load_latest(out, run.device)
+        if found is None:
+            return
+        ckpt, path = found
     run.restore(ckpt, path)
     if run.env.is_main:
-        log.info("resumed from %s after epoch %d", path, run.start_epoch)
+        log.info("resumed from %s after epoch %d and %d batches of the next", path,
+                 run.start_epoch, run.start_batch)
 
 
 def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
@@ -208,12 +233,14 @@ def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
             out.mkdir(parents=True, exist_ok=True)
             cfg.save_yaml(out / "config.yaml")
         _maybe_resume(run, out, resume_from)
+        run.gate.signals.install()  # SIGTERM / SIGUSR1: checkpoint after this step, stop
         summary = _train_epochs(run, out)
         if cfg.knn_eval and run.knn_root is not None:  # every rank extracts its shard
             from .eval.knn import knn_accuracy
             summary["knn"] = knn_accuracy(run.teacher.backbone, run.knn_root, run.device)
         return summary
     finally:
+        run.gate.signals.restore()
         run.loader.close()
         dist_utils.shutdown()
 
@@ -225,17 +252,19 @@ def _train_epochs(run: Run, out: Path) -> dict:
                                          cfg.loss.warmup_teacher_temp_epochs, cfg.epochs)
     batch_images = cfg.data.batch_size * run.env.world_size
     logger = ProgressLogger(out, enabled=run.env.is_main, progress=cfg.progress,
-                            total=(cfg.epochs - run.start_epoch) * n)
+                            total=(cfg.epochs - run.start_epoch) * n - run.start_batch)
     clock = DataWaitClock(run.device)   # data wait: CUDA events on a GPU, host clock on CPU
     images = 0
     last_loss = float("nan")
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
-            run.loader.set_epoch(epoch)
+            first = run.start_batch if epoch == run.start_epoch else 0
+            run.loader.set_epoch(epoch, first_batch=first)
             it0 = epoch * n
             clock.start()
             batches = iter(run.loader)
-            for i in range(n):
+            stop = False
+            for i in range(first, n):
                 # fetch
                 try:
                     views, _labels = next(batches)
@@ -258,17 +287,37 @@ def _train_epochs(run: Run, out: Path) -> dict:
                         "images_per_s": images / max(wall, 1e-9),
                         "data_wait_share": wait / max(wall, 1e-9)})
                 logger.advance()
+                stop, due = run.gate.after_step(it + 1)  # the same answer on every rank
+                if (stop or due) and i + 1 < n:  # the epoch's last step: the end one below
+                    _checkpoint(run, out, epoch, i + 1)
+                    if stop:
+                        raise Preempted(f"stopped on {run.gate.signals.name} inside epoch "
+                                        f"{epoch} after {i + 1} of {n} batches; checkpoint "
+                                        "written")
             del batches
-            if run.env.is_main:
-                save_checkpoint(run.state(epoch + 1), out / "checkpoint.pth")
-                if cfg.saveckp_freq and (epoch + 1) % cfg.saveckp_freq == 0:
-                    save_checkpoint(run.state(epoch + 1), out / f"checkpoint{epoch + 1:04d}.pth")
-            dist_utils.barrier()
+            _checkpoint(run, out, epoch + 1, 0)
+            if stop:
+                raise Preempted(f"stopped on {run.gate.signals.name} after epoch {epoch + 1}; "
+                                "checkpoint written")
     finally:
         logger.close()
     wait, wall = clock.totals()
     return {"epochs": cfg.epochs, "iterations": cfg.epochs * n, "final_loss": last_loss,
             "images_per_s": images / max(wall, 1e-9), "data_wait_share": wait / max(wall, 1e-9)}
+
+
+def _checkpoint(run: Run, out: Path, epoch: int, batch: int) -> None:
+    """Rank 0 writes the checkpoint after ``epoch`` epochs + ``batch`` batches; all ranks wait."""
+    n = run.iters_per_epoch
+    _stop_if_diverged(int(run.step.stats.first_bad), epoch, n)  # never save a poisoned state
+    if run.env.is_main:
+        state = run.state(epoch, batch)
+        run_state.save_latest(state, out)
+        every = run.cfg.saveckp_freq
+        if batch == 0 and every and epoch % every == 0:
+            run_state.write_verified(state, out / f"checkpoint{epoch:04d}.pth")
+    dist_utils.barrier()
+    run.gate.checkpointed()
 
 
 def _stop_if_diverged(bad_iteration: int, epoch: int, n: int) -> None:

@@ -6,6 +6,10 @@ Every backend returns an object honouring the ``MultiCropLoader`` contract: iter
 ``device``; ``labels`` is an int64 tensor ``[B]``. ``len(loader)`` is the number of batches one
 epoch yields on this rank (identical on every rank), and ``set_epoch(e)`` must be called
 before each epoch: it reshuffles the whole dataset and moves the augmentation streams on.
+``set_epoch(e, first_batch=k)`` starts that epoch's next iteration at its batch k (a
+mid-epoch resume): the epoch order is a pure function of (seed, epoch) and every sample's
+views come from its own counter stream, so batches k.. equal those of a whole epoch, and the
+earlier samples are not read.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ class MultiCropLoader(Protocol):
 
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]: ...
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None: ...
     def close(self) -> None: ...
 
 

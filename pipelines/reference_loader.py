@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -137,7 +138,17 @@ class _EpochSampler(Sampler):
         ld = self.loader
         epoch = ld.epoch
         idx = epoch_indices(ld.num_samples, ld.seed, epoch, ld.rank, ld.world_size, ld.shuffle)
-        return iter([(epoch, int(i)) for i in idx])
+        # a resumed epoch starts at batch ``first_batch``: the earlier samples are not read
+        return iter([(epoch, int(i)) for i in idx[ld.first_batch * ld.batch_size:]])
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGTERM / SIGUSR1 are the trainer's to handle (it
+    finishes its step and checkpoints, ``dino_core/preemption.py``). A scheduler that signals
+    every process of a job (``scancel --signal``) would otherwise kill the workers under it,
+    and their death would abort that step. Workers still exit with the main process."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def collate_views(batch: list[tuple[list[torch.Tensor], int]]
@@ -177,12 +188,16 @@ class ReferenceLoader:
         self.device = torch.device(device)
         self.dtype = getattr(torch, spec.output_dtype)
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
-        self.epoch = 0
+        self.epoch, self.first_batch = 0, 0
         dataset = MultiCropDataset(SampleReader(scan.samples), spec, seed, rank)
         self._dataloader = DataLoader(
             dataset, batch_sampler=BatchSampler(_EpochSampler(self), batch_size, drop_last),
             num_workers=num_workers, collate_fn=collate_views,
             pin_memory=self.device.type == "cuda",
+            # its own generator: iter() draws a base seed, which must not move torch's global
+            # RNG (the trainer's drop path), or a mid-epoch resume would draw differently
+            generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
             prefetch_factor=prefetch_factor if num_workers > 0 else None)
         self._active = None  # the DataLoader iterator of the epoch in progress
 
@@ -192,9 +207,13 @@ class ReferenceLoader:
             return self.samples_per_rank // self.batch_size
         return math.ceil(self.samples_per_rank / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's permutation and augmentation streams; call before iterating."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Select the epoch's permutation and augmentation streams; call before iterating.
+        The next iteration yields batches ``first_batch`` .. ``len(self) - 1`` of the epoch
+        (a mid-epoch resume), skipping the earlier ones without reading them."""
+        if not 0 <= first_batch <= len(self):
+            raise ValueError(f"first_batch {first_batch} outside the epoch's {len(self)} batches")
+        self.epoch, self.first_batch = int(epoch), int(first_batch)
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         self._stop_workers()  # an abandoned earlier epoch must not keep its workers

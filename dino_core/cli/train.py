@@ -31,8 +31,21 @@ tuning, from experience with the recipe:
   * GPU starvation: use --backend dali (GPU decode) or ffcv (.beton) instead of reference.
 
 resuming:
-  Checkpoints are written atomically to OUTPUT_DIR/checkpoint.pth after every epoch. Running
-  the same command again resumes from it exactly; --resume CKPT starts from another file.
+  Checkpoints are written atomically to OUTPUT_DIR/checkpoint.pth after every epoch (the one
+  before it kept as checkpoint_prev.pth) and, with --checkpoint-every-min M, inside epochs.
+  Running the same command again resumes from it exactly, inside the epoch if it stopped
+  there; --resume CKPT starts from another file. A corrupt latest checkpoint is refused
+  (one line) and the previous one used.
+
+preemption:
+  On SIGTERM or SIGUSR1 the run finishes its step, writes a checkpoint and exits with status
+  143; the next start with the same --output-dir resumes mid-epoch. Under torchrun every
+  rank stops at the same step. tools/slurm_dino.sbatch asks SLURM for a warning signal
+  before the time limit and requeues the job.
+
+exit status:
+  0 done; 1 training diverged (last good checkpoint kept); 2 bad config, data or
+  checkpoint; 130 Ctrl-C; 143 stopped by SIGTERM/SIGUSR1 after writing a checkpoint.
 
 multi-node:
   torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
@@ -53,6 +66,8 @@ OPTION_KEYS = {
     "epochs": "epochs", "lr": "optim.lr", "teacher_temp": "loss.teacher_temp",
     "output_dir": "output_dir", "device": "device", "precision": "precision", "seed": "seed",
     "max_iters_per_epoch": "max_iters_per_epoch", "compile": "model.compile",
+    "init_backbone": "init_backbone", "checkpoint_every_min": "checkpoint.every_minutes",
+    "keep_epoch_checkpoints": "saveckp_freq",
 }
 
 
@@ -82,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compile", action="store_true", default=None,
       help="torch.compile the backbones (opt-in; compiling takes a minute or more)")
     a("--max-iters-per-epoch", type=int, help="cap iterations per epoch (smoke tests)")
+    a("--init-backbone", metavar="PATH",
+      help="start student and teacher backbones from this backbone file (released DINO "
+      "weights or dino-export output); the head starts fresh, schedules start at zero")
+    a("--checkpoint-every-min", type=float, metavar="M",
+      help="also checkpoint mid-epoch, at the first step after M minutes (0: epoch ends only)")
+    a("--keep-epoch-checkpoints", type=int, metavar="N",
+      help="keep OUTPUT_DIR/checkpointNNNN.pth every N epochs (0: only the latest)")
     a("--resume", metavar="CKPT", help="start from this checkpoint instead of OUTPUT_DIR's")
     a("--no-knn", action="store_true", help="skip the k-NN evaluation at the end")
     a("--no-progress", action="store_true", help="log lines instead of a progress bar")
@@ -106,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config_io import ConfigError
     from ..checkpoint import CheckpointError
     from ..config import load_config
+    from ..preemption import EXIT_PREEMPTED, Preempted
     from ..train import TrainingDiverged, train
 
     overrides = [f"{key}={getattr(args, opt)}" for opt, key in OPTION_KEYS.items()
@@ -130,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"dino-train: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"dino-train: {e}; run the same command again to resume (exit status "
+              f"{EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("dino-train: interrupted; the last finished epoch's checkpoint is kept",
               file=sys.stderr)

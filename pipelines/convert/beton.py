@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..folder import DatasetError, Skipped, check_image, scan_image_folder
-from .common import ConvertConfig, Manifest, sha256_file
+from .common import ConvertConfig, Manifest, fsync_path, sha256_file
 
 WRITE_MODES = ("raw", "jpg", "proportion")
 MANIFEST = "manifest.json"
@@ -163,14 +163,6 @@ def _write_beton(samples: list[tuple[str, int]], cfg: ConvertConfig, tmp: Path) 
                          f"conversion, nothing written; run again: " + "; ".join(failures[:5]))
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def convert(cfg: ConvertConfig) -> Manifest:
     """Convert ``cfg.src`` (an ImageFolder tree) into ``cfg.dst/<src name>.beton``."""
     _validate(cfg)
@@ -190,9 +182,9 @@ def convert(cfg: ConvertConfig) -> Manifest:
     (dst / MANIFEST).unlink(missing_ok=True)  # from here on dst holds no finished dataset
     tmp = dst / f".{name}.partial"
     _write_beton(good, cfg, tmp)
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, dst / name)
-    _fsync(dst)
+    fsync_path(dst)
     beton = dst / name
     manifest = Manifest(
         format="ffcv", classes=scan.classes, num_samples=len(good),

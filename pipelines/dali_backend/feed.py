@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -164,6 +165,7 @@ class EpochFeed:
         self._arrays = spec_arrays(spec)
         self._order: tuple[int, np.ndarray] | None = None
         self._reported: set[int] = set()
+        self._owner = os.getpid()  # a call from another pid runs in a DALI worker process
 
     def batch_indices(self, epoch: int, t: int) -> np.ndarray:
         """``plan.batch_indices`` with the epoch's order computed once per process."""
@@ -233,6 +235,10 @@ class EpochFeed:
         return view_boxes(rows, wh[:, 0], wh[:, 1]), rows
 
     def __call__(self, batch_info) -> tuple[list, ...]:
+        if self._owner != os.getpid():  # once per worker: SIGTERM is the trainer's to handle
+            from ..reference_loader import ignore_stop_signals
+            ignore_stop_signals(0)
+            self._owner = os.getpid()
         epoch = self.start_epoch + batch_info.epoch_idx
         t = batch_info.iteration + (self.first_batch if batch_info.epoch_idx == 0 else 0)
         if t >= self.plan.batches_per_epoch:

@@ -174,7 +174,7 @@ class DaliLoader:
         self.device = torch.device(device)
         self.device_id = _device_id(self.device)
         self.num_threads = max(1, num_workers)
-        self.epoch = 0
+        self.epoch, self.first_batch = 0, 0
         self.plan = EpochPlan(self.num_samples, batch_size, seed, rank, world_size, shuffle,
                               drop_last)
         if len(self) == 0:
@@ -191,9 +191,13 @@ class DaliLoader:
         """Batches per epoch on this rank (the same on every rank)."""
         return self.plan.batches_per_epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's permutation and augmentation streams; call before iterating."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Select the epoch's permutation and augmentation streams; call before iterating.
+        The next iteration yields batches ``first_batch`` .. ``len(self) - 1`` of the epoch
+        (a mid-epoch resume): the pipeline is rebuilt to start there, nothing earlier is read."""
+        if not 0 <= first_batch <= len(self):
+            raise ValueError(f"first_batch {first_batch} outside the epoch's {len(self)} batches")
+        self.epoch, self.first_batch = int(epoch), int(first_batch)
 
     # ------------------------------------------------------------------ pipeline
     def _build(self, start_epoch: int, first_batch: int = 0) -> None:
@@ -214,11 +218,12 @@ class DaliLoader:
         return torch.cuda.current_stream(self.device) if self.device_id is not None else None
 
     def __iter__(self) -> Iterator[tuple]:
-        epoch = self.epoch
-        if self._pipe is None or self._next_epoch != epoch:
+        epoch, t = self.epoch, self.first_batch
+        if t > 0:
+            self._build(epoch, first_batch=t)
+        elif self._pipe is None or self._next_epoch != epoch:
             self._build(epoch)
         self._next_epoch = None  # unknown until this epoch is fully consumed
-        t = 0
         while t < len(self):
             try:
                 # The host waits here until DALI has the batch's CPU work done (prefetched

@@ -102,6 +102,7 @@ class RankSliceOrder(TraversalOrder):
                  block: int, window: int) -> None:
         self.num_samples, self.seed, self.order = num_samples, seed, order
         self.rank, self.world_size, self.block, self.window = rank, world_size, block, window
+        self.first_sample = 0  # a resumed epoch starts here in the rank's slice
 
     def __call__(self, loader: Loader) -> "RankSliceOrder":
         self.loader = loader
@@ -110,7 +111,7 @@ class RankSliceOrder(TraversalOrder):
     def sample_order(self, epoch: int) -> np.ndarray:
         order = epoch_order(self.num_samples, epoch, self.seed, self.order, self.block,
                             self.window)
-        return rank_slice(order, self.rank, self.world_size)
+        return rank_slice(order, self.rank, self.world_size)[self.first_sample:]
 
 
 def resolve_beton(data: str | Path) -> tuple[Path, Manifest]:
@@ -189,7 +190,7 @@ class FFCVMultiCropLoader:
         outputs = list(self._loader.pipeline_specs)
         self._image_at, self._label_at = outputs.index(IMAGE_FIELD), outputs.index(LABEL_FIELD)
         self._dtype = getattr(torch, spec.output_dtype)
-        self._epoch = 0
+        self._epoch, self._first_batch = 0, 0
         self._running: Retired | None = None  # the epoch being iterated
         self._retired: Retired | None = None  # the last one, until its copies are done
         self.buffers_pinned: bool | None = None
@@ -198,28 +199,38 @@ class FFCVMultiCropLoader:
     def __len__(self) -> int:
         return len(self._loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Select the epoch's order and augmentation streams; call before iterating. The
+        next iteration yields batches ``first_batch`` .. ``len(self) - 1`` of the epoch (a
+        mid-epoch resume): FFCV is given the rest of the order, nothing earlier is read."""
+        if not 0 <= first_batch <= len(self):
+            raise ValueError(f"first_batch {first_batch} outside the epoch's {len(self)} batches")
+        self._epoch, self._first_batch = int(epoch), int(first_batch)
 
     def sample_indices(self, epoch: int) -> np.ndarray:
-        """Dataset indices this rank visits in ``epoch``, in order."""
-        return self.order.sample_order(epoch)
+        """Dataset indices this rank visits in ``epoch``, in order (the whole epoch)."""
+        order = epoch_order(self.num_samples, epoch, self.seed, self.order.order,
+                            self.order.block, self.order.window)
+        return rank_slice(order, self.rank, self.order.world_size)
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         self._stop()
-        epoch = self._epoch
+        epoch, first = self._epoch, self._first_batch
         self.decoder.set_epoch(epoch)  # safe: no epoch thread is running
+        self.order.first_sample = first * self.batch_size  # read by FFCV's next order
         self._loader.next_epoch = epoch
         guard = SlotGuard(self._loader.slots, previous=self._retired)
         self._retired = None  # now kept by ``guard`` until the new thread has waited for it
         running = self._loader.guarded_epoch(guard)
         self._running = current = Retired(running, guard)
         try:
-            for batch in range(len(self._loader)):
+            # FFCV numbers the batches of the (maybe shortened) order from 0: its slots and
+            # the guard use that number; ``first + batch`` is the batch of the epoch
+            for batch in range(len(self._loader) - first):
                 self._wait_for_batch(running)
                 outputs = next(running)
                 yield self._assemble(outputs[self._image_at], outputs[self._label_at],
-                                     epoch, batch, guard)
+                                     epoch, batch, guard, first)
         finally:
             if self._running is current:
                 self._stop()
@@ -236,7 +247,7 @@ class FFCVMultiCropLoader:
                 queue.not_empty.wait(timeout=0.05)
 
     def _assemble(self, out: np.ndarray, labels: np.ndarray, epoch: int, batch: int,
-                  guard: SlotGuard) -> tuple[list[torch.Tensor], torch.Tensor]:
+                  guard: SlotGuard, first: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The decoder's output [n, row_entries] and labels [n, 1], both in FFCV's buffer
         slot of ``batch``, -> (views, labels) on the device, copied out of the slot."""
         n = out.shape[0]
@@ -246,8 +257,8 @@ class FFCVMultiCropLoader:
         counts = host.counts  # read on the host
         self.last_decode_counts = counts.to(torch.uint8, copy=True)
         if bool((counts == DECODE_FAILED).any()):  # host tensor: no device sync
-            first = int((counts == DECODE_FAILED).nonzero()[0, 0])
-            index = self.sample_indices(epoch)[batch * self.batch_size + first]
+            first_bad = int((counts == DECODE_FAILED).nonzero()[0, 0])
+            index = self.sample_indices(epoch)[(first + batch) * self.batch_size + first_bad]
             raise DatasetError(f"{self.path}: the JPEG of sample {index} does not decode "
                                "(corrupt .beton? convert again)")
         if self.compiled:  # finished float32 views in FFCV's buffer: copy them out

@@ -1,0 +1,82 @@
+"""``--init-backbone``: start a run's student and teacher backbones from a backbone file.
+
+Accepts every file ``dino_core.eval.official.read_checkpoint`` reads: a released backbone
+(e.g. ``dino_deitsmall16_pretrain.pth``: bare keys ``cls_token``, ``pos_embed``,
+``patch_embed.proj.weight``, ``blocks.0.norm1.weight`` ...), what ``dino-export`` writes, or a
+full checkpoint of this project or of the reference code (its teacher backbone is taken).
+The architecture is read from the tensor shapes; a file of another architecture or patch
+size than the run's is one clear error naming what the file holds.
+
+The head is not taken (it starts fresh), and nothing else is: this is a start, not a resume,
+so optimiser, schedules, loss center and data order start at zero.
+
+A file trained at another resolution has another position grid; its embedding is resized
+to the run's grid with the model's own ``interpolate_pos_encoding`` (upstream's exact
+bicubic resize), the very embedding that model would use at that input size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+from .models import VisionTransformer
+
+
+def read_init_backbone(path: str | Path, arch: str, patch_size: int
+                       ) -> dict[str, torch.Tensor]:
+    """The backbone tensors of ``path`` (bare ViT keys), checked against ``arch/patch_size``."""
+    from .eval.official import read_checkpoint  # imports the models; keep it lazy
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--init-backbone file not found: {path}")
+    try:
+        ck = read_checkpoint(path, "teacher")
+    except CheckpointError as e:
+        raise CheckpointError(f"--init-backbone: {e}") from None
+    if (ck.arch, ck.patch_size) != (arch, patch_size):
+        raise CheckpointError(
+            f"--init-backbone {path} holds a {ck.arch} backbone with patch size "
+            f"{ck.patch_size}, but this run builds {arch} with patch size {patch_size}; "
+            f"use --arch {ck.arch} --patch-size {ck.patch_size} or another file")
+    return ck.backbone
+
+
+def resized_pos_embed(pos_embed: torch.Tensor, model: VisionTransformer) -> torch.Tensor:
+    """``pos_embed`` [1, 1 + s*s, D] of a file resized to ``model``'s grid (unchanged when
+    the grids agree), through the model's own interpolation."""
+    want = model.pos_embed.shape[1]
+    if pos_embed.shape[1] == want:
+        return pos_embed
+    side = int(round((want - 1) ** 0.5))
+    pixels = side * model.patch_size
+    own = model.pos_embed
+    try:  # the model's method, run on the file's embedding
+        model.pos_embed = torch.nn.Parameter(pos_embed.detach().clone(), requires_grad=False)
+        with torch.no_grad():
+            return model.interpolate_pos_encoding(pixels, pixels).detach().clone()
+    finally:
+        model.pos_embed = own
+
+def load_init_backbone(model: VisionTransformer, state: dict[str, torch.Tensor],
+                       path: str | Path) -> None:
+    """Copy ``state`` into ``model`` strictly (tensors cast to the model's dtypes)."""
+    state = dict(state)
+    if "pos_embed" in state:
+        state["pos_embed"] = resized_pos_embed(state["pos_embed"], model)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"--init-backbone {path}: the backbone does not match this model (missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]})")
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise CheckpointError(f"--init-backbone {path}: {key} has shape "
+                                  f"{tuple(value.shape)}, this model {tuple(own[key].shape)}")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
