@@ -9,10 +9,13 @@ status ``EXIT_PREEMPTED`` (143). Running the same command again resumes inside t
 
 Under torchrun every rank must stop (and checkpoint) at the same step, or one would wait
 forever in the next collective. Each rank's flags (stop asked, checkpoint due by its own
-clock) are combined with one MAX all-reduce per step, so all ranks see the same answer.
-That is a collective and a host sync per step: it runs on the CPU (gloo; on GPUs a gloo
-group of its own), so it never waits for the GPU's queued work, only for the other hosts
-to reach the same step boundary, which they do within the step's own all-reduces.
+clock) are combined with a MAX all-reduce on the CPU (gloo; on GPUs a gloo group of its
+own, so it never waits for the GPU's queued work). It is launched asynchronously after step
+k and read after step k + 1: no rank waits for it (the other hosts sent their flags a whole
+step earlier), and every rank reads the same answer at the same step. The price is one step
+of delay between a signal (or a rank's clock) and the stop (or checkpoint) in a distributed
+run; a single process answers at once. Checkpoints every N steps need no agreement: the step
+count is the same on every rank.
 """
 from __future__ import annotations
 
@@ -82,18 +85,40 @@ class StepGate:
         if distributed and device_kind != "cpu":  # a collective call: every rank builds it
             self._group = dist.new_group(backend="gloo")
         self._last = time.monotonic()
+        self._pending: tuple[object, torch.Tensor] | None = None  # (work, flags) of last step
+        self._stale_due = False  # the pending flags' "due" predates the last checkpoint
 
     def checkpointed(self) -> None:
         """A checkpoint was just written: the minutes count from now."""
         self._last = time.monotonic()
+        self._stale_due = self._pending is not None
 
     def after_step(self, iterations_done: int) -> tuple[bool, bool]:
         stop = self.signals.received is not None
-        due = bool(self.every_steps) and iterations_done % self.every_steps == 0
-        due = due or (self.every_s > 0 and time.monotonic() - self._last >= self.every_s)
-        if self.distributed:
-            # one MAX all-reduce of two host ints per step (see the module docstring)
-            flags = torch.tensor([int(stop), int(due)], dtype=torch.int32)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
-            stop, due = bool(flags[0]), bool(flags[1])
-        return stop, due
+        due_steps = bool(self.every_steps) and iterations_done % self.every_steps == 0
+        due_clock = self.every_s > 0 and time.monotonic() - self._last >= self.every_s
+        if not self.distributed:
+            return stop, due_steps or due_clock
+        agreed_stop, agreed_due = self._collect()
+        if not agreed_stop:  # after a stop nothing more is launched, on any rank
+            flags = torch.tensor([int(stop), int(due_clock)], dtype=torch.int32)
+            work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group,
+                                   async_op=True)
+            self._pending = (work, flags)
+        return agreed_stop, due_steps or agreed_due
+
+    def _collect(self) -> tuple[bool, bool]:
+        """The previous step's agreed flags (False, False before the first step)."""
+        if self._pending is None:
+            return False, False
+        work, flags = self._pending
+        self._pending = None
+        work.wait()  # host wait on gloo, launched a step ago: normally long finished
+        stale, self._stale_due = self._stale_due, False
+        return bool(flags[0]), bool(flags[1]) and not stale
+
+    def drain(self) -> None:
+        """Wait for the last launched all-reduce (at the end of a run, on every rank)."""
+        if self._pending is not None:
+            self._pending[0].wait()  # host wait on gloo: every rank launched it
+            self._pending = None

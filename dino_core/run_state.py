@@ -139,6 +139,12 @@ def load_verified(path: Path, map_location) -> dict:
     return ckpt
 
 
+def has_checkpoint(out: Path) -> bool:
+    """Whether ``out`` holds a checkpoint to resume from (good or not: ``load_latest`` then
+    either resumes from one or refuses both with an error, never starts afresh)."""
+    return any((out / name).exists() for name in (LAST, PREV))
+
+
 def load_latest(out: Path, map_location) -> tuple[dict, Path] | None:
     """The newest good checkpoint of OUTPUT_DIR (latest, else previous), or None if there is
     none. A refused file is logged in one line; if every file present is refused, the

@@ -60,8 +60,11 @@ def resolve_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return path, (root if has_split else None)
 
 
-def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (with drop path) and teacher (without), the teacher a copy of the student."""
+def build_models(cfg: TrainConfig, init_backbone: bool = True
+                 ) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+    """Student (with drop path) and teacher (without), the teacher a copy of the student;
+    both backbones from ``cfg.init_backbone`` unless ``init_backbone`` is False (a resume:
+    the checkpoint's weights win, and the file need not exist any more)."""
     m = cfg.model
 
     def make(drop_path: float) -> MultiCropWrapper:
@@ -72,7 +75,7 @@ def build_models(cfg: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
         return MultiCropWrapper(backbone, head)
 
     student, teacher = make(m.drop_path_rate), make(0.0)
-    if cfg.init_backbone:  # a start from released weights, not a resume: the head is fresh
+    if cfg.init_backbone and init_backbone:  # a start from released weights: the head is fresh
         from .init_backbone import load_init_backbone, read_init_backbone
         state = read_init_backbone(cfg.init_backbone, m.arch, m.patch_size)
         load_init_backbone(student.backbone, state, cfg.init_backbone)
@@ -169,7 +172,7 @@ class Run:
                 "num_samples": int(self.loader.num_samples)}
 
 
-def build_run(cfg: TrainConfig) -> Run:
+def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     from pipelines import build_loader
     from .optim import build_optimizer
 
@@ -189,7 +192,8 @@ def build_run(cfg: TrainConfig) -> Run:
         raise ValueError(f"dataset {data} yields no full batch of {cfg.data.batch_size} per rank "
                          f"({loader.num_samples} images, {env.world_size} ranks): lower "
                          "--batch-size")
-    student, teacher = build_models(cfg)
+    resuming = resume_from is not None or run_state.has_checkpoint(Path(cfg.output_dir))
+    student, teacher = build_models(cfg, init_backbone=not resuming)
     if cfg.model.use_bn_in_head and env.distributed:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
@@ -226,7 +230,7 @@ def _maybe_resume(run: Run, out: Path, resume_from: str | None) -> None:
 
 def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
     """Train; returns a summary (images/s, data-wait share, last loss, k-NN accuracy)."""
-    run = build_run(cfg)
+    run = build_run(cfg, resume_from)
     out = Path(cfg.output_dir)
     try:
         if run.env.is_main:
@@ -301,6 +305,7 @@ def _train_epochs(run: Run, out: Path) -> dict:
                                 "checkpoint written")
     finally:
         logger.close()
+    run.gate.drain()
     wait, wall = clock.totals()
     return {"epochs": cfg.epochs, "iterations": cfg.epochs * n, "final_loss": last_loss,
             "images_per_s": images / max(wall, 1e-9), "data_wait_share": wait / max(wall, 1e-9)}

@@ -69,6 +69,20 @@ def test_another_architecture_or_patch_size_is_one_clear_error(data, tmp_path, a
     assert "\n" not in str(e.value) and "vit_tiny with patch size 16" in str(e.value)
 
 
+def test_a_resumed_run_ignores_the_backbone_file_even_when_it_is_gone(data, tmp_path):
+    """A requeued job resumes from its checkpoint; the file it started from may be gone."""
+    from dino_core.train import train
+    path = tmp_path / "start.pth"
+    _official_file(path)
+    out = tmp_path / "run"
+    train(tiny_config(data, out, epochs=1, extra=[f"init_backbone={path}"]))
+    path.unlink()
+    run = build_run(tiny_config(data, out, epochs=2, extra=[f"init_backbone={path}"]))
+    run.loader.close()
+    train(tiny_config(data, out, epochs=2, extra=[f"init_backbone={path}"]))
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 2
+
+
 def test_missing_file_is_one_clear_error(data, tmp_path):
     with pytest.raises(CheckpointError, match="--init-backbone file not found"):
         _build(data, tmp_path / "run", tmp_path / "nope.pth")

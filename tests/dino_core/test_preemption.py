@@ -109,10 +109,12 @@ def test_torchrun_sigterm_to_one_rank_stops_every_rank_at_one_step(data, tmp_pat
     r = _torchrun(ref, data)
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "run"
-    r = _torchrun(out, data, worker=["term", "1"], env={**ENV, "PREEMPT_RANKS": "1"})
+    r = _torchrun(out, data, worker=["term", "0"], env={**ENV, "PREEMPT_RANKS": "1"})
     log = r.stdout + r.stderr
     assert r.returncode != 0, log
-    # rank 0 got no signal, yet stopped after the very step in which rank 1 got its own
+    # rank 1 got SIGTERM during step 0; the flags agreed after step 0 are read after step 1
+    # (preemption.StepGate), so both ranks stop there, rank 0 without a signal of its own
+    assert "stopped on SIGTERM inside epoch 0 after 2 of 3 batches" in log, log
     assert "stopped on another rank's signal inside epoch 0 after 2 of 3 batches" in log, log
     assert "exitcode  : 143" in log, log  # torchrun's report of the preempted rank
     mid = load_checkpoint(out / "checkpoint.pth")
@@ -191,6 +193,39 @@ def test_gate_checkpoints_after_the_minutes_and_every_n_steps(monkeypatch):
     steps = preemption.StepGate(0.0, 3, preemption.StopSignals(), False, "cpu")
     assert [steps.after_step(i)[1] for i in range(1, 8)] == [False, False, True, False, False,
                                                              True, False]
+
+
+def test_distributed_gate_agrees_one_step_late_and_never_repeats_a_checkpoint(monkeypatch,
+                                                                            tmp_path):
+    """Under torchrun the flags of step k are all-reduced in the background and read after
+    step k + 1 (every rank reads the same); every-N-steps needs no agreement."""
+    import torch.distributed as dist
+    from dino_core import preemption
+    now = [100.0]
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: now[0])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        signals = preemption.StopSignals()
+        gate = preemption.StepGate(1.0, 0, signals, True, "cpu")
+        assert gate.after_step(1) == (False, False)
+        now[0] += 60.0                                  # due by the clock after step 2 ...
+        assert gate.after_step(2) == (False, False)
+        assert gate.after_step(3) == (False, True)      # ... agreed after step 3
+        gate.checkpointed()
+        # step 3's own flags (launched before that checkpoint) said "due": not a second one
+        assert gate.after_step(4) == (False, False)
+        assert gate.after_step(5) == (False, False)
+        signals.received = signal.SIGTERM               # arrives during step 6
+        assert gate.after_step(6) == (False, False)
+        assert gate.after_step(7) == (True, False)      # everyone stops after step 7
+        gate.drain()
+        steps = preemption.StepGate(0.0, 4, preemption.StopSignals(), True, "cpu")
+        assert [steps.after_step(i)[1] for i in range(1, 9)] == [False] * 3 + [True] + \
+            [False] * 3 + [True]                        # every 4 steps: at once, no lag
+        steps.drain()
+    finally:
+        dist.destroy_process_group()
 
 
 def test_signal_is_recorded_not_fatal_and_handlers_are_restored():
