@@ -20,12 +20,12 @@ split must not pass silently).
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..folder import IMAGE_EXTENSIONS, DatasetError, scan_image_folder
+from ..folder import DatasetError, scan_image_folder
+from ..labels_file import scan_labelled_flat
 from .common import ConvertConfig
 
 
@@ -54,58 +54,11 @@ def load_class_list(source: str | Path) -> list[str]:
                        "a converted dataset folder")
 
 
-def read_labels_file(path: str | Path) -> dict[str, str]:
-    """``{file name or stem: class name}`` from a ``filename,class`` CSV or ImageNet's
-    ``LOC_val_solution.csv``; ValueError naming the file and line when malformed."""
-    path = Path(path)
-    out: dict[str, str] = {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise ValueError(f"labels file {path} is empty")
-    start = 1 if [c.strip().lower() for c in rows[0]][:1] in (["imageid"], ["filename"]) else 0
-    for no, row in enumerate(rows[start:], start=start + 1):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ValueError(f"labels file {path}, line {no}: expected 'filename,class', "
-                             f"got {','.join(row)!r}")
-        out[row[0].strip()] = row[1].split()[0]
-    return out
-
-
 def _labelled_flat(cfg: ConvertConfig) -> Inputs:
-    src = Path(cfg.src)
-    labels = read_labels_file(cfg.labels)
-    files = sorted(p for p in src.iterdir() if p.is_file())
-    by_name = {p.name: p for p in files} | {p.stem: p for p in files}
-    classes = (load_class_list(cfg.classes_from) if cfg.classes_from
-               else sorted(set(labels.values())))
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(labels.values()) - set(index))
-    if unknown and cfg.classes_from:
-        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more"
-                                           if len(unknown) > 10 else "")
-        raise DatasetError(f"labels file {cfg.labels} names {len(unknown)} class(es) the "
-                           f"training split ({cfg.classes_from}) does not have: {shown}")
-    samples, skipped, used = [], [], set()
-    for key, cls in labels.items():
-        p = by_name.get(key)
-        if p is None:
-            skipped.append({"path": str(src / key), "reason": f"named in the labels file "
-                            f"{cfg.labels} but missing from {src}"})
-            continue
-        used.add(p)
-        samples.append((str(p), index[cls]))
-    for p in files:
-        if p not in used:
-            why = ("no row in the labels file" if p.suffix.lower() in IMAGE_EXTENSIONS
-                   else f"not an image file (extension '{p.suffix}')")
-            skipped.append({"path": str(p), "reason": why})
-    samples.sort()
-    if not samples:
-        raise DatasetError(f"no labelled images under {src} ({len(skipped)} files skipped)")
-    return Inputs(classes, samples, skipped)
+    classes = load_class_list(cfg.classes_from) if cfg.classes_from else None
+    scan = scan_labelled_flat(cfg.src, cfg.labels, classes)
+    return Inputs(scan.classes, scan.samples,
+                  [{"path": s.path, "reason": s.reason} for s in scan.skipped])
 
 
 def label_counts(samples: list[tuple[str, int]], skipped: list[dict]) -> dict[str, int]:
