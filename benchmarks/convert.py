@@ -11,7 +11,8 @@ limit and JPEG quality, in one run, for each worker count (default 1 and 2):
 
 Each converter writes to a fresh folder under ``scratch`` that is deleted afterwards; the
 order of converters is rotated between repeats and the median of ``repeats`` runs is
-reported. ``images_per_core_s`` is images/s divided by the worker count (each converter is
+reported. ``cpu_s`` is the CPU time (user + system) of the converter's process tree.
+``images_per_core_s`` is images/s divided by the worker count (each converter is
 given that many processes; on a machine with that many idle cores that is the cores used);
 ``speedup_per_core`` is the ratio to the FFCV writer at the same worker count; ``scaling``
 is images/s at this worker count over images/s of the same converter at the first one.
@@ -30,7 +31,8 @@ from .harness import BenchmarkResult, PlotSpec
 
 CONVERTERS = ("ffcv-writer", "dino-convert ffcv", "dino-convert wds")
 COLUMNS = ["converter", "workers", "images", "seconds", "images_per_s", "images_per_core_s",
-           "speedup_per_core", "scaling", "verify_s", "output_mb", "runs_s"]
+           "speedup_per_core", "scaling", "cpu_s", "images_per_cpu_s", "speedup_per_cpu_s",
+           "verify_s", "output_mb", "runs_s"]
 CONVERT_PLOT = PlotSpec(x="workers", group=("converter",), kind="line", xlabel="workers",
                         panels=(("images/s", ("images_per_s",)),
                                 ("images per core-second", ("images_per_core_s",))))
@@ -97,16 +99,29 @@ def run_dino_convert(fmt: str, src: Path, out: Path, workers: int, max_side: int
     return OURS[fmt](cfg).num_samples
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended (the
+    converters' worker processes, reaped here first)."""
+    import multiprocessing
+    import resource
+
+    multiprocessing.active_children()  # joins finished workers, so their time counts
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def _timed(name: str, src: Path, out: Path, workers: int, cfg: ConvertBenchConfig
-           ) -> tuple[float, int, float, float]:
-    """(seconds, images, output MB, verify seconds) of one converter run into ``out``."""
+           ) -> tuple[float, int, float, float, float]:
+    """(seconds, images, output MB, verify seconds, CPU seconds) of one converter run."""
     out.mkdir(parents=True)
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     if name == "ffcv-writer":
         n = run_ffcv_writer(src, out, workers, cfg.max_side, cfg.quality)
     else:
         n = run_dino_convert(name.split()[-1], src, out, workers, cfg.max_side, cfg.quality)
     seconds = time.perf_counter() - t0
+    time.sleep(0.2)  # FFCV's writer does not join its processes: let them end and be reaped
+    cpu = cpu_seconds() - c0
     mb = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 1e6
     verify_s = float("nan")
     if cfg.verify and name != "ffcv-writer":
@@ -115,7 +130,7 @@ def _timed(name: str, src: Path, out: Path, workers: int, cfg: ConvertBenchConfi
         verify_output(out, workers=workers)
         verify_s = time.perf_counter() - t1
     shutil.rmtree(out)
-    return seconds, n, mb, verify_s
+    return seconds, n, mb, verify_s, cpu
 
 
 def measure(src: Path, cfg: ConvertBenchConfig, log=print) -> list[dict]:
@@ -127,7 +142,7 @@ def measure(src: Path, cfg: ConvertBenchConfig, log=print) -> list[dict]:
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="dino-bench-convert-", dir=cfg.scratch))
     try:
-        runs: dict[tuple[str, int], list[tuple[float, int, float, float]]] = {}
+        runs: dict[tuple[str, int], list[tuple[float, int, float, float, float]]] = {}
         for rep in range(cfg.repeats):
             for w in cfg.workers:
                 order = CONVERTERS[rep % 3:] + CONVERTERS[:rep % 3]
@@ -143,6 +158,8 @@ def measure(src: Path, cfg: ConvertBenchConfig, log=print) -> list[dict]:
                          "images_per_s": round(n / secs, 1),
                          "images_per_core_s": round(n / secs / w, 1),
                          "verify_s": round(statistics.median(r[3] for r in rs), 3),
+                         "cpu_s": round(statistics.median(r[4] for r in rs), 3),
+                         "images_per_cpu_s": round(n / statistics.median(r[4] for r in rs), 1),
                          "output_mb": round(rs[0][2], 1),
                          "runs_s": " ".join(f"{r[0]:.2f}" for r in rs)})
     finally:
@@ -153,6 +170,7 @@ def measure(src: Path, cfg: ConvertBenchConfig, log=print) -> list[dict]:
         first = by.get((r["converter"], cfg.workers[0]))
         r["speedup_per_core"] = round(r["images_per_s"] / base["images_per_s"], 2)
         r["scaling"] = round(r["images_per_s"] / first["images_per_s"], 2)
+        r["speedup_per_cpu_s"] = round(r["images_per_cpu_s"] / base["images_per_cpu_s"], 2)
     rows.sort(key=lambda r: (CONVERTERS.index(r["converter"]), r["workers"]))
     return rows
 
@@ -189,4 +207,7 @@ def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
             "seconds: wall time of the conversion alone (median of the repeats; runs_s lists "
             "them); dino-convert ran with --no-verify, verify_s is its read-back check run "
             "afterwards (a full decode of every stored image with the format's own reader).",
-            "images_per_core_s = images/s / workers."])
+            "images_per_core_s = images/s / workers (wall clock: on a shared machine another "
+            "process's load lowers it and the scaling); cpu_s = CPU seconds of the converter's "
+            "process and its workers (user + system), images_per_cpu_s and speedup_per_cpu_s "
+            "on that basis, which other load barely moves."])

@@ -29,6 +29,8 @@ def test_rows_and_ratios(folder, tmp_path):
         assert r["speedup_per_core"] == pytest.approx(r["images_per_s"] / base, rel=0.02)
         first = by[(r["converter"], 1)]["images_per_s"]
         assert r["scaling"] == pytest.approx(r["images_per_s"] / first, rel=0.02)
+        assert r["cpu_s"] > 0 and r["images_per_cpu_s"] == pytest.approx(10 / r["cpu_s"],
+                                                                          rel=0.02)
     assert list(tmp_path.iterdir()) == []  # outputs removed
     lines = summary(rows, (1, 2))
     assert len(lines) == 2 and "goal >= 1.5x" in lines[0] and "goal >= 3.0x" in lines[1]
