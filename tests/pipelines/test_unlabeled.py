@@ -75,3 +75,17 @@ def test_knn_at_the_end_is_skipped_with_a_reason():
     assert "no train/ and val/" in knn_skip_reason(labelled)
     assert knn_skip_reason(SimpleNamespace(loader=SimpleNamespace(classes=["a"]),
                                            knn_root=Path("/x"))) is None
+
+
+def test_dino_train_on_an_unlabeled_folder_skips_knn_with_a_reason(photos, tmp_path, caplog):
+    """A real (tiny) training run with knn_eval on: it trains, then says why no k-NN."""
+    import logging
+
+    from dino_core.train import train
+    from tests.dino_core.train_helpers import tiny_config
+
+    cfg = tiny_config(photos, tmp_path / "run", epochs=1, iters=1, extra=["knn_eval=true"])
+    with caplog.at_level(logging.INFO, logger="dino_core.train"):
+        summary = train(cfg)
+    assert "knn" not in summary and "unlabeled" in summary["knn_skipped"]
+    assert any("k-NN evaluation skipped" in r.getMessage() for r in caplog.records)
