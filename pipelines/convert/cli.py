@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = convert(cfg)
-    except (FileNotFoundError, ValueError, NotADirectoryError) as e:
+    except (FileNotFoundError, ValueError, NotADirectoryError, RuntimeError) as e:
         print(f"dino-convert: error: {e}", file=sys.stderr)
         return 2
     for s in manifest.skipped:

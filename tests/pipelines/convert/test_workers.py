@@ -40,3 +40,26 @@ def test_an_exception_in_a_worker_comes_back_with_its_traceback():
 def test_a_dead_worker_is_noticed():
     with pytest.raises(RuntimeError, match="died"):
         list(run_ordered(Square(), [1, "die", 3, 4, 5], 2))
+
+
+@pytest.mark.parametrize("fmt", ["wds", pytest.param("ffcv", marks=pytest.mark.ffcv)])
+def test_a_worker_killed_mid_conversion_is_a_clear_error_and_nothing_is_published(
+        tmp_path, monkeypatch, capsys, fmt):
+    from pipelines.convert import prepare
+    from pipelines.convert.cli import main as convert_main
+    from tests.pipelines.images import write_image_folder
+
+    src = write_image_folder(tmp_path / "src", num_classes=2, per_class=3)
+    real = prepare.prepare_image
+
+    def dies(path, *args, **kwargs):
+        if path.endswith("_001.jpg"):
+            os._exit(9)  # as if the OOM killer took the worker
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(prepare, "prepare_image", dies)  # forked workers inherit it
+    status = convert_main(["--format", fmt, "--workers", "2", "--no-progress",
+                           "--shard-size", "2", str(src), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2 and "worker died" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
