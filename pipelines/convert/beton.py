@@ -3,8 +3,8 @@
 Output in ``cfg.dst``: ``<src folder name>.beton`` with fields ``image`` (FFCV
 RGBImageField: longer side at most ``max_side``; stored as JPEG, raw pixels, or a mix with
 ``compress_probability`` JPEG) and ``label`` (IntField: the class index, -1 when unlabeled),
-then ``manifest.json`` (classes, count, checksum, skipped files and why, options), written
-last. The layout is FFCV's own (``beton_layout``); FFCV's ``Reader``/``Loader`` read it.
+then ``manifest.json`` (classes, count, checksum (``beton_layout.block_digest``), skipped
+files and why, options), written last. The layout is FFCV's own (``beton_layout``); FFCV's ``Reader``/``Loader`` read it.
 
 How: worker processes read each input once (``prepare.prepare_image``): a JPEG that is
 already RGB, upright and small enough is stored byte for byte without being decoded;
@@ -22,6 +22,7 @@ Running the same conversion again after it finished is a no-op.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ import numpy as np
 
 from . import prepare
 from .beton_layout import (ALLOC_ENTRY, MODE_JPG, MODE_RAW, PAGE_SIZE, SAMPLE_META,
-                           PageFiller, data_start, field_descriptors, header, metadata_offset)
-from .common import ConvertConfig, Manifest, sha256_file
+                           PageFiller, combine_block_digests, data_start, field_descriptors,
+                           header, metadata_offset)
+from .common import ConvertConfig, Manifest
 from .progress import Progress
 from .sources import Inputs, label_counts, list_inputs
 from .workers import run_ordered
@@ -124,10 +126,11 @@ class _BetonJob:
                                        p.width, p.height, p.how), None))
         return out
 
-    def finish(self, filler: PageFiller) -> None:
+    def finish(self, filler: PageFiller) -> dict[int, bytes]:
         filler.flush()
         os.fsync(filler.fd)
         os.close(filler.fd)
+        return filler.digests
 
 
 def _fsync(path: Path) -> None:
@@ -139,8 +142,9 @@ def _fsync(path: Path) -> None:
 
 
 def write_beton(inputs: Inputs, cfg: ConvertConfig, tmp: Path, progress: Progress
-                ) -> tuple[int, list[dict], dict[str, int]]:
-    """Stream every input into ``tmp``; return (samples stored, skipped lines, counts by how)."""
+                ) -> tuple[int, list[dict], dict[str, int], str]:
+    """Stream every input into ``tmp``; return (samples stored, skipped lines, counts by how,
+    the file's ``block_digest``)."""
     import multiprocessing
 
     samples = inputs.samples
@@ -160,7 +164,8 @@ def write_beton(inputs: Inputs, cfg: ConvertConfig, tmp: Path, progress: Progres
     skipped: list[dict] = []
     how: dict[str, int] = {}
     n = 0
-    for chunk in run_ordered(job, tasks, cfg.workers):
+    page_digests: dict[int, bytes] = {}
+    for chunk in run_ordered(job, tasks, cfg.workers, on_finish=page_digests.update):
         for index, label, stored, reason in chunk:
             if stored is None:
                 skipped.append({"path": samples[index][0], "reason": reason})
@@ -184,7 +189,23 @@ def write_beton(inputs: Inputs, cfg: ConvertConfig, tmp: Path, progress: Progres
         os.fsync(fd)
     finally:
         os.close(fd)
-    return n, skipped, how
+    return n, skipped, how, _digest(tmp, start, table_at, page_size, page_digests)
+
+
+def _digest(path: Path, start: int, table_at: int, page_size: int,
+            pages: dict[int, bytes]) -> str:
+    """``block_digest`` of the finished file from the workers' page digests: only the head
+    and the allocation table are read and hashed here."""
+    digests = []
+    with open(path, "rb") as f:
+        for _ in range(0, start, page_size):
+            digests.append(hashlib.sha256(f.read(page_size)).digest())
+        for page in range((table_at - start) // page_size):
+            digests.append(pages[page])
+        f.seek(table_at)
+        while chunk := f.read(page_size):
+            digests.append(hashlib.sha256(chunk).digest())
+    return combine_block_digests(digests)
 
 
 def convert(cfg: ConvertConfig) -> Manifest:
@@ -202,7 +223,7 @@ def convert(cfg: ConvertConfig) -> Manifest:
     (dst / MANIFEST).unlink(missing_ok=True)  # from here on dst holds no finished dataset
     tmp = dst / f".{name}.partial"
     with Progress(len(inputs.samples), "dino-convert ffcv", cfg.progress) as progress:
-        n, bad, how = write_beton(inputs, cfg, tmp, progress)
+        n, bad, how, digest = write_beton(inputs, cfg, tmp, progress)
     skipped = inputs.skipped + bad
     if n == 0:
         tmp.unlink(missing_ok=True)
@@ -215,7 +236,7 @@ def convert(cfg: ConvertConfig) -> Manifest:
     manifest = Manifest(
         format="ffcv", classes=inputs.classes, num_samples=n,
         shards=[{"name": name, "count": n, "bytes": beton.stat().st_size,
-                 "sha256": sha256_file(beton)}],
+                 "sha256_blocks": digest, "block_size": page_size_for(cfg)}],
         skipped=skipped, options=_options(cfg), labelled=inputs.labelled, stored=how,
         seconds=progress.seconds, label_counts=label_counts(inputs.samples, skipped))
     manifest.save(dst / MANIFEST)

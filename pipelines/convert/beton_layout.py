@@ -14,12 +14,18 @@ A .beton with an ``image`` (FFCV ``RGBImageField``) and a ``label`` (``IntField`
                                 the absolute file offset of its bytes
     end             alloc table per stored blob: sample_id u8, ptr u8, size u8
 
+Checksum: ``block_digest`` is the sha256 of the concatenated sha256 digests of the file's
+consecutive ``page_size`` blocks (the last one may be short). The data pages are exactly
+such blocks, so each worker hashes the pages it writes and the main process only hashes the
+head (header, fields, metadata) and the allocation table: no serial pass over the file.
+
 Our writer reserves metadata room for every input (the good ones are known only at the
 end), so the data region starts after ``inputs`` entries; only ``num_samples`` are read.
 ``tests/pipelines/convert/test_beton_layout.py`` checks these dtypes against FFCV's own.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -70,6 +76,23 @@ def header(num_samples: int, alloc_table_ptr: int, page_size: int = PAGE_SIZE) -
     return h.tobytes()
 
 
+def block_digest(path: str, block: int) -> str:
+    """The checksum of the file at ``path`` as defined above (the simple sequential twin of
+    the writer's distributed computation)."""
+    outer = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            outer.update(hashlib.sha256(chunk).digest())
+    return outer.hexdigest()
+
+
+def combine_block_digests(digests: list[bytes]) -> str:
+    outer = hashlib.sha256()
+    for d in digests:
+        outer.update(d)
+    return outer.hexdigest()
+
+
 class PageFiller:
     """One worker's current data page: samples are packed into it until the next one would
     not fit; then the page is written at its own place in the file (``os.pwrite``) and a
@@ -80,6 +103,7 @@ class PageFiller:
         self.page = -1
         self.buf = bytearray(page_size)
         self.used = 0
+        self.digests: dict[int, bytes] = {}  # page -> sha256 of the full page written
 
     def _new_page(self) -> None:
         with self.counter.get_lock():
@@ -92,6 +116,7 @@ class PageFiller:
         if self.page >= 0 and self.used:
             self.buf[self.used:] = bytes(self.page_size - self.used)
             os.pwrite(self.fd, self.buf, self.start + self.page * self.page_size)
+            self.digests[self.page] = hashlib.sha256(self.buf).digest()
         self.page, self.used = -1, 0
 
     def put(self, data: bytes) -> int:

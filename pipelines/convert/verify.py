@@ -2,7 +2,8 @@
 
 Checks, against ``DST/manifest.json``:
 
-- checksums: every shard (.tar) or the .beton hashes to the manifest's sha256;
+- checksums: every shard (.tar) hashes to the manifest's sha256, the .beton to its
+  ``sha256_blocks`` (``beton_layout.block_digest``);
 - count: the reader yields exactly ``num_samples`` samples;
 - labels: every label is a class index (or -1 for an unlabeled dataset) and the count per
   label equals the manifest's ``label_counts``;
@@ -103,6 +104,13 @@ def _ffcv_in_child(beton: Path, workers: int) -> tuple[int, Counter]:
     return out["count"], Counter({int(k): v for k, v in out["labels"].items()})
 
 
+def _checksum(path: Path, entry: dict) -> str:
+    if "sha256_blocks" in entry:  # .beton: digest of page-sized block digests
+        from .beton_layout import block_digest
+        return block_digest(str(path), int(entry["block_size"]))
+    return sha256_file(path)
+
+
 def verify_output(dst: str | Path, workers: int | None = None) -> VerifyReport:
     """Check ``dst`` (a converted dataset folder) with its format's reader; never raises for
     a mismatch (the report lists it), only for a folder that is not a dataset at all."""
@@ -114,7 +122,7 @@ def verify_output(dst: str | Path, workers: int | None = None) -> VerifyReport:
         path = dst / s["name"]
         if not path.is_file():
             report.problems.append(f"{path.name} is missing")
-        elif sha256_file(path) != s["sha256"]:
+        elif _checksum(path, s) != s.get("sha256", s.get("sha256_blocks")):
             report.problems.append(f"{path.name}: checksum differs from the manifest")
     if report.problems:
         return report

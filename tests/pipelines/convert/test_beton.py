@@ -15,7 +15,8 @@ from ffcv.reader import Reader  # noqa: E402
 
 from pipelines.convert import beton, prepare  # noqa: E402
 from pipelines.convert.cli import main as convert_main  # noqa: E402
-from pipelines.convert.common import ConvertConfig, Manifest, sha256_file  # noqa: E402
+from pipelines.convert.beton_layout import block_digest  # noqa: E402
+from pipelines.convert.common import ConvertConfig, Manifest  # noqa: E402
 from pipelines.folder import DatasetError, scan_image_folder  # noqa: E402
 from tests.pipelines.images import photo_crop, write_bad_files, write_image_folder  # noqa: E402
 
@@ -94,7 +95,8 @@ def test_manifest_lists_bad_files_with_reasons_and_describes_the_file(folder, co
     assert not any(n in skipped for n in ("big.jpg", "cmyk.jpg", "gray.jpg", "dot.jpg"))
     shard = manifest.shards[0]
     assert shard["name"] == "train.beton" and shard["count"] == manifest.num_samples
-    assert shard["sha256"] == sha256_file(dst / "train.beton")
+    assert shard["sha256_blocks"] == block_digest(str(dst / "train.beton"), shard["block_size"])
+    assert shard["block_size"] == Reader(str(dst / "train.beton")).page_size
     assert shard["bytes"] == (dst / "train.beton").stat().st_size
     assert Manifest.load(dst / "manifest.json") == manifest
     assert sorted(p.name for p in dst.iterdir()) == ["manifest.json", "train.beton"]
