@@ -19,6 +19,7 @@ is images/s at this worker count over images/s of the same converter at the firs
 """
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -195,7 +196,9 @@ def summary(rows: list[dict], workers: tuple[int, ...]) -> list[str]:
 def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
     scratch = Path(tempfile.mkdtemp(prefix="dino-bench-data-"))
     data = prepare_data(cfg.source, scratch, progress=True)
+    load_before = os.getloadavg()
     rows = measure(Path(data.root), cfg)
+    load_after = os.getloadavg()
     shutil.rmtree(scratch, ignore_errors=True)
     settings = {k: v for k, v in asdict(cfg).items() if k != "source"}
     return BenchmarkResult(
@@ -207,6 +210,10 @@ def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
             "seconds: wall time of the conversion alone (median of the repeats; runs_s lists "
             "them); dino-convert ran with --no-verify, verify_s is its read-back check run "
             "afterwards (a full decode of every stored image with the format's own reader).",
+            f"machine load average (1/5/15 min) before: "
+            f"{' '.join(f'{v:.2f}' for v in load_before)}, after: "
+            f"{' '.join(f'{v:.2f}' for v in load_after)} (other processes' load competes "
+            "for the same cores).",
             "images_per_core_s = images/s / workers (wall clock: on a shared machine another "
             "process's load lowers it and the scaling); cpu_s = CPU seconds of the converter's "
             "process and its workers (user + system), images_per_cpu_s and speedup_per_cpu_s "
