@@ -208,8 +208,9 @@ def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
         rows=rows, columns=COLUMNS, config=settings, **data.result_fields(),
         notes=summary(rows, cfg.workers) + [
             "seconds: wall time of the conversion alone (median of the repeats; runs_s lists "
-            "them); dino-convert ran with --no-verify, verify_s is its read-back check run "
-            "afterwards (a full decode of every stored image with the format's own reader).",
+            "them); dino-convert ran with --no-verify; verify_s is its read-back check run "
+            "afterwards (a full decode of every stored image with the format's own reader)"
+            + ("." if cfg.verify else ", not measured in this run (--no-verify)."),
             f"machine load average (1/5/15 min) before: "
             f"{' '.join(f'{v:.2f}' for v in load_before)}, after: "
             f"{' '.join(f'{v:.2f}' for v in load_after)} (other processes' load competes "
