@@ -55,6 +55,10 @@ HELP = {
             "to the same callback drawing per sample in Python; DALI's own decode and "
             "augmentation are not included. Read: cores_for_8000, the cores the feed alone "
             "needs at the GPU goal of 8,000 images/s (want well under 1).",
+    "convert": "dino-convert --format ffcv and --format wds next to FFCV's own DatasetWriter "
+               "(RGBImageField jpg, same max side 500 and quality 90, same workers) on the "
+               "ImageNet-like corpus, at 1 and 2 workers, in one run. Read: speedup_per_core "
+               "(goals: ffcv >= 1.5x, wds >= 3x) and scaling (near the worker ratio).",
     "photometric": "the fused photometric kernel on one multi-crop batch (64 images x (2 x "
                    "224 + 10 x 96) uint8 crops -> normalised bf16) under CUDA-graph capture, "
                    "with GB/s against the bytes it must move, next to the torch ops. Read: "
@@ -264,7 +268,21 @@ def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     return run_photometric_benchmark(cfg, device, argv), PHOTOMETRIC_PLOT
 
 
-COMMANDS = {"patch": cmd_patch, "pipeline": cmd_pipeline, "loss": cmd_loss, "step": cmd_step,
+def cmd_convert(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .bench_data import DataChoice
+    from .convert import CONVERT_PLOT, ConvertBenchConfig, run_convert_benchmark
+
+    images = args.corpus_images or (QUICK_CONVERT_IMAGES if args.quick
+                                    else DataChoice.corpus_images)
+    source = DataChoice(data=args.data, corpus_dir=args.corpus_dir, corpus_images=images)
+    cfg = ConvertBenchConfig(source=source, workers=tuple(args.workers), max_side=args.max_side,
+                             quality=args.quality, repeats=args.repeats, scratch=args.scratch,
+                             verify=not args.no_verify)
+    return run_convert_benchmark(cfg, describe_machine(device, argv)), CONVERT_PLOT
+
+
+QUICK_CONVERT_IMAGES = 256
+COMMANDS = {"patch": cmd_patch, "convert": cmd_convert, "pipeline": cmd_pipeline, "loss": cmd_loss, "step": cmd_step,
             "e2e": cmd_e2e, "feed": cmd_feed, "photometric": cmd_photometric}
 
 
@@ -346,6 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-batches", type=int, help="untimed batches first (at least)")
     p.add_argument("--warmup-seconds", type=float,
                    help="untimed seconds first (at least; default on CUDA 3)")
+
+    p = sub.add_parser("convert", help="dino-convert vs FFCV's writer, images/s per core",
+                       description=HELP["convert"])
+    _common(p)
+    p.add_argument("--data", help="your own ImageFolder (default: the ImageNet-like corpus)")
+    p.add_argument("--corpus-dir", help="cache folder of the corpus (default $DINO_FAST_CACHE "
+                   "or ~/.cache/dino-fast)")
+    p.add_argument("--corpus-images", type=int, help="images in the corpus (default 8192; "
+                   f"quick {QUICK_CONVERT_IMAGES})")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                   help="worker counts to measure (default 1 2); scaling is against the first")
+    p.add_argument("--max-side", type=int, default=500, help="longer-side limit (default 500)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per converter (median)")
+    p.add_argument("--scratch", help="folder for the outputs (default: the system temp folder)")
+    p.add_argument("--no-verify", action="store_true", help="do not time --verify")
 
     p = sub.add_parser("loss", help="DINO loss time and memory per implementation",
                        description=HELP["loss"])

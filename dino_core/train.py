@@ -239,7 +239,11 @@ def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
         _maybe_resume(run, out, resume_from)
         run.gate.signals.install()  # SIGTERM / SIGUSR1: checkpoint after this step, stop
         summary = _train_epochs(run, out)
-        if cfg.knn_eval and run.knn_root is not None:  # every rank extracts its shard
+        skip = knn_skip_reason(run) if cfg.knn_eval else None
+        if skip is not None:
+            log.info("k-NN evaluation skipped: %s", skip)
+            summary["knn_skipped"] = skip
+        elif cfg.knn_eval:  # every rank extracts its shard
             from .eval.knn import knn_accuracy
             summary["knn"] = knn_accuracy(run.teacher.backbone, run.knn_root, run.device)
         return summary
@@ -247,6 +251,15 @@ def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
         run.gate.signals.restore()
         run.loader.close()
         dist_utils.shutdown()
+
+
+def knn_skip_reason(run: Run) -> str | None:
+    """Why the k-NN evaluation at the end cannot run (one line), or None when it can."""
+    if not getattr(run.loader, "classes", None):
+        return "the training data is unlabeled (no classes to evaluate against)"
+    if run.knn_root is None:
+        return "no train/ and val/ folders next to the training data"
+    return None
 
 
 def _train_epochs(run: Run, out: Path) -> dict:

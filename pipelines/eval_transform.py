@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .folder import Skipped, scan_image_folder
+from .folder import FolderScan, Skipped, scan_image_folder
 from .reference import RESAMPLE, to_normalized_tensor
 from .reference_loader import SampleReader, report_skipped
 from .spec import AugmentationSpec, SpecError
@@ -74,7 +74,8 @@ class EvalTransform:
 
 
 class EvalImageFolder(Dataset):
-    """``root/<class>/<image>`` -> (float32 [3, crop, crop], label), for feature extraction.
+    """``root/<class>/<image>`` -> (float32 [3, crop, crop], label), for feature extraction
+    (or the samples of a ready ``scan``, e.g. a flat val folder with a labels file).
 
     Files the scan rejects are logged and left out; an image that fails to decode later is
     logged and replaced by the next decodable sample (see ``SampleReader``), never fatal.
@@ -83,8 +84,9 @@ class EvalImageFolder(Dataset):
     def __init__(self, root: str | Path, resize: int = 256, crop: int = 224,
                  mean: tuple[float, float, float] = _DEFAULT_SPEC.mean,
                  std: tuple[float, float, float] = _DEFAULT_SPEC.std,
-                 interpolation: str = _DEFAULT_SPEC.interpolation) -> None:
-        scan = scan_image_folder(root)
+                 interpolation: str = _DEFAULT_SPEC.interpolation,
+                 scan: FolderScan | None = None) -> None:
+        scan = scan if scan is not None else scan_image_folder(root)
         report_skipped(scan.skipped)
         self.root = scan.root
         self.classes: list[str] = scan.classes

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+UNLABELED = -1  # the label of every sample of an unlabeled folder
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -35,6 +36,10 @@ class FolderScan:
     classes: list[str]
     samples: list[tuple[str, int]]
     skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -103,13 +108,57 @@ def _walk_files(class_dir: Path, skipped: list[Skipped]) -> list[Path]:
     return out
 
 
-def scan_image_folder(root: str | Path, verify: bool = False) -> FolderScan:
-    """Scan ``root/<class>/...``. Raises DatasetError only when nothing usable is there."""
+def is_unlabeled_folder(root: Path) -> bool:
+    """Auto-detection: image files directly in ``root`` (an ImageFolder never has any) make
+    it an unlabeled folder; class folders alone make it an ImageFolder."""
+    try:
+        return any(e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
+                   for e in os.scandir(root))
+    except OSError:
+        return False
+
+
+def _accept(f: Path, skipped: list[Skipped], verify: bool) -> bool:
+    """Whether file ``f`` is a usable image candidate; if not, why goes to ``skipped``."""
+    if f.suffix.lower() not in IMAGE_EXTENSIONS:
+        skipped.append(Skipped(str(f), f"not an image file (extension '{f.suffix}')"))
+        return False
+    if not os.access(f, os.R_OK):
+        skipped.append(Skipped(str(f), "permission denied"))
+        return False
+    if f.stat().st_size == 0:
+        skipped.append(Skipped(str(f), "zero-byte file"))
+        return False
+    if verify:
+        reason = check_image(f)
+        if reason is not None:
+            skipped.append(Skipped(str(f), reason))
+            return False
+    return True
+
+
+def scan_unlabeled(root: Path, verify: bool = False) -> FolderScan:
+    """Every image below ``root`` at any depth, in sorted path order, label -1, no classes."""
+    skipped: list[Skipped] = []
+    samples = [(str(f), UNLABELED) for f in _walk_files(root, skipped)
+               if _accept(f, skipped, verify)]
+    if not samples:
+        raise DatasetError(f"no usable images under {root} ({len(skipped)} files skipped)")
+    return FolderScan(root, [], samples, skipped)
+
+
+def scan_image_folder(root: str | Path, verify: bool = False,
+                      unlabeled: bool | None = None) -> FolderScan:
+    """Scan ``root/<class>/...`` (or, unlabeled, every image below ``root``; ``None``:
+    auto-detected by ``is_unlabeled_folder``). Raises DatasetError only when nothing usable
+    is there."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"dataset path does not exist: {root}")
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a directory: {root}")
+    if unlabeled or (unlabeled is None and is_unlabeled_folder(root)):
+        return scan_unlabeled(root, verify)
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: p.name)
     if not class_dirs:
@@ -120,21 +169,8 @@ def scan_image_folder(root: str | Path, verify: bool = False) -> FolderScan:
     for label, cdir in enumerate(class_dirs):
         n_before = len(samples)
         for f in _walk_files(cdir, skipped):
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append(Skipped(str(f), f"not an image file (extension '{f.suffix}')"))
-                continue
-            if not os.access(f, os.R_OK):
-                skipped.append(Skipped(str(f), "permission denied"))
-                continue
-            if f.stat().st_size == 0:
-                skipped.append(Skipped(str(f), "zero-byte file"))
-                continue
-            if verify:
-                reason = check_image(f)
-                if reason is not None:
-                    skipped.append(Skipped(str(f), reason))
-                    continue
-            samples.append((str(f), label))
+            if _accept(f, skipped, verify):
+                samples.append((str(f), label))
         if len(samples) == n_before:
             skipped.append(Skipped(str(cdir), "empty class folder (no usable images)"))
     if not samples:

@@ -1,6 +1,8 @@
 """Image datasets of the evaluation protocols.
 
-- ``open_eval_splits(root)``: ``root/train`` and ``root/val`` through the evaluation transform
+- ``open_eval_splits(root)``: ``root/train`` and ``root/val`` (class folders, or ImageNet's
+  flat val folder with ``LOC_val_solution.csv`` / a ``filename,class`` CSV next to it, labelled
+  with the training split's classes) through the evaluation transform
   of ``pipelines.eval_transform`` (Resize shorter side 256 bicubic, CenterCrop 224, normalise),
   with a check that both splits have the same classes (else labels would silently differ).
 - ``ProbeTrainFolder``: the linear probe's training view, a random resized crop (the
@@ -32,12 +34,29 @@ def split_dirs(root: str | Path) -> tuple[Path, Path]:
     return dirs
 
 
+def flat_val_scan(val_dir: Path, classes: list[str]):
+    """ImageNet's val layout: images directly in ``val_dir`` and a labels file next to it or
+    inside it (``pipelines.labels_file``), labelled with the training split's ``classes``;
+    None for a class-folder val split."""
+    from pipelines.folder import is_unlabeled_folder
+    from pipelines.labels_file import LABELS_FILE_NAMES, find_labels_file, scan_labelled_flat
+
+    if not is_unlabeled_folder(val_dir):
+        return None
+    labels = find_labels_file(val_dir)
+    if labels is None:
+        raise DatasetError(f"{val_dir} holds images without class folders, and no labels file "
+                           f"({' or '.join(LABELS_FILE_NAMES)}) is next to it or inside it")
+    return scan_labelled_flat(val_dir, labels, classes)
+
+
 def open_eval_splits(root: str | Path) -> tuple[Dataset, Dataset, list[str]]:
     """(train, val, classes): both splits under the evaluation transform, same classes."""
     from pipelines.eval_transform import EvalImageFolder
 
     train_dir, val_dir = split_dirs(root)
-    train, val = EvalImageFolder(train_dir), EvalImageFolder(val_dir)
+    train = EvalImageFolder(train_dir)
+    val = EvalImageFolder(val_dir, scan=flat_val_scan(val_dir, train.classes))
     if list(train.classes) != list(val.classes):
         only = sorted(set(train.classes) ^ set(val.classes))
         raise DatasetError(f"{train_dir} and {val_dir} have different class folders "

@@ -1,110 +1,53 @@
-"""``dino-convert --format ffcv``: an image folder to one .beton, with FFCV's writer.
+"""``dino-convert --format ffcv``: an image folder to one .beton, with our streaming writer.
 
 Output in ``cfg.dst``: ``<src folder name>.beton`` with fields ``image`` (FFCV
-RGBImageField: longer side at most ``max_side``, stored as JPEG of ``jpeg_quality``, raw
-pixels, or a mix with ``compress_probability`` JPEG) and ``label`` (IntField, the index of
-the class folder in sorted order), then ``manifest.json`` (classes, count, checksum, skipped
-files and why, options), written last.
+RGBImageField: longer side at most ``max_side``; stored as JPEG, raw pixels, or a mix with
+``compress_probability`` JPEG) and ``label`` (IntField: the class index, -1 when unlabeled),
+then ``manifest.json`` (classes, count, checksum (``beton_layout.block_digest``), skipped
+files and why, options), written last. The layout is FFCV's own (``beton_layout``); FFCV's ``Reader``/``Loader`` read it.
 
-Reliability: FFCV's writer stops (or hangs) on the first file it cannot read, so every file
-is first decoded in parallel (``pipelines.folder.check_image``) and the bad ones are skipped
-and reported. The writer writes to a hidden ``.<name>.partial`` file renamed only when
-complete, and the old manifest is removed before, so an interrupted run never leaves a
-.beton a reader accepts. Running the same conversion again after it finished is a no-op.
-A file that turns bad between the check and the write (changed on disk meanwhile) fails
-the conversion with its name, leaving nothing behind.
+How: worker processes read each input once (``prepare.prepare_image``): a JPEG that is
+already RGB, upright and small enough is stored byte for byte without being decoded;
+anything else is decoded once, converted and re-encoded. Each worker packs what it made
+into its own data page and writes full pages straight into the file at pages it claims
+from a shared counter (as FFCV's writer does); the main process only collects the small
+per-sample records in input order and, at the end, writes the metadata, allocation table
+and header. Memory is flat: a bounded number of tasks is in flight, one page per worker.
+
+Reliability: a bad file is skipped with its reason and never costs a good image. The file
+is written as a hidden ``.<name>.partial`` and renamed only when complete; the old manifest
+is removed first, so an interrupted run never leaves a .beton a reader accepts. There is no
+resume for .beton: a run after an interruption starts the file again from the beginning.
+Running the same conversion again after it finished is a no-op.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
+import hashlib
 import os
-import warnings
-from multiprocessing import Pool
+import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
 
-from ..folder import DatasetError, Skipped, check_image, scan_image_folder
-from .common import ConvertConfig, Manifest, fsync_path, sha256_file
+from . import prepare
+from .beton_layout import (ALLOC_ENTRY, MODE_JPG, MODE_RAW, PAGE_SIZE, SAMPLE_META,
+                           PageFiller, combine_block_digests, data_start, field_descriptors,
+                           header, metadata_offset)
+from .common import ConvertConfig, Manifest, fsync_path
+from .progress import Progress
+from .sources import Inputs, label_counts, list_inputs
+from .workers import run_ordered
 
 WRITE_MODES = ("raw", "jpg", "proportion")
 MANIFEST = "manifest.json"
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 [H, W, 3] RGB; transparency is composited on white."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-                rgb.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                rgb = im.convert("RGB")
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-class FolderImages:
-    """The indexable dataset FFCV's writer reads: item i -> (uint8 [H, W, 3], label).
-
-    Never raises (an exception inside FFCV's writer processes hangs the writer): a file
-    that fails is recorded in ``failures_dir`` and replaced by a 1x1 placeholder, and the
-    caller discards the whole output.
-    """
-
-    def __init__(self, samples: list[tuple[str, int]], failures_dir: Path) -> None:
-        self.samples, self.failures_dir = samples, failures_dir
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        path, label = self.samples[i]
-        try:
-            return load_rgb(path), label
-        except Exception as e:  # hostile files raise many types
-            reason = f"{type(e).__name__}: {e}".replace("\n", " ")
-            with open(self.failures_dir / f"{os.getpid()}.txt", "a") as f:
-                f.write(f"{path}: {reason}\n")
-            return np.zeros((1, 1, 3), np.uint8), label
-
-
-def precheck(samples: list[tuple[str, int]], workers: int, progress: bool
-             ) -> tuple[list[tuple[str, int]], list[Skipped]]:
-    """Decode every file in parallel; split into good samples and skipped files."""
-    paths = [p for p, _ in samples]
-    chunk = max(1, min(64, len(paths) // (4 * workers) or 1))
-    with Pool(workers) as pool:
-        reasons = list(tqdm(pool.imap(check_image, paths, chunksize=chunk), total=len(paths),
-                            desc="checking images", disable=not progress, unit="img"))
-    good = [s for s, r in zip(samples, reasons) if r is None]
-    bad = [Skipped(p, r) for p, r in zip(paths, reasons) if r is not None]
-    return good, bad
-
-
-@contextlib.contextmanager
-def _writer_progress(writer_module, enabled: bool) -> Iterator[None]:
-    """FFCV's writer always draws a tqdm bar; swap in a disabled one when asked."""
-    if enabled:
-        yield
-        return
-    original = writer_module.tqdm
-    writer_module.tqdm = functools.partial(tqdm, disable=True)
-    try:
-        yield
-    finally:
-        writer_module.tqdm = original
+CHUNK = 16  # inputs per worker task
 
 
 def _options(cfg: ConvertConfig) -> dict:
     return {"max_side": cfg.max_side, "jpeg_quality": cfg.jpeg_quality,
-            "write_mode": cfg.write_mode, "compress_probability": cfg.compress_probability}
+            "write_mode": cfg.write_mode, "compress_probability": cfg.compress_probability,
+            "check": cfg.check}
 
 
 def _validate(cfg: ConvertConfig) -> None:
@@ -117,6 +60,16 @@ def _validate(cfg: ConvertConfig) -> None:
         raise ValueError(f"jpeg_quality must be in 1..100, got {cfg.jpeg_quality}")
     if cfg.max_side < 16:
         raise ValueError(f"max_side must be >= 16, got {cfg.max_side}")
+    if cfg.check not in prepare.CHECKS:
+        raise ValueError(f"check must be one of {prepare.CHECKS}, got {cfg.check!r}")
+
+
+def page_size_for(cfg: ConvertConfig) -> int:
+    """FFCV's default page, doubled until a raw image of ``max_side`` fits in one."""
+    size = PAGE_SIZE
+    while cfg.write_mode != "jpg" and size < cfg.max_side * cfg.max_side * 3:
+        size *= 2
+    return size
 
 
 def _finished(dst: Path, name: str, cfg: ConvertConfig) -> Manifest | None:
@@ -135,39 +88,123 @@ def _finished(dst: Path, name: str, cfg: ConvertConfig) -> Manifest | None:
     return manifest if same else None
 
 
-def _write_beton(samples: list[tuple[str, int]], cfg: ConvertConfig, tmp: Path) -> None:
-    """FFCV's DatasetWriter over ``samples`` into ``tmp``; raises if any file failed."""
-    import ffcv.writer
-    from ffcv.fields import IntField, RGBImageField
+@dataclass
+class _BetonJob:
+    """Worker side: prepare each input and place its bytes in this worker's page."""
 
-    failures_dir = tmp.with_name(tmp.name + ".failures")
-    failures_dir.mkdir(exist_ok=True)
+    path: str
+    data_at: int
+    page_size: int
+    counter: object  # multiprocessing.Value: the next free page
+    max_side: int
+    quality: int
+    write_mode: str
+    compress_probability: float
+    check: str
+
+    def start(self, worker_id: int) -> PageFiller:
+        return PageFiller(os.open(self.path, os.O_WRONLY), self.data_at, self.counter,
+                          self.page_size)
+
+    def _raw(self, index: int) -> bool:
+        if self.write_mode == "proportion":
+            return random.Random(index).random() >= self.compress_probability
+        return self.write_mode == "raw"
+
+    def run(self, filler: PageFiller, task: list[tuple[int, str, int]], tick) -> list[tuple]:
+        out = []
+        for index, path, label in task:
+            try:
+                raw = self._raw(index)
+                p = prepare.prepare_image(path, self.max_side, self.quality, raw=raw,
+                                          check=self.check)
+                ptr = filler.put(p.data)
+            except Exception as e:  # hostile input raises many types; one line each
+                out.append((index, label, None, prepare.describe_failure(e)))
+                continue
+            out.append((index, label, (ptr, len(p.data), MODE_RAW if raw else MODE_JPG,
+                                       p.width, p.height, p.how), None))
+        return out
+
+    def finish(self, filler: PageFiller) -> dict[int, bytes]:
+        filler.flush()
+        os.fsync(filler.fd)
+        os.close(filler.fd)
+        return filler.digests
+
+
+def write_beton(inputs: Inputs, cfg: ConvertConfig, tmp: Path, progress: Progress
+                ) -> tuple[int, list[dict], dict[str, int], str]:
+    """Stream every input into ``tmp``; return (samples stored, skipped lines, counts by how,
+    the file's ``block_digest``)."""
+    import multiprocessing
+
+    samples = inputs.samples
+    page_size = page_size_for(cfg)
+    start = data_start(len(samples), page_size)
+    with open(tmp, "wb") as f:  # header stays zero (unreadable) until the end
+        f.write(bytes(metadata_offset()))
+    counter = multiprocessing.get_context("fork" if "fork" in
+                                          multiprocessing.get_all_start_methods()
+                                          else "spawn").Value("Q", 0)
+    job = _BetonJob(str(tmp), start, page_size, counter, cfg.max_side, cfg.jpeg_quality,
+                    cfg.write_mode, cfg.compress_probability, cfg.check)
+    tasks = ([(i + j, p, label) for j, (p, label) in enumerate(samples[i:i + CHUNK])]
+             for i in range(0, len(samples), CHUNK))
+    meta = np.zeros(len(samples), dtype=SAMPLE_META)
+    alloc = np.zeros(len(samples), dtype=ALLOC_ENTRY)
+    skipped: list[dict] = []
+    how: dict[str, int] = {}
+    n = 0
+    page_digests: dict[int, bytes] = {}
+    for chunk in run_ordered(job, tasks, cfg.workers, on_finish=page_digests.update):
+        for index, label, stored, reason in chunk:
+            if stored is None:
+                skipped.append({"path": samples[index][0], "reason": reason})
+                progress.update(skipped=1)
+                continue
+            ptr, size, mode, w, h, kind = stored
+            meta[n]["f0"] = (mode, w, h, ptr)
+            meta[n]["f1"] = label
+            alloc[n] = (n, ptr, size)
+            how[kind] = how.get(kind, 0) + 1
+            n += 1
+            progress.update(kept=1)
+    table_at = start + counter.value * page_size
+    fd = os.open(tmp, os.O_WRONLY)
     try:
-        fields = {"image": RGBImageField(write_mode=cfg.write_mode, max_resolution=cfg.max_side,
-                                         jpeg_quality=cfg.jpeg_quality,
-                                         compress_probability=cfg.compress_probability),
-                  "label": IntField()}
-        writer = ffcv.writer.DatasetWriter(str(tmp), fields, num_workers=cfg.workers)
-        chunk = max(1, min(100, len(samples) // (4 * cfg.workers) or 1))
-        with _writer_progress(ffcv.writer, cfg.progress):
-            writer.from_indexed_dataset(FolderImages(samples, failures_dir), chunksize=chunk)
-        failures = [line for f in sorted(failures_dir.iterdir())
-                    for line in f.read_text().splitlines() if line]
+        os.pwrite(fd, alloc[:n].tobytes(), table_at)
+        os.pwrite(fd, field_descriptors(), len(header(0, 0)))
+        os.pwrite(fd, meta[:n].tobytes(), metadata_offset())
+        os.fsync(fd)
+        os.pwrite(fd, header(n, table_at, page_size), 0)  # last: the file becomes readable
+        os.fsync(fd)
     finally:
-        for f in failures_dir.iterdir():
-            f.unlink()
-        failures_dir.rmdir()
-    if failures:
-        tmp.unlink(missing_ok=True)
-        raise ValueError(f"{len(failures)} file(s) changed or became unreadable during the "
-                         f"conversion, nothing written; run again: " + "; ".join(failures[:5]))
+        os.close(fd)
+    return n, skipped, how, _digest(tmp, start, table_at, page_size, page_digests)
+
+
+def _digest(path: Path, start: int, table_at: int, page_size: int,
+            pages: dict[int, bytes]) -> str:
+    """``block_digest`` of the finished file from the workers' page digests: only the head
+    and the allocation table are read and hashed here."""
+    digests = []
+    with open(path, "rb") as f:
+        for _ in range(0, start, page_size):
+            digests.append(hashlib.sha256(f.read(page_size)).digest())
+        for page in range((table_at - start) // page_size):
+            digests.append(pages[page])
+        f.seek(table_at)
+        while chunk := f.read(page_size):
+            digests.append(hashlib.sha256(chunk).digest())
+    return combine_block_digests(digests)
 
 
 def convert(cfg: ConvertConfig) -> Manifest:
-    """Convert ``cfg.src`` (an ImageFolder tree) into ``cfg.dst/<src name>.beton``."""
+    """Convert ``cfg.src`` into ``cfg.dst/<src name>.beton`` (+ manifest.json)."""
     _validate(cfg)
     src, dst = Path(cfg.src), Path(cfg.dst)
-    scan = scan_image_folder(src)
+    inputs = list_inputs(cfg)
     name = f"{src.resolve().name}.beton"
     if dst.exists() and not dst.is_dir():
         raise NotADirectoryError(f"output path {dst} exists and is not a folder")
@@ -175,22 +212,24 @@ def convert(cfg: ConvertConfig) -> Manifest:
     done = _finished(dst, name, cfg)
     if done is not None:
         return done
-    good, bad = precheck(scan.samples, cfg.workers, cfg.progress)
-    skipped = scan.skipped + bad
-    if not good:
-        raise DatasetError(f"no decodable images under {src} ({len(skipped)} files skipped)")
     (dst / MANIFEST).unlink(missing_ok=True)  # from here on dst holds no finished dataset
     tmp = dst / f".{name}.partial"
-    _write_beton(good, cfg, tmp)
+    with Progress(len(inputs.samples), "dino-convert ffcv", cfg.progress) as progress:
+        n, bad, how, digest = write_beton(inputs, cfg, tmp, progress)
+    skipped = inputs.skipped + bad
+    if n == 0:
+        tmp.unlink(missing_ok=True)
+        from ..folder import DatasetError
+        raise DatasetError(f"no decodable images under {src} ({len(skipped)} files skipped)")
     fsync_path(tmp)
     os.replace(tmp, dst / name)
     fsync_path(dst)
     beton = dst / name
     manifest = Manifest(
-        format="ffcv", classes=scan.classes, num_samples=len(good),
-        shards=[{"name": name, "count": len(good), "bytes": beton.stat().st_size,
-                 "sha256": sha256_file(beton)}],
-        skipped=[{"path": s.path, "reason": s.reason} for s in skipped],
-        options=_options(cfg))
+        format="ffcv", classes=inputs.classes, num_samples=n,
+        shards=[{"name": name, "count": n, "bytes": beton.stat().st_size,
+                 "sha256_blocks": digest, "block_size": page_size_for(cfg)}],
+        skipped=skipped, options=_options(cfg), labelled=inputs.labelled, stored=how,
+        seconds=progress.seconds, label_counts=label_counts(inputs.samples, skipped))
     manifest.save(dst / MANIFEST)
     return manifest

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,12 @@ class ConvertConfig:
     compress_probability: float = 0.5  # ffcv, write_mode=proportion
     strict: bool = False         # exit non-zero when any file was skipped
     progress: bool = True
+    check: str = "header"        # pass-through JPEGs: "header" (no decode) or "decode"
+    labels: Path | None = None   # flat folder + labels file (CSV filename,class or
+                                 # ImageNet's LOC_val_solution.csv)
+    classes_from: Path | None = None  # class list of the training split (folder/manifest)
+    unlabeled: bool | None = None  # None: auto (images directly in src); True: forced
+    verify: bool = True          # read the output back with the format's reader at the end
 
 
 _BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
@@ -46,10 +52,13 @@ class EncodeError(Exception):
 def encode_jpeg(path: str | Path, max_side: int, quality: int) -> tuple[bytes, tuple[int, int]]:
     """Decode ``path`` fully and return (JPEG bytes, (width, height)) of an RGB image.
 
+    The simple twin of ``prepare.prepare_image`` (which decides from the header alone).
+
     A JPEG that is already RGB and small enough is passed through byte for byte (no
     generation loss); anything else (other formats, CMYK, grayscale, alpha, palette, too
-    large) is converted to RGB, shrunk so its longer side is at most ``max_side`` (bicubic)
-    and re-encoded. Raises EncodeError with the reason for any unusable file.
+    large, EXIF-rotated) is converted to RGB, turned upright, shrunk so its longer side is
+    at most ``max_side`` (bicubic) and re-encoded. Raises EncodeError with the reason for
+    any unusable file.
     """
     raw = Path(path).read_bytes() if os.access(path, os.R_OK) else None
     if raw is None:
@@ -67,9 +76,13 @@ def encode_jpeg(path: str | Path, max_side: int, quality: int) -> tuple[bytes, t
         raise EncodeError(f"decompression bomb: {e}") from None
     except Exception as e:  # hostile input raises many types
         raise EncodeError(f"not a decodable image ({describe_error(e)})") from None
+    orientation = int(img.getexif().get(0x0112, 1) or 1)
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
     w, h = img.size
-    if fmt == "JPEG" and mode == "RGB" and max(w, h) <= max_side:
+    if fmt == "JPEG" and mode == "RGB" and max(w, h) <= max_side and orientation == 1:
         return raw, (w, h)
+    mode = img.mode
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -102,9 +115,16 @@ class Manifest:
     shards: list[dict] = field(default_factory=list)   # {"name", "count", "sha256", ...}
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
     options: dict = field(default_factory=dict)
+    labelled: bool = True      # False: an unlabeled folder, every label is -1
+    stored: dict = field(default_factory=dict)  # {"passed"|"reencoded"|"raw": count}
+    seconds: float = field(default=0.0, compare=False)  # wall time (not saved)
+    label_counts: dict = field(default_factory=dict)  # {"label": stored samples}
 
     def save(self, path: str | Path) -> None:
-        atomic_write_bytes(path, json.dumps(asdict(self), indent=1).encode())
+        """Write it atomically; the wall time stays out, so the same input and options
+        give a byte-identical manifest (an interrupted run resumes to the same files)."""
+        content = {k: v for k, v in asdict(self).items() if k != "seconds"}
+        atomic_write_bytes(path, json.dumps(content, indent=1).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":

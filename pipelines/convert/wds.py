@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
-from ..folder import scan_image_folder
-from .common import (ConvertConfig, EncodeError, Manifest, atomic_write_bytes, encode_jpeg,
-                     sha256_file)
+from . import prepare
+from .common import ConvertConfig, Manifest, atomic_write_bytes
+from .progress import Progress
+from .sources import label_counts, list_inputs
+from .workers import run_ordered
 
 INDEX_VERSION = "v1.2"
 IMAGE_EXT = "jpg"
@@ -113,80 +113,65 @@ def parse_index(path: str | Path) -> list[list[IndexEntry]]:
     return samples
 
 
-# ----------------------------------------------------------------------------- encoding
-def _encode_task(task: tuple[int, str, int, int, int]) -> tuple[int, bytes | None, str | None]:
-    """Pool worker: (input index, path, label, max_side, quality) -> (index, jpeg, reason)."""
-    index, path, _label, max_side, quality = task
-    try:
-        data, _size = encode_jpeg(path, max_side, quality)
-    except EncodeError as e:
-        return index, None, str(e)
-    except OSError as e:  # vanished or unreadable between scan and encode
-        return index, None, f"unreadable ({e.strerror or e})"
-    return index, data, None
-
-
-def _start_pool(workers: int):
-    """A process pool for encoding (fork where available: workers need no re-import)."""
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
-
-
 # ----------------------------------------------------------------------------- shards
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar pads the archive to whole records, as GNU tar and tarfile do
+
+
+def tar_member_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header of a regular file member (fixed mtime, mode 0444)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, _MTIME, 0o444
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
 class _ShardWriter:
-    """Writes one tar shard and its index under temporary names; ``finish`` publishes them."""
+    """Writes one tar shard (members appended by hand: header, data, zero padding) and its
+    index under temporary names, hashing as it goes; ``finish`` publishes them."""
 
     def __init__(self, dst: Path, k: int):
         self.tar_path = dst / f"{shard_stem(k)}.tar"
         self.idx_path = dst / f"{shard_stem(k)}.idx"
         self.tmp_tar = dst / f".{shard_stem(k)}.tar.tmp{os.getpid()}"
         self._file = open(self.tmp_tar, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._hash = hashlib.sha256()
+        self._offset = 0
         self.samples: list[list[IndexEntry]] = []
 
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._offset += len(data)
+
     def _member(self, name: str, data: bytes) -> IndexEntry:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), _MTIME, 0o444
-        header = len(info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors))
-        offset = self._tar.offset + header
-        self._tar.addfile(info, _BytesReader(data))
-        return IndexEntry(name.rsplit(".", 1)[1], offset, len(data), name)
+        self._write(tar_member_header(name, len(data)))
+        entry = IndexEntry(name.rsplit(".", 1)[1], self._offset, len(data), name)
+        self._write(data)
+        self._write(bytes(-len(data) % _BLOCK))
+        return entry
 
     def add(self, key: str, jpeg: bytes, label: int) -> None:
         self.samples.append([self._member(f"{key}.{IMAGE_EXT}", jpeg),
                              self._member(f"{key}.{LABEL_EXT}", str(label).encode())])
 
     def abort(self) -> None:
-        self._tar.close()
         self._file.close()
         self.tmp_tar.unlink(missing_ok=True)
 
     def finish(self) -> tuple[int, str]:
-        """Close, fsync and rename tar then index; returns (tar bytes, sha256)."""
-        self._tar.close()
+        """End the archive, fsync and rename tar then index; returns (tar bytes, sha256)."""
+        self._write(bytes(2 * _BLOCK))
+        self._write(bytes(-self._offset % _RECORD))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp_tar, self.tar_path)
         atomic_write_bytes(self.idx_path, format_index(self.samples).encode())
-        return self.tar_path.stat().st_size, sha256_file(self.tar_path)
-
-
-class _BytesReader:
-    """The minimal file object ``tarfile.addfile`` copies from."""
-
-    def __init__(self, data: bytes):
-        self._data, self._pos = memoryview(data), 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._pos + n
-        chunk = self._data[self._pos:end]
-        self._pos += len(chunk)
-        return bytes(chunk)
+        return self._offset, self._hash.hexdigest()
 
 
 def _inputs_digest(inputs: list[tuple[str, int]], cfg: ConvertConfig) -> str:
-    h = hashlib.sha256(f"{cfg.max_side}:{cfg.jpeg_quality}\n".encode())
+    h = hashlib.sha256(f"{cfg.max_side}:{cfg.jpeg_quality}:{cfg.check}\n".encode())
     for path, label in inputs:
         h.update(f"{label}\t{path}\n".encode())
     return h.hexdigest()
@@ -217,77 +202,47 @@ def _remove_stale(dst: Path, num_shards: int) -> None:
             p.unlink(missing_ok=True)
 
 
-def convert(cfg: ConvertConfig) -> Manifest:
-    """Convert ``cfg.src`` (ImageFolder) into tar shards + DALI indexes + manifest in ``cfg.dst``.
+@dataclass
+class _ShardJob:
+    """Worker side: one task is one whole shard, written by the worker itself."""
 
-    Resumable: shards whose marker matches the current inputs and options are kept as they
-    are; all others are (re)written. Bad images are skipped and listed in the manifest.
-    """
-    from tqdm import tqdm
+    dst: Path
+    cfg: ConvertConfig
 
-    if cfg.shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {cfg.shard_size}")
-    scan = scan_image_folder(cfg.src)
-    dst = Path(cfg.dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "manifest.json").unlink(missing_ok=True)
-    slices = [scan.samples[i:i + cfg.shard_size]
-              for i in range(0, len(scan.samples), cfg.shard_size)]
-    records: dict[int, ShardRecord] = {}
-    todo: list[int] = []
-    for k, inputs in enumerate(slices):
-        rec = _finished(dst, k, _inputs_digest(inputs, cfg))
-        if rec is None:
-            todo.append(k)
-        else:
-            records[k] = rec
-    _remove_stale(dst, len(slices))
+    def start(self, worker_id: int) -> None:
+        return None
 
-    tasks = [(k * cfg.shard_size + j, path, label, cfg.max_side, cfg.jpeg_quality)
-             for k in todo for j, (path, label) in enumerate(slices[k])]
-    pool = _start_pool(cfg.workers) if cfg.workers > 1 and len(tasks) > 1 else None
-    try:
-        results = pool.imap(_encode_task, tasks, chunksize=8) if pool else map(_encode_task, tasks)
-        with tqdm(total=len(tasks), desc="dino-convert wds", unit="img",
-                  disable=not cfg.progress) as bar:
-            for k in todo:
-                records[k] = _write_shard(dst, k, slices[k], cfg, results, bar)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    ordered = [records[k] for k in range(len(slices))]
-    manifest = Manifest(
-        format="wds", classes=scan.classes,
-        num_samples=sum(r.count for r in ordered),
-        shards=[r.manifest_entry() for r in ordered if r.count > 0],
-        skipped=[{"path": s.path, "reason": s.reason} for s in scan.skipped]
-        + [s for r in ordered for s in r.skipped],
-        options={"shard_size": cfg.shard_size, "max_side": cfg.max_side,
-                 "jpeg_quality": cfg.jpeg_quality, "image_ext": IMAGE_EXT,
-                 "label_ext": LABEL_EXT, "index_version": INDEX_VERSION})
-    manifest.save(dst / "manifest.json")
-    return manifest
+    def run(self, _state, task: tuple[int, list[tuple[str, int]]], tick) -> ShardRecord:
+        k, inputs = task
+        return write_shard(self.dst, k, inputs, self.cfg, tick)
+
+    def finish(self, _state) -> None:
+        return None
 
 
-def _write_shard(dst: Path, k: int, inputs: list[tuple[str, int]], cfg: ConvertConfig,
-                 results: Iterator[tuple[int, bytes | None, str | None]], bar) -> ShardRecord:
-    """Consume this shard's encoded inputs from ``results`` and publish the shard."""
+def write_shard(dst: Path, k: int, inputs: list[tuple[str, int]], cfg: ConvertConfig,
+                tick=lambda n: None) -> ShardRecord:
+    """Prepare shard ``k``'s inputs (one read, at most one decode each) and publish it."""
     writer = _ShardWriter(dst, k)
     skipped: list[dict] = []
+    done = 0
     try:
         for j, (path, label) in enumerate(inputs):
-            index, data, reason = next(results)
-            if index != k * cfg.shard_size + j:
-                raise RuntimeError(f"encoder results out of order: {index} for input {path}")
-            if data is None:
-                skipped.append({"path": path, "reason": reason})
+            try:
+                data = prepare.prepare_image(path, cfg.max_side, cfg.jpeg_quality,
+                                             check=cfg.check).data
+            except Exception as e:  # hostile input raises many types; one line each
+                skipped.append({"path": path, "reason": prepare.describe_failure(e)})
             else:
-                writer.add(sample_key(index), data, label)
-            bar.update(1)
+                writer.add(sample_key(k * cfg.shard_size + j), data, label)
+            done += 1
+            if done == 16:
+                tick(done)
+                done = 0
     except BaseException:
         writer.abort()
         raise
+    tick(done)
     name = f"{shard_stem(k)}.tar"
     if writer.samples:
         size, digest = writer.finish()
@@ -301,3 +256,54 @@ def _write_shard(dst: Path, k: int, inputs: list[tuple[str, int]], cfg: ConvertC
                       skipped=skipped)
     atomic_write_bytes(dst / f"{shard_stem(k)}.shard.json", json.dumps(asdict(rec)).encode())
     return rec
+
+
+def convert(cfg: ConvertConfig) -> Manifest:
+    """Convert ``cfg.src`` into tar shards + DALI indexes + manifest in ``cfg.dst``.
+
+    Resumable: shards whose marker matches the current inputs and options are kept as they
+    are; all others are (re)written, each by one worker process from start to end. Bad
+    images are skipped and listed in the manifest.
+    """
+    if cfg.shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {cfg.shard_size}")
+    if cfg.check not in prepare.CHECKS:
+        raise ValueError(f"check must be one of {prepare.CHECKS}, got {cfg.check!r}")
+    inputs = list_inputs(cfg)
+    dst = Path(cfg.dst)
+    if dst.exists() and not dst.is_dir():
+        raise NotADirectoryError(f"output path {dst} exists and is not a folder")
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "manifest.json").unlink(missing_ok=True)
+    samples = inputs.samples
+    slices = [samples[i:i + cfg.shard_size] for i in range(0, len(samples), cfg.shard_size)]
+    records: dict[int, ShardRecord] = {}
+    todo: list[int] = []
+    for k, part in enumerate(slices):
+        rec = _finished(dst, k, _inputs_digest(part, cfg))
+        if rec is None:
+            todo.append(k)
+        else:
+            records[k] = rec
+    _remove_stale(dst, len(slices))
+    total = sum(len(slices[k]) for k in todo)
+    with Progress(total, "dino-convert wds", cfg.progress) as progress:
+        workers = max(1, min(cfg.workers, len(todo)))
+        tasks = ((k, slices[k]) for k in todo)
+        for k, rec in zip(todo, run_ordered(_ShardJob(dst, cfg), tasks, workers, inflight=2
+                                            * workers, on_tick=lambda n: progress.update(n))):
+            records[k] = rec
+    ordered = [records[k] for k in range(len(slices))]
+    skipped = inputs.skipped + [s for r in ordered for s in r.skipped]
+    manifest = Manifest(
+        format="wds", classes=inputs.classes,
+        num_samples=sum(r.count for r in ordered),
+        shards=[r.manifest_entry() for r in ordered if r.count > 0],
+        skipped=skipped,
+        options={"shard_size": cfg.shard_size, "max_side": cfg.max_side,
+                 "jpeg_quality": cfg.jpeg_quality, "image_ext": IMAGE_EXT,
+                 "label_ext": LABEL_EXT, "index_version": INDEX_VERSION, "check": cfg.check},
+        labelled=inputs.labelled, seconds=progress.seconds,
+        label_counts=label_counts(samples, skipped))
+    manifest.save(dst / "manifest.json")
+    return manifest

@@ -100,7 +100,9 @@ def test_unusable_roots_raise_dataset_error_naming_the_path(tmp_path):
     (tmp_path / "flat").mkdir()
     photo_crop((16, 16)).save(tmp_path / "flat" / "img.jpg")
     with pytest.raises(DatasetError, match="no class folders"):
-        scan_image_folder(tmp_path / "flat")
+        scan_image_folder(tmp_path / "flat", unlabeled=False)
+    flat = scan_image_folder(tmp_path / "flat")  # auto-detected: an unlabeled folder
+    assert not flat.labelled and flat.samples == [(str(tmp_path / "flat" / "img.jpg"), -1)]
     (tmp_path / "junk" / "cls").mkdir(parents=True)
     (tmp_path / "junk" / "cls" / "a.txt").write_text("x")
     with pytest.raises(DatasetError, match="no usable images"):

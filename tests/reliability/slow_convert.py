@@ -2,8 +2,8 @@
 
     python -m tests.reliability.slow_convert SECONDS_PER_IMAGE [dino-convert arguments]
 
-Only the per-image work is delayed (``encode_jpeg`` for wds, ``load_rgb`` inside FFCV's
-writer processes, which are forked and inherit the patch); everything else is the real
+Only the per-image work is delayed (``prepare.prepare_image``, which both converters call in
+their worker processes; they are forked and inherit the patch); everything else is the real
 converter, so a SIGKILL lands where a crash of a long conversion would.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import functools
 import sys
 import time
 
-from pipelines.convert import beton, wds
+from pipelines.convert import prepare
 from pipelines.convert.cli import main
 
 
@@ -26,6 +26,5 @@ def slowed(fn, seconds: float):
 
 if __name__ == "__main__":
     delay = float(sys.argv[1])
-    wds.encode_jpeg = slowed(wds.encode_jpeg, delay)
-    beton.load_rgb = slowed(beton.load_rgb, delay)
+    prepare.prepare_image = slowed(prepare.prepare_image, delay)
     sys.exit(main(sys.argv[2:]))

@@ -1,5 +1,6 @@
-"""dino-convert --format ffcv: a .beton written with FFCV's writer, manifest, bad files,
-write modes, and what an interrupted or repeated conversion leaves behind."""
+"""dino-convert --format ffcv: a .beton written by our streaming writer in FFCV's layout,
+read by FFCV's own Reader; manifest, bad files, write modes, and what an interrupted or
+repeated conversion leaves behind."""
 import io
 from pathlib import Path
 
@@ -10,12 +11,12 @@ from PIL import Image
 pytestmark = pytest.mark.ffcv
 pytest.importorskip("ffcv", reason="ffcv is not installed")
 
-import cv2  # noqa: E402  (an ffcv dependency)
 from ffcv.reader import Reader  # noqa: E402
 
-from pipelines.convert import beton  # noqa: E402
+from pipelines.convert import beton, prepare  # noqa: E402
 from pipelines.convert.cli import main as convert_main  # noqa: E402
-from pipelines.convert.common import ConvertConfig, Manifest, sha256_file  # noqa: E402
+from pipelines.convert.beton_layout import block_digest  # noqa: E402
+from pipelines.convert.common import ConvertConfig, Manifest  # noqa: E402
 from pipelines.folder import DatasetError, scan_image_folder  # noqa: E402
 from tests.pipelines.images import photo_crop, write_bad_files, write_image_folder  # noqa: E402
 
@@ -62,7 +63,7 @@ def read_beton(path: Path) -> list[tuple[np.ndarray, int, int]]:
 def originals(root: Path) -> list[tuple[np.ndarray, int]]:
     """The good images, as the converter should see them, in conversion order."""
     good = [s for s in scan_image_folder(root, verify=True).samples]
-    return [(beton.load_rgb(p), label) for p, label in good]
+    return [(np.asarray(prepare.decode_rgb(Path(p).read_bytes())), label) for p, label in good]
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +79,10 @@ def test_round_trip_keeps_every_good_image_with_its_label(folder, converted):
     assert manifest.classes == scan_image_folder(folder).classes
     for (pixels, label, mode), (image, want_label) in zip(samples, want):
         assert label == want_label and mode == 0
-        if max(image.shape[:2]) > MAX_SIDE:  # FFCV shrinks to max_resolution (cv2 area)
+        if max(image.shape[:2]) > MAX_SIDE:  # shrunk to max_side (bicubic)
             assert max(pixels.shape[:2]) == MAX_SIDE
-            image = cv2.resize(image, pixels.shape[1::-1], interpolation=cv2.INTER_AREA)
+            image = np.asarray(Image.fromarray(image).resize(pixels.shape[1::-1],
+                                                             Image.BICUBIC))
         assert pixels.shape == image.shape
         assert np.abs(pixels.astype(float) - image).mean() < 6  # JPEG at quality 90
 
@@ -93,7 +95,8 @@ def test_manifest_lists_bad_files_with_reasons_and_describes_the_file(folder, co
     assert not any(n in skipped for n in ("big.jpg", "cmyk.jpg", "gray.jpg", "dot.jpg"))
     shard = manifest.shards[0]
     assert shard["name"] == "train.beton" and shard["count"] == manifest.num_samples
-    assert shard["sha256"] == sha256_file(dst / "train.beton")
+    assert shard["sha256_blocks"] == block_digest(str(dst / "train.beton"), shard["block_size"])
+    assert shard["block_size"] == Reader(str(dst / "train.beton")).page_size
     assert shard["bytes"] == (dst / "train.beton").stat().st_size
     assert Manifest.load(dst / "manifest.json") == manifest
     assert sorted(p.name for p in dst.iterdir()) == ["manifest.json", "train.beton"]
@@ -114,13 +117,13 @@ def test_raw_mode_stores_exact_pixels(folder, tmp_path):
 
 
 def test_proportion_mode_mixes_jpeg_and_raw(folder, tmp_path):
-    state = np.random.get_state()
-    np.random.seed(0)  # FFCV's writer draws the mode with np.random in forked workers
-    try:
-        beton.convert(_cfg(folder, tmp_path, write_mode="proportion", compress_probability=0.5))
-    finally:
-        np.random.set_state(state)
-    assert {mode for _, _, mode in read_beton(tmp_path / "train.beton")} == {0, 1}
+    """The mode of input i is drawn from a generator seeded by i: the same every run."""
+    modes = []
+    for run in ("a", "b"):
+        beton.convert(_cfg(folder, tmp_path / run, write_mode="proportion",
+                           compress_probability=0.5))
+        modes.append([mode for _, _, mode in read_beton(tmp_path / run / "train.beton")])
+    assert set(modes[0]) == {0, 1} and modes[0] == modes[1]
 
 
 def test_interrupted_conversion_leaves_nothing_a_reader_accepts(folder, converted, tmp_path,
@@ -129,28 +132,38 @@ def test_interrupted_conversion_leaves_nothing_a_reader_accepts(folder, converte
 
     dst = tmp_path / "dst"
     beton.convert(_cfg(folder, dst))
-    real_write = beton._write_beton
+    real_write = beton.write_beton
 
-    def crash(samples, cfg, tmp):
-        real_write(samples[:3], cfg, tmp)
+    def crash(inputs, cfg, tmp, progress):
+        real_write(inputs, cfg, tmp, progress)
         raise KeyboardInterrupt  # killed after the writer, before the rename
 
-    monkeypatch.setattr(beton, "_write_beton", crash)
+    monkeypatch.setattr(beton, "write_beton", crash)
     with pytest.raises(KeyboardInterrupt):
         beton.convert(_cfg(folder, dst, jpeg_quality=80))
     with pytest.raises(DatasetError):
         resolve_beton(dst)
-    monkeypatch.setattr(beton, "_write_beton", real_write)
+    monkeypatch.setattr(beton, "write_beton", real_write)
     manifest = beton.convert(_cfg(folder, dst, jpeg_quality=80))
     assert manifest.num_samples == converted[1].num_samples
     assert resolve_beton(dst)[0] == dst / "train.beton"
 
 
-def test_a_file_failing_during_the_write_fails_the_conversion(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(beton, "load_rgb", lambda path: (_ for _ in ()).throw(OSError("gone")))
-    with pytest.raises(ValueError, match="gone"):
-        beton.convert(_cfg(folder, tmp_path))
-    assert not any(p.suffix == ".beton" or p.name == "manifest.json" for p in tmp_path.iterdir())
+def test_a_file_failing_in_a_worker_is_skipped_with_its_reason(folder, converted, tmp_path,
+                                                              monkeypatch):
+    """One pass: a file that vanishes or breaks while converting costs only itself."""
+    victim = scan_image_folder(folder, verify=True).samples[5][0]  # a good image
+    real = prepare.prepare_image
+
+    def flaky(path, *args, **kwargs):
+        if path == victim:
+            raise OSError(5, "Input/output error")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(prepare, "prepare_image", flaky)  # forked workers inherit it
+    manifest = beton.convert(_cfg(folder, tmp_path))
+    assert manifest.num_samples == converted[1].num_samples - 1
+    assert {"path": victim, "reason": "unreadable (Input/output error)"} in manifest.skipped
 
 
 def test_refuses_a_folder_holding_another_dataset(folder, converted, tmp_path):

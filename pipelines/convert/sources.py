@@ -1,0 +1,92 @@
+"""What a conversion reads: the input files, their labels and the class list.
+
+Three layouts:
+
+- ImageFolder ``SRC/<class>/<image>`` (any nesting below a class): labels are the indices
+  of the sorted class-folder names.
+- A flat folder plus a labels file (``--labels``), as ImageNet ships its validation split:
+  a CSV of ``filename,class`` rows, or ImageNet's ``LOC_val_solution.csv`` (header
+  ``ImageId,PredictionString``; the class is the first token of the prediction string and
+  ``ImageId`` is the file name without its extension). With ``--classes-from`` (the
+  training split's folder, or its converted ``manifest.json`` or output folder) labels
+  are indices into the training split's classes, so train and val agree.
+- Unlabeled (``--unlabeled``, or auto-detected: image files directly in SRC): every image
+  at any depth, label -1, no classes.
+
+Every unusable entry becomes one ``{"path", "reason"}`` line: a labels row naming a missing
+file, a file with no labels row, a class unknown to the training split (also an error that
+names the classes when ``--classes-from`` is given: converting val against the wrong train
+split must not pass silently).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..folder import DatasetError, scan_image_folder
+from ..labels_file import scan_labelled_flat
+from .common import ConvertConfig
+
+
+@dataclass
+class Inputs:
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    skipped: list[dict] = field(default_factory=list)
+    labelled: bool = True
+
+
+def load_class_list(source: str | Path) -> list[str]:
+    """The class list of a training split: an ImageFolder, a ``manifest.json`` or a
+    converted output folder holding one."""
+    source = Path(source)
+    manifest = source if source.suffix == ".json" else source / "manifest.json"
+    if manifest.is_file():
+        classes = json.loads(manifest.read_text()).get("classes") or []
+        if not classes:
+            raise DatasetError(f"{manifest} names no classes (an unlabeled dataset?)")
+        return list(classes)
+    if source.is_dir():
+        scan = scan_image_folder(source, unlabeled=False)
+        return scan.classes
+    raise DatasetError(f"--classes-from {source}: not an image folder, a manifest.json, or "
+                       "a converted dataset folder")
+
+
+def _labelled_flat(cfg: ConvertConfig) -> Inputs:
+    classes = load_class_list(cfg.classes_from) if cfg.classes_from else None
+    scan = scan_labelled_flat(cfg.src, cfg.labels, classes)
+    return Inputs(scan.classes, scan.samples,
+                  [{"path": s.path, "reason": s.reason} for s in scan.skipped])
+
+
+def label_counts(samples: list[tuple[str, int]], skipped: list[dict]) -> dict[str, int]:
+    """Stored samples per label: ``samples`` less the paths in ``skipped`` (for --verify)."""
+    gone = {s["path"] for s in skipped}
+    counts: dict[str, int] = {}
+    for path, label in samples:
+        if path not in gone:
+            counts[str(label)] = counts.get(str(label), 0) + 1
+    return counts
+
+
+def list_inputs(cfg: ConvertConfig) -> Inputs:
+    """The inputs of a conversion, in a fixed order; raises DatasetError when none."""
+    if cfg.labels is not None:
+        if cfg.unlabeled:
+            raise ValueError("--labels and --unlabeled contradict each other")
+        return _labelled_flat(cfg)
+    scan = scan_image_folder(cfg.src, unlabeled=cfg.unlabeled)
+    skipped = [{"path": s.path, "reason": s.reason} for s in scan.skipped]
+    if not scan.labelled:
+        return Inputs([], scan.samples, skipped, labelled=False)
+    if cfg.classes_from:
+        train = load_class_list(cfg.classes_from)
+        unknown = sorted(set(scan.classes) - set(train))
+        if unknown:
+            raise DatasetError(f"{cfg.src} has class folder(s) the training split "
+                               f"({cfg.classes_from}) does not have: {', '.join(unknown[:10])}")
+        remap = [train.index(c) for c in scan.classes]
+        return Inputs(train, [(p, remap[y]) for p, y in scan.samples], skipped)
+    return Inputs(scan.classes, scan.samples, skipped)

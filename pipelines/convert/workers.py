@@ -1,0 +1,113 @@
+"""A small process pool for converters: bounded queues, ordered results, per-worker state.
+
+``run_ordered(job, tasks, workers)`` starts ``workers`` processes; each builds its state once
+(``job.start(worker_id)``), runs ``job.run(state, task, tick)`` for the tasks it takes from a
+bounded queue, and at the end ``job.finish(state)`` (e.g. flush a half-filled page). Results
+come back to the caller in task order; at most ``inflight`` tasks are queued or unreported
+at any time, so memory stays flat however many tasks there are. ``tick(n)`` lets a worker
+report progress (images done) before its task ends; the caller's ``on_tick`` receives it.
+
+A worker that dies (killed, crashed) is noticed within a second and raises RuntimeError in
+the caller; an exception inside ``job.run`` comes back with its traceback text.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import traceback
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+_DONE, _RESULT, _TICK, _ERROR, _FINISHED = range(5)
+# The caller polls its result queue this often (a long blocking get stalled two-worker
+# runs for up to the whole timeout, repeatedly; short polls cost nothing measurable).
+POLL_S = 0.05
+
+
+class Job(Protocol):
+    def start(self, worker_id: int) -> Any: ...
+    def run(self, state: Any, task: Any, tick: Callable[[int], None]) -> Any: ...
+    def finish(self, state: Any) -> Any: ...
+
+
+def _context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _worker(job: Job, worker_id: int, tasks, results) -> None:
+    try:
+        state = job.start(worker_id)
+        while True:
+            item = tasks.get()
+            if item is None:
+                break
+            seq, task = item
+            value = job.run(state, task, lambda n: results.put((_TICK, worker_id, n)))
+            results.put((_RESULT, seq, value))
+        results.put((_FINISHED, worker_id, job.finish(state)))
+    except BaseException:  # report, then end: the caller raises
+        results.put((_ERROR, worker_id, traceback.format_exc()))
+
+
+def run_ordered(job: Job, tasks: Iterable[Any], workers: int, inflight: int | None = None,
+                on_tick: Callable[[int], None] | None = None,
+                on_finish: Callable[[Any], None] | None = None) -> Iterator[Any]:
+    """Yield ``job.run`` of every task in ``tasks`` order, computed by ``workers`` processes.
+
+    ``on_finish`` receives each worker's ``job.finish`` value once all tasks are done (before
+    the generator ends).
+    """
+    ctx = _context()
+    inflight = inflight or 4 * workers
+    task_q, result_q = ctx.Queue(maxsize=inflight), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(job, i, task_q, result_q), daemon=True)
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    it = iter(tasks)
+    pending: dict[int, Any] = {}
+    sent = next_out = finished = 0
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and sent - next_out < inflight:
+                try:
+                    task = next(it)
+                except StopIteration:
+                    exhausted = True
+                    for _ in procs:
+                        task_q.put(None)
+                    break
+                task_q.put((sent, task))
+                sent += 1
+            while next_out in pending:
+                yield pending.pop(next_out)
+                next_out += 1
+            if exhausted and next_out == sent and finished == len(procs):
+                return
+            try:
+                kind, key, value = result_q.get(timeout=POLL_S)
+            except queue.Empty:
+                dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                if dead:
+                    raise RuntimeError(f"a conversion worker died (exit code "
+                                       f"{dead[0].exitcode}); nothing was published")
+                continue
+            if kind == _RESULT:
+                pending[key] = value
+            elif kind == _TICK and on_tick is not None:
+                on_tick(value)
+            elif kind == _FINISHED:
+                finished += 1
+                if on_finish is not None:
+                    on_finish(value)
+            elif kind == _ERROR:
+                raise RuntimeError(f"a conversion worker failed:\n{value}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+        task_q.cancel_join_thread()
+        result_q.cancel_join_thread()
