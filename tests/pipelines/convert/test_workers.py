@@ -32,6 +32,20 @@ def test_results_in_order_and_every_worker_finishes(workers):
     assert len(finished) == workers and sum(finished) == 50 and sum(ticks) == 50
 
 
+def test_tasks_are_pulled_lazily_so_memory_is_bounded_by_inflight():
+    """However many tasks there are, at most ``inflight`` are taken and not yet returned."""
+    pulled = [0]
+
+    def tasks():
+        for i in range(400):
+            pulled[0] += 1
+            yield i
+    ahead = []
+    for returned, _ in enumerate(run_ordered(Square(), tasks(), 2, inflight=6), start=1):
+        ahead.append(pulled[0] - returned)
+    assert returned == 400 and max(ahead) <= 6 and min(ahead) >= 0
+
+
 def test_an_exception_in_a_worker_comes_back_with_its_traceback():
     with pytest.raises(RuntimeError, match="ValueError: bad task"):
         list(run_ordered(Square(), [1, 2, "boom", 4], 2))
