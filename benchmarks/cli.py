@@ -282,8 +282,9 @@ def cmd_convert(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 QUICK_CONVERT_IMAGES = 256
-COMMANDS = {"patch": cmd_patch, "convert": cmd_convert, "pipeline": cmd_pipeline, "loss": cmd_loss, "step": cmd_step,
-            "e2e": cmd_e2e, "feed": cmd_feed, "photometric": cmd_photometric}
+COMMANDS = {"patch": cmd_patch, "convert": cmd_convert, "pipeline": cmd_pipeline,
+            "loss": cmd_loss, "step": cmd_step, "e2e": cmd_e2e, "feed": cmd_feed,
+            "photometric": cmd_photometric}
 
 
 # ----------------------------------------------------------------------------- parser
@@ -442,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="timed graph replays (GPU) or calls (CPU)")
     p.add_argument("--warmup", type=int, help="untimed replays / calls first")
     p.add_argument("--reps", type=int, help="calls captured per CUDA graph (default 10)")
+    # listed for --help only: ``main`` hands ``dino-bench gpu ...`` to its own parser
+    sub.add_parser("gpu", add_help=False,
+                   help="every GPU check and benchmark, time-boxed, one summary "
+                        "(dino-bench gpu --help)")
     return parser
 
 
