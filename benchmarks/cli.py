@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import inspect
 import sys
 import textwrap
 from pathlib import Path
@@ -184,77 +182,29 @@ def cmd_feed(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     return run_feed_benchmark(cfg, device, argv), FEED_PLOT
 
 
-def _lazy(module: str, function: str, issue: str):
-    """``benchmarks.<module>.<function>``, or a clear error while it is not written yet."""
-    try:
-        mod = importlib.import_module(f"benchmarks.{module}")
-    except ModuleNotFoundError as err:
-        if err.name != f"benchmarks.{module}":
-            raise
-        raise SystemExit(f"dino-bench: benchmarks/{module}.py is not there yet ({issue}); "
-                         f"this sub-command runs `{function}` from it once it lands") from None
-    fn = getattr(mod, function, None)
-    if fn is None:
-        raise SystemExit(f"dino-bench: benchmarks/{module}.py has no `{function}` ({issue})")
-    return fn
+def cmd_loss(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .loss import LOSS_PLOT, LossBenchShape, build_result, run_loss_benchmark
+    shape = LossBenchShape.resolve(device, args.quick, args.batch, args.out_dim, args.iters,
+                                   args.dtype)
+    threads = torch.get_num_threads()
+    config = dict(batch=shape.batch, views=args.views, out_dim=shape.out_dim,
+                  iters=shape.iters, dtype=str(shape.dtype).replace("torch.", ""),
+                  threads=str(threads))
+    rows = [{"threads": threads, **row} for row in run_loss_benchmark(
+        device, shape.batch, args.views, shape.out_dim, shape.iters, shape.dtype)]
+    return build_result(rows, device, config, argv), LOSS_PLOT
 
 
-def _rows_result(what: str, title: str, rows: list[dict], device, argv, baseline: str,
-                 config: dict) -> tuple[BenchmarkResult, PlotSpec | None]:
-    """Wrap plain rows from another engineer's benchmark into a result and a bar plot."""
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise SystemExit(f"dino-bench {what}: expected a list of dict rows, "
-                         f"got {type(rows).__name__}")
-    result = BenchmarkResult(what=what, title=title, machine=describe_machine(device, argv),
-                             baseline=baseline, rows=rows, config=config)
-    if not rows:
-        return result, None
-    label = next((k for k, v in rows[0].items() if isinstance(v, str)), None)
-    numeric = [k for k, v in rows[0].items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    time_cols = tuple(k for k in numeric if "ms" in k or k.endswith("_s"))
-    mem_cols = tuple(k for k in numeric if any(m in k for m in ("mib", "mem", "bytes")))
-    panels = tuple(p for p in (("time", time_cols[:1]), ("memory", mem_cols[:1])) if p[1])
-    if not panels and numeric:
-        panels = ((numeric[0], (numeric[0],)),)
-    if not panels:
-        return result, None
-    return result, PlotSpec(x=label or "", group=(label,) if label else (), kind="bar",
-                            panels=panels)
-
-
-def cmd_loss(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
-    run = _lazy("loss", "run_loss_benchmark", "issue 5, the fused loss")
-    gpu = device.type == "cuda"
-    batch = args.batch or (8 if args.quick else (64 if gpu else 32))
-    out_dim = args.out_dim or (4096 if args.quick else 65536)
-    iters = args.iters or (3 if args.quick else 20)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else torch.float32)
-    config = dict(batch=batch, views=args.views, out_dim=out_dim, iters=iters,
-                  dtype=str(dtype).replace("torch.", ""))
-    rows = run(device=device, batch=batch, views=args.views, out_dim=out_dim, iters=iters,
-               dtype=dtype)
-    if isinstance(rows, BenchmarkResult):
-        return rows, None
-    return _rows_result("loss", "DINO loss: time and memory per implementation", rows, device,
-                        argv, "the reference pair loop in the same run", config)
-
-
-def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec | None]:
-    run = _lazy("step", "run_step_benchmark", "issue 6, the fused step")
-    offered = {"device": device, "quick": args.quick, "iters": args.iters, "batch": args.batch,
-               "archs": tuple(args.archs) if args.archs else None, "patch": args.patch,
-               "precision": args.precision, "output_dir": args.output_dir, "argv": argv,
-               "seconds": args.seconds, "compile": args.compile or None}
-    params = inspect.signature(run).parameters
-    kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
-    out = run(**kwargs)
-    if isinstance(out, BenchmarkResult):
-        # benchmarks/step.py writes its own files when it takes output_dir
-        return out, WRITTEN if "output_dir" in params else None
-    config = {k: str(v) for k, v in kwargs.items() if k not in ("argv", "output_dir")}
-    return _rows_result("step", "DINO training step against the reference step", out, device,
-                        argv, "the recreated reference step in the same run", config)
+def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .step import run_step_benchmark
+    given = {"quick": args.quick, "iters": args.iters, "batch": args.batch,
+             "archs": tuple(args.archs) if args.archs else None, "patch": args.patch,
+             "precision": args.precision, "seconds": args.seconds,
+             "compile": args.compile or None}
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    # benchmarks/step.py writes its own files (it plots MFU against its own ceilings)
+    return run_step_benchmark(device=device, output_dir=args.output_dir, argv=argv,
+                              **kwargs), WRITTEN
 
 
 def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
@@ -385,10 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("loss", help="DINO loss time and memory per implementation",
                        description=HELP["loss"])
     _common(p)
-    p.add_argument("--batch", type=int, help="per-view batch (default 32 CPU, 64 GPU)")
+    p.add_argument("--batch", type=int, help="per-view batch (default 32 CPU, 64 GPU; quick 4)")
     p.add_argument("--views", type=int, default=12, help="student views (default 12)")
-    p.add_argument("--out-dim", type=int, help="prototypes K (default 65536)")
-    p.add_argument("--iters", type=int, help="timed iterations")
+    p.add_argument("--out-dim", type=int, help="prototypes K (default 65536; quick 4096)")
+    p.add_argument("--iters", type=int, help="timed calls per implementation (default 200 "
+                   "graph replays on GPU, 20 on CPU; quick 4)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
                    help="logits dtype (default bf16 on GPU, float32 on CPU)")
 

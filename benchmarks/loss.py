@@ -388,7 +388,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     p.add_argument("--batch", type=int, help="per-view batch B (default 32 CPU, 64 GPU)")
     p.add_argument("--views", type=int, default=12, help="student views (default 12)")
-    p.add_argument("--out-dim", type=int, default=65536, help="prototypes K (default 65536)")
+    p.add_argument("--out-dim", type=int, help="prototypes K (default 65536)")
     p.add_argument("--iters", type=int, help="timed calls per implementation "
                    "(default 20 CPU, 200 GPU)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
@@ -404,22 +404,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class LossBenchShape:
+    """What one run measures; ``resolve`` fills what the command line left unset."""
+
+    batch: int
+    out_dim: int
+    iters: int
+    dtype: torch.dtype
+
+    @classmethod
+    def resolve(cls, device: torch.device, quick: bool, batch: int | None = None,
+                out_dim: int | None = None, iters: int | None = None,
+                dtype: str | None = None) -> "LossBenchShape":
+        """Defaults: B=64 bf16 on a GPU (the goal's shape), B=32 fp32 on the CPU, K=65536;
+        200 timed graph replays on a GPU, 20 calls on the CPU; --quick: B=4, K=4096, 4."""
+        gpu = device.type == "cuda"
+        return cls(batch=batch or (4 if quick else (64 if gpu else 32)),
+                   out_dim=out_dim or (4096 if quick else 65536),
+                   iters=iters or (4 if quick else (200 if gpu else 20)),
+                   dtype=getattr(torch, dtype) if dtype else
+                   (torch.bfloat16 if gpu else torch.float32))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     device = resolve_device(args.device)
-    gpu = device.type == "cuda"
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if gpu else
-                                                           torch.float32)
-    batch = args.batch or (4 if args.quick else (64 if gpu else 32))
-    out_dim = 4096 if args.quick and args.out_dim == 65536 else args.out_dim
+    shape = LossBenchShape.resolve(device, args.quick, args.batch, args.out_dim, args.iters,
+                                   args.dtype)
+    batch, out_dim, dtype = shape.batch, shape.out_dim, shape.dtype
     if args.memory_probe:
         if args.threads:
             torch.set_num_threads(args.threads[0])
         extra = _memory_probe(args.memory_probe, batch, args.views, out_dim, dtype)
         print(json.dumps({"impl": args.memory_probe, "peak_extra_bytes": extra}))
         return
-    iters = args.iters or (4 if args.quick else (200 if gpu else 20))
+    iters = shape.iters
     thread_counts = args.threads or [torch.get_num_threads()]
     config = dict(batch=batch, views=args.views, out_dim=out_dim, iters=iters,
                   dtype=str(dtype).replace("torch.", ""), rounds=args.rounds,
