@@ -21,7 +21,8 @@ result files (JSON/CSV/MD/PNG of each benchmark) to ``OUTDIR/results/``.
 
 A part that needs DALI or FFCV is skipped where they are not installed, so the same command
 serves a call before DALI is unpacked (``--parts`` picks parts; ``--only dali`` the DALI
-ones). On a machine without a GPU every part is skipped and says so: a dry run.
+ones). On a machine without a GPU every part is skipped and says so: a dry run; with
+``--rehearse`` every part runs there instead, on the CPU and as small as it runs.
 """
 from __future__ import annotations
 
@@ -107,6 +108,29 @@ PARTS: tuple[Part, ...] = (
 )
 
 
+REHEARSAL_CORPUS_IMAGES = 256
+
+
+def rehearsal(part: Part) -> Part:
+    """``part`` as a CPU rehearsal: the same command, as small as it runs (benchmarks with
+    ``--device cpu --quick``, pytest collecting only, a 256-image corpus). It measures
+    nothing; it finds a broken import, option or wiring before GPU minutes are spent on
+    it. ``env`` has nothing to rehearse without a GPU and keeps needing one."""
+    argv = list(part.argv)
+    if "benchmarks.gpu_env" in argv:
+        return part
+    if "--device" in argv:
+        argv[argv.index("--device") + 1] = "cpu"
+    if "benchmarks.cli" in argv:
+        argv.append("--quick")
+    if "pytest" in " ".join(argv):
+        argv.append("--collect-only")
+    if "benchmarks.corpus" in argv:
+        argv += ["--images", str(REHEARSAL_CORPUS_IMAGES)]
+    return dataclasses.replace(part, argv=tuple(argv),
+                               needs=tuple(n for n in part.needs if n != "cuda"))
+
+
 def missing(needs: tuple[str, ...]) -> str | None:
     """Why a part cannot run here (the first missing prerequisite), or None."""
     for need in needs:
@@ -130,9 +154,16 @@ class Outcome:
     detail: str = ""     # skip reason, or the log's last line
 
 
+def _is_warning(line: str) -> bool:
+    """A Python warning and its source line (e.g. multiprocessing's leaked-semaphore note at
+    exit): not what a summary should show as a part's last word."""
+    return "Warning: " in line or line.lstrip().startswith("warnings.warn(")
+
+
 def _last_line(log: Path) -> str:
     try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines()
+                 if ln.strip() and not _is_warning(ln)]
     except OSError:
         return ""
     return lines[-1][:160] if lines else ""
@@ -224,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", type=Path, help="where logs/, results/ and summary.* go")
     p.add_argument("--parts", nargs="+", metavar="PART", help="run only these parts, in order")
     p.add_argument("--only", choices=("main", "dali"), help="run one group of parts")
+    p.add_argument("--rehearse", action="store_true",
+                   help="run every part on this machine's CPU, as small as it runs "
+                        "(--device cpu --quick, pytest --collect-only, a small corpus): "
+                        "measures nothing, finds what would break before a GPU is lent")
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="seconds for the whole check (default 450); a part gets at most what "
                         "is left, and parts after the budget are skipped")
@@ -232,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    outcomes = run_check(args.outdir, select(args.parts, args.only), args.budget_s)
+    parts = select(args.parts, args.only)
+    if args.rehearse:
+        parts = [rehearsal(p) for p in parts]
+    outcomes = run_check(args.outdir, parts, args.budget_s)
     print((args.outdir / "summary.md").read_text(), flush=True)
     return 0 if not any(o.status.startswith(("failed", "timed")) for o in outcomes) else 1
 

@@ -95,3 +95,31 @@ def test_corpus_parts_parse():
     for part in G.PARTS:
         if "benchmarks.corpus" in part.argv:
             build_parser().parse_args(list(part.argv[part.argv.index("benchmarks.corpus") + 1:]))
+
+
+def test_rehearsal_runs_the_same_commands_small_on_the_cpu():
+    parts = {p.name: G.rehearsal(p) for p in G.PARTS}
+    assert parts["env"] == next(p for p in G.PARTS if p.name == "env")  # needs a GPU still
+    for name, part in parts.items():
+        original = next(p for p in G.PARTS if p.name == name)
+        if name == "env":
+            continue
+        assert "cuda" not in part.needs and set(part.needs) <= set(original.needs), name
+        assert "cuda" not in part.argv, name
+        if "benchmarks.cli" in part.argv:
+            assert part.argv[part.argv.index("--device") + 1] == "cpu" and "--quick" in part.argv
+            # apart from the device and --quick, the very command of the GPU run
+            assert [a for a in part.argv if a not in ("cpu", "--quick")] == \
+                [a for a in original.argv if a != "cuda"], name
+    assert "--collect-only" in parts["tests"].argv and "--collect-only" in parts["dali-tests"].argv
+    assert parts["corpus"].argv[-2:] == ("--images", str(G.REHEARSAL_CORPUS_IMAGES))
+
+
+def test_rehearse_runs_a_part_here_and_reports_it(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", str(tmp_path),
+                          "--rehearse", "--parts", "photometric"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(p["name"], p["status"]) for p in summary["parts"]] == [("photometric", "ok")]
+    assert list((tmp_path / "results").glob("*_photometric.json"))
