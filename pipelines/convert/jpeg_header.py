@@ -5,7 +5,8 @@ Huffman-coded (baseline, extended or progressive), three components, upright (no
 orientation other than 1), longer side within ``max_side``. Everything needed for that
 decision sits in the marker segments before the first scan (SOS): the frame header (SOF:
 precision, height, width, components), Adobe's APP14 colour transform, and EXIF's
-orientation tag in APP1. ``parse_jpeg`` walks those segments and also checks the file's
+orientation tag in APP1. ``segments`` walks them (the one marker walk of the project: the
+DALI feed's ``frame_size`` uses it too); ``parse_jpeg`` reads them and also checks the file's
 structure: segment lengths that stay inside the file, a frame header before the first
 scan, and an end-of-image marker (FF D9) after it, which a truncated file lacks (inside
 entropy-coded data an FF byte is always followed by 00 or a restart marker, so FF D9 can
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Iterator
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
@@ -70,17 +72,17 @@ def _exif_orientation(payload: bytes) -> int:
     return 1
 
 
-def parse_jpeg(data: bytes) -> JpegInfo | None:
-    """Parse ``data``'s segments up to the first scan; None when it is not a well-formed JPEG
-    header (no SOI, a segment running past the end, no frame header before the scan)."""
+def segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, body start, segment end) of each marker segment after SOI, up to and
+    including the first scan header (SOS, 0xDA). The walk just stops at anything malformed
+    (no SOI, a byte that is not a marker, a length running past the end, an EOI before the
+    scan): a caller that needs the scan knows the header was broken when it did not see one."""
     if not data.startswith(SOI):
-        return None
+        return
     pos, n = 2, len(data)
-    frame = None
-    orientation, adobe = 1, -1
     while pos + 4 <= n:
         if data[pos] != 0xFF:
-            return None
+            return
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -88,19 +90,44 @@ def parse_jpeg(data: bytes) -> JpegInfo | None:
         if marker in _STANDALONE:
             pos += 2
             continue
+        if marker == 0xD9:  # end of image before any scan
+            return
         (length,) = struct.unpack_from(">H", data, pos + 2)
-        body = pos + 4
         end = pos + 2 + length
         if length < 2 or end > n:
-            return None
+            return
+        yield marker, pos + 4, end
+        if marker == 0xDA:
+            return
+        pos = end
+
+
+def frame_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the frame header, walking only as far as it; None when there is
+    none before the scan or the walk fails (callers then ask PIL)."""
+    for marker, body, end in segments(data):
         if marker in _FRAMES:
-            if length < 8:
+            if end - body < 6:
+                return None
+            height, width = struct.unpack_from(">HH", data, body + 1)
+            return (width, height) if width > 0 and height > 0 else None
+    return None
+
+
+def parse_jpeg(data: bytes) -> JpegInfo | None:
+    """The facts of ``data``'s header; None when it is not a well-formed JPEG header (no
+    SOI, a segment running past the end, no frame header before the scan)."""
+    frame = None
+    orientation, adobe = 1, -1
+    for marker, body, end in segments(data):
+        if marker in _FRAMES:
+            if end - body < 6:
                 return None
             precision, height, width, comps = struct.unpack_from(">BHHB", data, body)
             frame = (marker, precision, width, height, comps)
         elif marker == 0xE1 and data[body:body + 6] == b"Exif\x00\x00":
             orientation = _exif_orientation(data[body:end])
-        elif marker == 0xEE and data[body:body + 5] == b"Adobe" and length >= 14:
+        elif marker == 0xEE and data[body:body + 5] == b"Adobe" and end - body >= 12:
             adobe = data[body + 11]
         elif marker == 0xDA:  # start of scan: the header is over
             if frame is None:
@@ -109,7 +136,4 @@ def parse_jpeg(data: bytes) -> JpegInfo | None:
             complete = data.rfind(EOI, end) >= 0
             return JpegInfo(width, height, comps, precision, marker_, orientation, adobe,
                             complete)
-        elif marker == 0xD9:
-            return None
-        pos = end
     return None
