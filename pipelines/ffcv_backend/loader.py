@@ -108,10 +108,15 @@ class RankSliceOrder(TraversalOrder):
         self.loader = loader
         return self
 
-    def sample_order(self, epoch: int) -> np.ndarray:
+    def epoch_samples(self, epoch: int) -> np.ndarray:
+        """This rank's whole slice of the epoch's order."""
         order = epoch_order(self.num_samples, epoch, self.seed, self.order, self.block,
                             self.window)
-        return rank_slice(order, self.rank, self.world_size)[self.first_sample:]
+        return rank_slice(order, self.rank, self.world_size)
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        """What FFCV traverses: the slice from ``first_sample`` on (a resumed epoch)."""
+        return self.epoch_samples(epoch)[self.first_sample:]
 
 
 def resolve_beton(data: str | Path) -> tuple[Path, Manifest]:
@@ -209,9 +214,7 @@ class FFCVMultiCropLoader:
 
     def sample_indices(self, epoch: int) -> np.ndarray:
         """Dataset indices this rank visits in ``epoch``, in order (the whole epoch)."""
-        order = epoch_order(self.num_samples, epoch, self.seed, self.order.order,
-                            self.order.block, self.order.window)
-        return rank_slice(order, self.rank, self.order.world_size)
+        return self.order.epoch_samples(epoch)
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         self._stop()
