@@ -37,7 +37,7 @@ from .beton_layout import (ALLOC_ENTRY, MODE_JPG, MODE_RAW, PAGE_SIZE, SAMPLE_ME
 from .common import ConvertConfig, Manifest, fsync_path
 from .progress import Progress
 from .sources import Inputs, label_counts, list_inputs
-from .workers import run_ordered
+from .workers import context, run_ordered
 
 WRITE_MODES = ("raw", "jpg", "proportion")
 MANIFEST = "manifest.json"
@@ -56,12 +56,7 @@ def _validate(cfg: ConvertConfig) -> None:
     if not 0.0 <= cfg.compress_probability <= 1.0:
         raise ValueError(f"compress_probability must be in [0, 1], got "
                          f"{cfg.compress_probability}")
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality must be in 1..100, got {cfg.jpeg_quality}")
-    if cfg.max_side < 16:
-        raise ValueError(f"max_side must be >= 16, got {cfg.max_side}")
-    if cfg.check not in prepare.CHECKS:
-        raise ValueError(f"check must be one of {prepare.CHECKS}, got {cfg.check!r}")
+    cfg.check_options()
 
 
 def page_size_for(cfg: ConvertConfig) -> int:
@@ -137,16 +132,12 @@ def write_beton(inputs: Inputs, cfg: ConvertConfig, tmp: Path, progress: Progres
                 ) -> tuple[int, list[dict], dict[str, int], str]:
     """Stream every input into ``tmp``; return (samples stored, skipped lines, counts by how,
     the file's ``block_digest``)."""
-    import multiprocessing
-
     samples = inputs.samples
     page_size = page_size_for(cfg)
     start = data_start(len(samples), page_size)
     with open(tmp, "wb") as f:  # header stays zero (unreadable) until the end
         f.write(bytes(metadata_offset()))
-    counter = multiprocessing.get_context("fork" if "fork" in
-                                          multiprocessing.get_all_start_methods()
-                                          else "spawn").Value("Q", 0)
+    counter = context().Value("Q", 0)  # the next free page, claimed by the workers
     job = _BetonJob(str(tmp), start, page_size, counter, cfg.max_side, cfg.jpeg_quality,
                     cfg.write_mode, cfg.compress_probability, cfg.check)
     tasks = ([(i + j, p, label) for j, (p, label) in enumerate(samples[i:i + CHUNK])]

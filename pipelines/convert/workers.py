@@ -29,7 +29,9 @@ class Job(Protocol):
     def finish(self, state: Any) -> Any: ...
 
 
-def _context():
+def context():
+    """The multiprocessing context the pool's workers are made in (fork where there is one):
+    shared objects a job carries (e.g. a ``Value``) must come from the same one."""
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
@@ -57,7 +59,7 @@ def run_ordered(job: Job, tasks: Iterable[Any], workers: int, inflight: int | No
     ``on_finish`` receives each worker's ``job.finish`` value once all tasks are done (before
     the generator ends).
     """
-    ctx = _context()
+    ctx = context()
     inflight = inflight or 4 * workers
     task_q, result_q = ctx.Queue(maxsize=inflight), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(job, i, task_q, result_q), daemon=True)
