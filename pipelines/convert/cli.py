@@ -6,7 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from .common import ConvertConfig
+from .common import CHECKS, ConvertConfig
 
 WRITERS = {"wds": "pipelines.convert.wds:convert", "ffcv": "pipelines.convert.beton:convert"}
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ffcv: how images are stored (default %(default)s)")
     p.add_argument("--compress-probability", type=float, default=d.compress_probability,
                    help="ffcv, --write-mode proportion: share stored as JPEG")
-    p.add_argument("--check", choices=("header", "decode"), default=d.check,
+    p.add_argument("--check", choices=CHECKS, default=d.check,
                    help="JPEGs stored as they are: judged by their header and structure "
                    "(default; the verify step decodes every stored image afterwards) or "
                    "also decoded once while converting")

@@ -13,6 +13,9 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 
+CHECKS = ("header", "decode")  # how a pass-through JPEG is checked (``prepare``)
+
+
 @dataclass(frozen=True)
 class ConvertConfig:
     """Options of ``dino-convert`` (shared by every output format)."""
@@ -34,6 +37,16 @@ class ConvertConfig:
     classes_from: Path | None = None  # class list of the training split (folder/manifest)
     unlabeled: bool | None = None  # None: auto (images directly in src); True: forced
     verify: bool = True          # read the output back with the format's reader at the end
+
+    def check_options(self) -> None:
+        """ValueError naming the first option, among those every format uses, that is out of
+        range (each converter adds its own)."""
+        if self.check not in CHECKS:
+            raise ValueError(f"check must be one of {CHECKS}, got {self.check!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.max_side < 16:
+            raise ValueError(f"max_side must be >= 16, got {self.max_side}")
 
 
 _BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")

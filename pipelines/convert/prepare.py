@@ -27,8 +27,6 @@ from PIL import Image, ImageOps
 from .common import EncodeError, describe_error
 from .jpeg_header import parse_jpeg
 
-CHECKS = ("header", "decode")
-
 
 @dataclass(frozen=True)
 class Prepared:

@@ -267,8 +267,7 @@ def convert(cfg: ConvertConfig) -> Manifest:
     """
     if cfg.shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {cfg.shard_size}")
-    if cfg.check not in prepare.CHECKS:
-        raise ValueError(f"check must be one of {prepare.CHECKS}, got {cfg.check!r}")
+    cfg.check_options()
     inputs = list_inputs(cfg)
     dst = Path(cfg.dst)
     if dst.exists() and not dst.is_dir():
