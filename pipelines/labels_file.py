@@ -38,6 +38,18 @@ def read_labels_file(path: str | Path) -> dict[str, str]:
     return out
 
 
+def require_known_classes(found: list[str], classes: list[str], where: str) -> None:
+    """DatasetError naming the classes of ``found`` (seen in ``where``) that ``classes``, the
+    training split's list, lacks: converting or evaluating val against the wrong train split
+    must not pass silently."""
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more"
+                                           if len(unknown) > 10 else "")
+        raise DatasetError(f"{where} names {len(unknown)} class(es) the training split does "
+                           f"not have: {shown}")
+
+
 def find_labels_file(split_dir: Path) -> Path | None:
     """A labels file for the flat folder ``split_dir``: next to it or inside it."""
     for folder in (split_dir.parent, split_dir):
@@ -59,12 +71,7 @@ def scan_labelled_flat(root: str | Path, labels_file: str | Path,
     by_key = {p.stem: p for p in files} | {p.name: p for p in files}
     names = sorted(set(labels.values()))
     if classes is not None:
-        unknown = sorted(set(names) - set(classes))
-        if unknown:
-            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more"
-                                               if len(unknown) > 10 else "")
-            raise DatasetError(f"labels file {labels_file} names {len(unknown)} class(es) the "
-                               f"training split does not have: {shown}")
+        require_known_classes(names, classes, f"labels file {labels_file}")
         names = list(classes)
     index = {c: i for i, c in enumerate(names)}
     samples, skipped, used = [], [], set()

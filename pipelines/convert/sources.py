@@ -24,8 +24,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..folder import DatasetError, scan_image_folder
-from ..labels_file import scan_labelled_flat
+from ..folder import DatasetError, Skipped, scan_image_folder
+from ..labels_file import require_known_classes, scan_labelled_flat
 from .common import ConvertConfig
 
 
@@ -54,11 +54,15 @@ def load_class_list(source: str | Path) -> list[str]:
                        "a converted dataset folder")
 
 
+def _lines(skipped: list[Skipped]) -> list[dict]:
+    """Skipped files as the manifest's ``{"path", "reason"}`` lines."""
+    return [{"path": s.path, "reason": s.reason} for s in skipped]
+
+
 def _labelled_flat(cfg: ConvertConfig) -> Inputs:
     classes = load_class_list(cfg.classes_from) if cfg.classes_from else None
     scan = scan_labelled_flat(cfg.src, cfg.labels, classes)
-    return Inputs(scan.classes, scan.samples,
-                  [{"path": s.path, "reason": s.reason} for s in scan.skipped])
+    return Inputs(scan.classes, scan.samples, _lines(scan.skipped))
 
 
 def label_counts(samples: list[tuple[str, int]], skipped: list[dict]) -> dict[str, int]:
@@ -78,15 +82,13 @@ def list_inputs(cfg: ConvertConfig) -> Inputs:
             raise ValueError("--labels and --unlabeled contradict each other")
         return _labelled_flat(cfg)
     scan = scan_image_folder(cfg.src, unlabeled=cfg.unlabeled)
-    skipped = [{"path": s.path, "reason": s.reason} for s in scan.skipped]
+    skipped = _lines(scan.skipped)
     if not scan.labelled:
         return Inputs([], scan.samples, skipped, labelled=False)
     if cfg.classes_from:
         train = load_class_list(cfg.classes_from)
-        unknown = sorted(set(scan.classes) - set(train))
-        if unknown:
-            raise DatasetError(f"{cfg.src} has class folder(s) the training split "
-                               f"({cfg.classes_from}) does not have: {', '.join(unknown[:10])}")
+        require_known_classes(scan.classes, train,
+                              f"{cfg.src} (class folders; training split {cfg.classes_from})")
         remap = [train.index(c) for c in scan.classes]
         return Inputs(train, [(p, remap[y]) for p, y in scan.samples], skipped)
     return Inputs(scan.classes, scan.samples, skipped)
