@@ -327,7 +327,8 @@ def _train_epochs(run: Run, out: Path) -> dict:
 def _checkpoint(run: Run, out: Path, epoch: int, batch: int) -> None:
     """Rank 0 writes the checkpoint after ``epoch`` epochs + ``batch`` batches; all ranks wait."""
     n = run.iters_per_epoch
-    _stop_if_diverged(int(run.step.stats.first_bad), epoch, n)  # never save a poisoned state
+    # host sync on GPU (checkpoint steps only): never save a poisoned state
+    _stop_if_diverged(int(run.step.stats.first_bad), epoch, n)
     if run.env.is_main:
         state = run.state(epoch, batch)
         run_state.save_latest(state, out)
