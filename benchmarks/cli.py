@@ -117,15 +117,18 @@ def cmd_patch(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     return run_patch_benchmark(cfg, device, argv), PATCH_PLOT
 
 
-def _data_choice(args):
-    """--data / --corpus / --corpus-dir / --corpus-images / --backend-data as a DataChoice."""
+def _data_choice(args, quick_images: int | None = None):
+    """--data / --corpus / --corpus-dir / --corpus-images / --backend-data as a DataChoice
+    (options a sub-command lacks keep DataChoice's defaults); ``quick_images``: the corpus
+    size under --quick (default: the pipeline benchmark's)."""
     from .bench_data import DataChoice
     from .pipeline import QUICK_CORPUS_IMAGES
 
-    images = args.corpus_images or (QUICK_CORPUS_IMAGES if args.quick
-                                    else DataChoice.corpus_images)
-    return DataChoice(data=args.data, corpus=args.corpus, corpus_dir=args.corpus_dir,
-                      corpus_images=images, backend_data=_backend_data(args.backend_data))
+    quick = quick_images or QUICK_CORPUS_IMAGES
+    images = args.corpus_images or (quick if args.quick else DataChoice.corpus_images)
+    return DataChoice(data=args.data, corpus=getattr(args, "corpus", DataChoice.corpus),
+                      corpus_dir=args.corpus_dir, corpus_images=images,
+                      backend_data=_backend_data(getattr(args, "backend_data", None)))
 
 
 def _data_bench_config(cls, args, device, names: dict[str, str]):
@@ -219,15 +222,12 @@ def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 def cmd_convert(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .bench_data import DataChoice
     from .convert import CONVERT_PLOT, ConvertBenchConfig, run_convert_benchmark
 
-    images = args.corpus_images or (QUICK_CONVERT_IMAGES if args.quick
-                                    else DataChoice.corpus_images)
-    source = DataChoice(data=args.data, corpus_dir=args.corpus_dir, corpus_images=images)
-    cfg = ConvertBenchConfig(source=source, workers=tuple(args.workers), max_side=args.max_side,
-                             quality=args.quality, repeats=args.repeats, scratch=args.scratch,
-                             verify=not args.no_verify)
+    fields = _overrides(args, {n: n for n in ("workers", "max_side", "quality", "repeats",
+                                              "scratch")})
+    cfg = ConvertBenchConfig(source=_data_choice(args, QUICK_CONVERT_IMAGES),
+                             verify=not args.no_verify, **fields)
     return run_convert_benchmark(cfg, describe_machine(device, argv)), CONVERT_PLOT
 
 
@@ -316,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-seconds", type=float,
                    help="untimed seconds first (at least; default on CUDA 3)")
 
+    from .convert import ConvertBenchConfig
     p = sub.add_parser("convert", help="dino-convert vs FFCV's writer, images/s per core",
                        description=HELP["convert"])
     _common(p)
@@ -324,11 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "or ~/.cache/dino-fast)")
     p.add_argument("--corpus-images", type=int, help="images in the corpus (default 8192; "
                    f"quick {QUICK_CONVERT_IMAGES})")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                   help="worker counts to measure (default 1 2); scaling is against the first")
-    p.add_argument("--max-side", type=int, default=500, help="longer-side limit (default 500)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per converter (median)")
+    c = ConvertBenchConfig()
+    p.add_argument("--workers", type=int, nargs="+", help="worker counts to measure (default "
+                   f"{' '.join(map(str, c.workers))}); scaling is against the first")
+    p.add_argument("--max-side", type=int, help=f"longer-side limit (default {c.max_side})")
+    p.add_argument("--quality", type=int, help=f"JPEG quality (default {c.quality})")
+    p.add_argument("--repeats", type=int, help=f"runs per converter, median reported "
+                   f"(default {c.repeats})")
     p.add_argument("--scratch", help="folder for the outputs (default: the system temp folder)")
     p.add_argument("--no-verify", action="store_true", help="do not time --verify")
 

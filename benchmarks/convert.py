@@ -146,7 +146,8 @@ def measure(src: Path, cfg: ConvertBenchConfig, log=print) -> list[dict]:
         runs: dict[tuple[str, int], list[tuple[float, int, float, float, float]]] = {}
         for rep in range(cfg.repeats):
             for w in cfg.workers:
-                order = CONVERTERS[rep % 3:] + CONVERTERS[:rep % 3]
+                k = rep % len(CONVERTERS)  # rotated, so no converter always runs first
+                order = CONVERTERS[k:] + CONVERTERS[:k]
                 for name in order:
                     out = scratch / f"{name.replace(' ', '-')}-{w}-{rep}"
                     r = _timed(name, src, out, w, cfg)
