@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_state
 from .models import VisionTransformer
 
 
@@ -60,23 +60,12 @@ def resized_pos_embed(pos_embed: torch.Tensor, model: VisionTransformer) -> torc
     finally:
         model.pos_embed = own
 
+
 def load_init_backbone(model: VisionTransformer, state: dict[str, torch.Tensor],
                        path: str | Path) -> None:
-    """Copy ``state`` into ``model`` strictly (tensors cast to the model's dtypes)."""
+    """Load ``state`` into ``model`` strictly (``checkpoint.load_state``: a mismatch is one
+    readable error), its position embedding first resized to the model's grid."""
     state = dict(state)
     if "pos_embed" in state:
         state["pos_embed"] = resized_pos_embed(state["pos_embed"], model)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"--init-backbone {path}: the backbone does not match this model (missing "
-            f"{missing[:3]}, unexpected {unexpected[:3]})")
-    for key, value in state.items():
-        if value.shape != own[key].shape:
-            raise CheckpointError(f"--init-backbone {path}: {key} has shape "
-                                  f"{tuple(value.shape)}, this model {tuple(own[key].shape)}")
-    with torch.no_grad():
-        for key, value in state.items():
-            own[key].copy_(value.to(own[key].dtype))
+    load_state(model, state, "the --init-backbone backbone", path)
