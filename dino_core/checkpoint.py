@@ -28,11 +28,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Serialise ``state`` (tensors and plain data only) and write it atomically."""
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """``state`` (tensors and plain data only) as ``torch.save`` writes it."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Serialise ``state`` (tensors and plain data only) and write it atomically."""
+    atomic_write_bytes(path, checkpoint_bytes(state))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

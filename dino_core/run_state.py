@@ -21,7 +21,6 @@ one. ``rng`` holds torch's CPU generator, the device's (CUDA), numpy's and Pytho
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
@@ -33,7 +32,7 @@ import torch
 
 from pipelines.convert.common import atomic_write_bytes, fsync_path
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 
 log = logging.getLogger("dino_core.run_state")
 
@@ -105,10 +104,7 @@ def set_rng_state(rng: dict, device: torch.device) -> None:
 def write_verified(state: dict, path: Path) -> None:
     """Serialise ``state`` (with its checksum) to ``path`` atomically and read the written
     bytes back; a file that reads back differently is removed and an OSError raised."""
-    state = {**state, "checksum": checksum(state)}
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
+    data = checkpoint_bytes({**state, "checksum": checksum(state)})
     atomic_write_bytes(path, data)
     if zlib.crc32(path.read_bytes()) != zlib.crc32(data):
         path.unlink()
