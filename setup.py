@@ -25,7 +25,7 @@ EXTRAS["all"] = sorted({r for k in ("dali", "ffcv") for r in EXTRAS[k]})
 def build_kernels(target: Path) -> None:
     """Build the CUDA kernel library into ``target`` when nvcc is found; never fail the install.
 
-    ``dino_core/kernels/build.py`` is loaded by path: it needs only the standard library, and
+    ``pipelines/kernels/build.py`` is loaded by path: it needs only the standard library, and
     torch may not be installed yet. Environment: ``DINO_BUILD_KERNELS=0`` skips the build;
     ``DINO_KERNEL_ARCHS="sm_90 sm_80"`` chooses the architectures (default: the visible GPU's,
     else sm_90). pip shows these messages only with ``-v`` (and not at all when setuptools'
@@ -35,7 +35,7 @@ def build_kernels(target: Path) -> None:
         print("dino-fast: CUDA kernels not built (DINO_BUILD_KERNELS=0)")
         return
     spec = importlib.util.spec_from_file_location("dino_kernels_build",
-                                                  HERE / "dino_core" / "kernels" / "build.py")
+                                                  HERE / "pipelines" / "kernels" / "build.py")
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
     archs = os.environ.get("DINO_KERNEL_ARCHS", "").replace(",", " ").split() or None
@@ -60,7 +60,7 @@ class BuildPyWithKernels(build_py):
     def run(self):
         super().run()
         root = HERE if getattr(self, "editable_mode", False) else Path(self.build_lib)
-        build_kernels(root / "dino_core" / "kernels" / "lib")
+        build_kernels(root / "pipelines" / "kernels" / "lib")
 
 
 class DevelopWithKernels(develop):
@@ -71,7 +71,7 @@ class DevelopWithKernels(develop):
     def run(self):
         super().run()
         if hasattr(develop, "install_for_development") and not getattr(self, "uninstall", 0):
-            build_kernels(HERE / "dino_core" / "kernels" / "lib")
+            build_kernels(HERE / "pipelines" / "kernels" / "lib")
 
 setup(
     name="dino-fast",
@@ -108,6 +108,6 @@ setup(
         "dino-export=dino_core.cli.export:main",
         "dino-convert=pipelines.convert.cli:main",
         "dino-bench=benchmarks.cli:main",
-        "dino-build-kernels=dino_core.kernels.build:main",
+        "dino-build-kernels=pipelines.kernels.build:main",
     ]},
 )

@@ -36,7 +36,7 @@ def _kernel_library() -> str:
     """Whether the carried kernel library loads here; if not (another system, a stale
     build), rebuild it with this machine's nvcc for its GPU, once, and say so."""
     try:
-        from dino_core.kernels import build, library
+        from pipelines.kernels import build, library
     except ImportError as exc:
         return f"not importable: {exc}"
     reason = library.unavailable_reason()

@@ -3,7 +3,7 @@
 ``csrc/dino_loss_kernel.cu`` (C interface ``csrc/dino_loss_kernel.h``; kernels
 ``csrc/dino_loss_kernels.cuh``; math ``csrc/dino_loss_math.h``, which the host twin
 ``csrc/dino_loss_host.cpp`` shares) is compiled ahead of time into ``libdino_fast_kernels.so``
-(``dino_core/kernels``); this module declares its functions, allocates outputs with torch and
+(``pipelines/kernels``); this module declares its functions, allocates outputs with torch and
 passes data pointers and ``torch.cuda.current_stream().cuda_stream``. No host sync.
 
 Memory traffic per training step (forward + backward), the point of the design. With
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dino_core.kernels import library
+from pipelines.kernels import library
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}

@@ -13,7 +13,7 @@ Implementations (``impl``), all with the same value and gradient:
 - ``reference``: the paper's pair loop (``reference.py``), for tests and baselines.
 - ``fused``: one softmax per student view, closed-form backward, plain torch (``fused.py``).
 - ``cuda``: the CUDA kernels (``cuda.py``), from the kernel library built ahead of time
-  (``dino-build-kernels``; see ``dino_core/kernels``).
+  (``dino-build-kernels``; see ``pipelines/kernels``).
 - ``auto``: ``cuda`` for CUDA tensors when the kernel library loads for this GPU, else
   ``fused``.
 One log line per module says which implementation runs and why (the library's path, or why
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dino_core.kernels.library import library_path
+from pipelines.kernels.library import library_path
 
 from . import cuda as cuda_ext
 from .center import CenterEMA

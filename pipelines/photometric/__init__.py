@@ -11,7 +11,7 @@ docstring; every implementation below computes them and is tested against the ot
     cpu_kernel.py   the fused numba kernel, one view streamed through the cache row by row
                     (the FFCV executor's CPU finish; needs numba)
     cuda.py         the fused CUDA kernel (csrc/photometric_kernel.cu, built into the
-                    project's kernel library, dino_core.kernels), two launches for all view
+                    project's kernel library, pipelines.kernels), two launches for all view
                     sizes of a batch; its math is the header csrc/photometric.cuh
     host_twin.py    that header (and the kernel's tiling, csrc/photometric_tile.cuh) built
                     for the host with a C++ compiler: how the CUDA code is tested on a CPU

@@ -1,7 +1,7 @@
 """The fused photometric CUDA kernel: ``finish_views``' implementation for CUDA crops.
 
 ``csrc/photometric_kernel.cu`` is built ahead of time into the project's kernel library
-(``dino_core.kernels``: ``dino-build-kernels``) and called through ctypes; no compiler and
+(``pipelines.kernels``: ``dino-build-kernels``) and called through ctypes; no compiler and
 no torch headers at run time. Per call, for every view size given together, two launches
 on the current stream: the contrast means (views with jitter), then one fused pass that
 reads each crop once (the blur halo from L2) and writes each output once. The math is the
@@ -27,8 +27,9 @@ from typing import Sequence
 
 import torch
 
+from ..kernels import library
 from ..spec import AugmentationSpec
-from . import kernel_abi
+from . import kernel_abi, torch_ops
 from .constants import kernel_consts
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ def _bound() -> tuple[kernel_abi.Abi | None, str | None]:
     if not torch.cuda.is_available():
         return None, (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda
                       is None else "no CUDA device is available")
-    try:
-        from dino_core.kernels import library
-    except ImportError as exc:
-        return None, f"the kernel library loader (dino_core.kernels) is not importable: {exc}"
     try:
         lib = library.load()
     except library.KernelsUnavailable as exc:
@@ -117,8 +114,7 @@ def finish_many(batches: Sequence[tuple[torch.Tensor, torch.Tensor]], spec: Augm
                                  f"[{n}, 3, {s}, {s}] on {crops.device}, got {out.dtype} "
                                  f"{tuple(out.shape)} on {out.device}")
     if _too_wide(spec, abi.max_radius):
-        from .finish import _torch
-        results = [_torch(crops, rows, spec) for crops, rows in batches]
+        results = [torch_ops.finish_rows(crops, rows, spec) for crops, rows in batches]
         if outs is None:
             return results
         for out, result in zip(outs, results):

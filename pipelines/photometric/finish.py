@@ -21,7 +21,6 @@ import torch
 
 from ..spec import AugmentationSpec
 from . import torch_ops
-from .params import params_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def finisher(device_type: str, impl: str = "auto") -> Finisher:
         if device_type != "cpu":
             raise ValueError("photometric impl 'cpu_kernel' needs CPU crops")
         return _cpu_kernel
-    return _torch
+    return torch_ops.finish_rows
 
 
 def _auto(device_type: str) -> tuple[str, str]:
@@ -104,15 +103,3 @@ def _cpu_kernel(crops: torch.Tensor, rows: torch.Tensor, spec: AugmentationSpec
     result = torch.from_numpy(out)
     dtype = getattr(torch, spec.output_dtype)
     return result if dtype == torch.float32 else result.to(dtype)
-
-
-@functools.lru_cache(maxsize=8)
-def _torch_ops(spec: AugmentationSpec, device: torch.device) -> torch_ops.PhotometricOps:
-    """Built once per spec and device: its constants are uploaded once, not per batch."""
-    return torch_ops.PhotometricOps(spec, device)
-
-
-def _torch(crops: torch.Tensor, rows: torch.Tensor, spec: AugmentationSpec) -> torch.Tensor:
-    params = params_from_rows(rows, spec)
-    return _torch_ops(spec, crops.device)(crops, spec.global_views[:1], generator=None,
-                                          params=params)

@@ -24,6 +24,7 @@ vectorised path; its per-sample loop twin lives in tests/pipelines/photometric/t
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from ..sampling import JITTER_OPS
 from ..spec import AugmentationSpec, ViewSpec
-from .params import PhotometricParams, draw_params
+from .params import PhotometricParams, draw_params, params_from_rows
 
 LUMA = (0.299, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = (JITTER_OPS.index(n) for n in
@@ -354,3 +355,17 @@ class PhotometricOps:
             x = to_float(images[sl], channels_last)
             self.normalize(_photometric(x, params.rows(sl), self.spec, "auto"), out=out[sl])
         return out
+
+
+@functools.lru_cache(maxsize=8)
+def ops_for(spec: AugmentationSpec, device: torch.device) -> PhotometricOps:
+    """Built once per spec and device: its constants are uploaded once, not per batch."""
+    return PhotometricOps(spec, device)
+
+
+def finish_rows(crops: torch.Tensor, rows: torch.Tensor, spec: AugmentationSpec) -> torch.Tensor:
+    """``finish_views``' torch implementation: uint8 crops ``[N, S, S, 3]`` and their
+    ``param_row`` rows ``[N, WIDTH]`` (on the crops' device) -> ``[N, 3, S, S]``."""
+    params = params_from_rows(rows, spec)
+    return ops_for(spec, crops.device)(crops, spec.global_views[:1], generator=None,
+                                       params=params)

@@ -1,7 +1,7 @@
 // Host side of the DINO loss CUDA kernels: layout planning, launches and the C interface
 // (dino_loss_kernel.h) that libdino_fast_kernels.so exports and dino_core/loss/cuda.py calls
 // with ctypes. Only CUDA headers are included (no torch), so nvcc builds it anywhere
-// (dino_core/kernels/build.py). The kernels are in dino_loss_kernels.cuh.
+// (pipelines/kernels/build.py). The kernels are in dino_loss_kernels.cuh.
 #include <cuda_runtime.h>
 #include <stdint.h>
 

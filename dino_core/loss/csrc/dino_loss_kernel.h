@@ -1,5 +1,5 @@
 // C interface of the DINO loss CUDA kernels (dino_loss_kernel.cu), exported by
-// libdino_fast_kernels.so (dino_core/kernels/build.py) and declared for ctypes in
+// libdino_fast_kernels.so (pipelines/kernels/build.py) and declared for ctypes in
 // dino_core/loss/cuda.py. Plain C types only. Every function returns 0 on success, a
 // cudaError_t value after a failed CUDA call, or one of the DINO_LOSS_* codes below;
 // dino_loss_error_string names any of them.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dino_core.kernels import build
+from pipelines.kernels import build
 
 SOURCE = Path(build.ROOT) / "dino_core" / "loss" / "csrc" / "dino_loss_host.cpp"
 _CODES = {torch.float32: 0, torch.float64: 3}

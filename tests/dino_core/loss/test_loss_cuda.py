@@ -1,6 +1,6 @@
 """The CUDA kernels through the kernel library: source checks everywhere, numbers on a GPU.
 
-The library these GPU tests use is the one the loader finds (``dino_core/kernels/lib/`` or
+The library these GPU tests use is the one the loader finds (``pipelines/kernels/lib/`` or
 ``$DINO_FAST_KERNELS``), built ahead of time with ``dino-build-kernels --arch sm_90``.
 """
 import logging
@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from dino_core.kernels import build, library
+from pipelines.kernels import build, library
 from dino_core.loss import DINOLoss
 from dino_core.loss import cuda as cuda_ext
 from dino_core.loss.cuda import KernelOptions

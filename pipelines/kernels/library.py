@@ -1,12 +1,12 @@
 """Load ``libdino_fast_kernels.so`` (built by ``build.py``) with ctypes, or say why it cannot be.
 
-    from dino_core.kernels import library
+    from pipelines.kernels import library
     lib = library.load()                 # a ctypes.CDLL, cached; or KernelsUnavailable
     reason = library.unavailable_reason()  # None when load() would succeed
 
 The loader checks, in this order, and refuses with a message that says what to do:
 - a CUDA device is visible to torch (a CPU-only torch build or no GPU: the torch paths run);
-- the library exists at ``$DINO_FAST_KERNELS`` or ``dino_core/kernels/lib/`` (else: the
+- the library exists at ``$DINO_FAST_KERNELS`` or ``pipelines/kernels/lib/`` (else: the
   exact build command, and the log of a failed earlier build if there is one);
 - it was built with this ``ABI_VERSION`` and from these sources (``sources_digest``): a
   library left from other code is refused rather than called with the wrong signatures;
@@ -39,7 +39,7 @@ class LibraryInfo:
 
 
 def library_path() -> Path:
-    """``$DINO_FAST_KERNELS`` when set, else ``dino_core/kernels/lib/libdino_fast_kernels.so``."""
+    """``$DINO_FAST_KERNELS`` when set, else ``pipelines/kernels/lib/libdino_fast_kernels.so``."""
     return build.default_library_path()
 
 

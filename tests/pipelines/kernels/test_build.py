@@ -3,7 +3,7 @@ import ctypes
 
 import pytest
 
-from dino_core.kernels import build, library
+from pipelines.kernels import build, library
 
 LOSS_FUNCTIONS = ("dino_loss_plan", "dino_loss_forward", "dino_loss_backward",
                   "dino_loss_rescale", "dino_loss_error_string")

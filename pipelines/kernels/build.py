@@ -2,7 +2,7 @@
 
     dino-build-kernels                       # the visible GPU's architecture, else sm_90
     dino-build-kernels --arch sm_90 sm_80    # a fat library for several GPU generations
-    python -m dino_core.kernels.build --out /opt/dino/libdino_fast_kernels.so
+    python -m pipelines.kernels.build --out /opt/dino/libdino_fast_kernels.so
 
 Every ``.cu`` file in ``SOURCES`` (paths relative to the folder that holds ``dino_core/``) is
 compiled by nvcc, with the CUDA runtime linked statically, into ``libdino_fast_kernels.so``:

@@ -1,7 +1,7 @@
 """One build of the kernel library per test session (about 15 s of nvcc for sm_90)."""
 import pytest
 
-from dino_core.kernels import build
+from pipelines.kernels import build
 
 
 @pytest.fixture(scope="session")

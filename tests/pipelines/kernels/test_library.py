@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dino_core.kernels import build, library
+from pipelines.kernels import build, library
 
 NO_GPU = not torch.cuda.is_available()
 

@@ -11,7 +11,7 @@ __all__ = ["KernelsUnavailable", "library_path", "load", "unavailable_reason"]
 
 
 def __getattr__(name: str):
-    # Lazy, so that `python -m dino_core.kernels.build` does not import the loader first.
+    # Lazy, so that `python -m pipelines.kernels.build` does not import the loader first.
     if name in __all__:
         from . import library
         return getattr(library, name)
