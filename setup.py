@@ -11,8 +11,12 @@ HERE = Path(__file__).resolve().parent
 
 # numba compiles the parameter draw (pipelines/sampling/compiled_draw.py) that the DALI feed and
 # the FFCV op share; the base install (reference executor) runs without it.
+DALI_VERSION = "2.4.0"
 EXTRAS = {
-    "dali": ["nvidia-dali-cuda120==2.4.0", "numba"],
+    # DALI is built per CUDA major version: pick the one matching the machine's driver/CUDA
+    # (`nvidia-smi` prints "CUDA Version"). Both run the CPU pipelines the tests use.
+    "dali": [f"nvidia-dali-cuda120=={DALI_VERSION}", "numba"],        # CUDA 12.x
+    "dali-cuda13": [f"nvidia-dali-cuda130=={DALI_VERSION}", "numba"],  # CUDA 13.x (H100/H200 here)
     "ffcv": ["ffcv==1.0.2", "numba"],
     "dev": ["pytest>=7", "pytest-timeout"],
     # The CPU wheel. A CUDA machine keeps its own torch build: install without this extra.
@@ -81,11 +85,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines*", "dino_core*", "benchmarks*"]),
-    # Kernel sources ship with the package: the loader checks a library against them.
-    package_data={"dino_core": ["loss/csrc/*.cu", "loss/csrc/*.cpp", "loss/csrc/*.h"],
-                  "pipelines": ["configs/*.yaml", "photometric/csrc/*.cu",
-                                "photometric/csrc/*.cuh", "photometric/csrc/*.h",
-                                "photometric/csrc/*.cpp"]},
+    # Every file a run reads besides the code: the kernel sources (the loader checks a library
+    # against their digest; the emulation build compiles them) and the config presets.
+    package_data={pkg: ["**/*.cu", "**/*.cuh", "**/*.h", "**/*.cpp", "**/*.yaml"]
+                  for pkg in ("dino_core", "pipelines")},
     cmdclass={"build_py": BuildPyWithKernels, "develop": DevelopWithKernels},
     install_requires=[
         "torch>=2.4",  # the CPU wheel comes with the "cpu" extra (see EXTRAS)
