@@ -6,18 +6,28 @@ skipped with the reason, and a one-screen summary is printed last and written to
 ``OUTDIR/summary.md`` (``summary.json`` for tools). Logs go to ``OUTDIR/logs/<part>.log``,
 result files (JSON/CSV/MD/PNG of each benchmark) to ``OUTDIR/results/``.
 
-    env          GPU, driver, library versions, kernel library status; the two ceilings
-                 (device copy GB/s, bf16 matmul TFLOP/s) the other figures are read against
+    env          GPU, driver, library versions, every module the parts import, the
+                 libraries of the carried FFCV extension (ldd); the two ceilings (device
+                 copy GB/s, bf16 matmul TFLOP/s) the other figures are read against
+    kernels      the kernel library: the carried build, else rebuilt there with nvcc
     tests        ``pytest -m gpu``: kernels against their twins, the step, the loaders
+    sanitize     compute-sanitizer memcheck and racecheck on one loss and one photometric
+                 launch (``gpu_sanitize.py``)
     loss         DINO loss: reference loop, fused torch, CUDA kernel (bf16, B=64, 12 views,
                  K=65536), timed under CUDA-graph replay, bytes moved against the floor
     photometric  the fused photometric kernel: 64 images x (2x224 + 10x96) -> bf16
-    step         our step vs the reference step, ViT-S/16 and ViT-B/16, bf16, MFU
-    patch        train-step images/s and MFU against patch size (16, 14, 8), ViT-S and ViT-B
-    corpus       the ImageNet-like benchmark corpus and its .beton / tar shards (cached)
+    step         our step vs the reference step, ViT-S/16, bf16, MFU
+    corpus       the ImageNet-like benchmark corpus and its .beton (cached)
     pipeline     multi-crop images/s and CPU cores busy per loader on the ImageNet-like corpus
     e2e          ViT-S/16 training on each fast loader: images/s and data-wait share
-    (patch last: the step part already gives ViT-S/16 and ViT-B/16 MFU)
+    patch        train-step images/s and MFU against patch size (16, 14, 8), ViT-S and ViT-B
+    dali-*       the same for DALI (corpus shards, tests, pipeline, e2e)
+
+How they are cut into device calls that fit a 15-minute window, and what each call carries,
+is ``gpu_plan.py`` (``python -m benchmarks.gpu_plan`` prints it). ``--pack DIR`` writes the
+whole output folder as ``DIR/<name>.tgz`` plus ``DIR/<name>-summary.md`` (what a device call
+brings back); ``--skip-done RESULTS`` skips the parts that a committed summary of this GPU
+(``RESULTS/<gpu>_*_gpu_summary.json``) says ran ok, so a later window runs what is missing.
 
 A part that needs DALI or FFCV is skipped where they are not installed, so the same command
 serves a call before DALI is unpacked (``--parts`` picks parts; ``--only dali`` the DALI
@@ -35,6 +45,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,45 +78,51 @@ def _bench(*args: str, results: str = "") -> tuple[str, ...]:
             "--no-tensorboard")
 
 
-_PYTEST = ("{py}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=120", "-rs")
+_PYTEST = ("{py}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=60", "-rs")
 
 PARTS: tuple[Part, ...] = (
-    Part("env", "GPU, versions, kernel library, copy and matmul ceilings",
-         ("{py}", "-m", "benchmarks.gpu_env", "{results}/env.json"), 120),
+    Part("env", "GPU, versions, modules, FFCV's libraries, copy and matmul ceilings",
+         ("{py}", "-m", "benchmarks.gpu_env", "env", "{results}/env.json"), 40),
+    Part("kernels", "the kernel library: the carried build, else rebuilt with nvcc there",
+         ("{py}", "-m", "benchmarks.gpu_env", "kernels", "{results}/kernels.json"), 30),
     Part("tests", "pytest -m gpu (kernels vs twins, step, FFCV loader)",
-         (*_PYTEST, "-m", "gpu and not dali", "tests"), 180),
+         (*_PYTEST, "-m", "gpu and not dali", "tests"), 70),
+    Part("sanitize", "compute-sanitizer memcheck + racecheck: one loss, one photometric launch",
+         ("{py}", "-m", "benchmarks.gpu_sanitize", "{results}/sanitize.json"), 40),
     Part("loss", "DINO loss fwd+bwd, bf16 B=64 V=12 K=65536, graph replay",
-         _bench("loss", "--dtype", "bfloat16"), 60),
+         _bench("loss", "--dtype", "bfloat16"), 30),
     Part("photometric", "fused photometric kernel, 64 x (2x224 + 10x96) -> bf16",
-         _bench("photometric"), 60),
-    Part("step", "our step vs the reference step, ViT-S/16 and ViT-B/16, bf16",
-         _bench("step", "--archs", "vit_small", "vit_base", "--precision", "bf16",
-                "--seconds", "3"), 120),
+         _bench("photometric"), 20),
+    Part("step", "our step vs the reference step, ViT-S/16, bf16, MFU",
+         _bench("step", "--archs", "vit_small", "--precision", "bf16", "--seconds", "3"), 50),
     Part("corpus", "build the ImageNet-like corpus (8,192 JPEGs) and its .beton",
-         ("{py}", "-m", "benchmarks.corpus", "--convert", "ffcv"), 150),
+         ("{py}", "-m", "benchmarks.corpus", "--convert", "ffcv"), 60),
     Part("pipeline", "FFCV + GPU finish vs the reference, ImageNet-like corpus",
          _bench("pipeline", "--backends", "reference", "ffcv", "--seconds", "10",
-                "--warmup-seconds", "2", "--time-budget", "75", results="ffcv"),
-         150, ("cuda", "ffcv")),
+                "--warmup-seconds", "2", "--time-budget", "70", results="ffcv"),
+         80, ("cuda", "ffcv")),
     Part("e2e", "ViT-S/16 training fed by FFCV: images/s, data-wait share",
-         _bench("e2e", "--backends", "ffcv", "--seconds", "20", "--time-budget", "80",
-                results="ffcv"), 100, ("cuda", "ffcv")),
+         _bench("e2e", "--backends", "ffcv", "--seconds", "20", "--time-budget", "55",
+                results="ffcv"), 60, ("cuda", "ffcv")),
     Part("patch", "train-step img/s and MFU, ViT-S/ViT-B at patch 16, 14, 8",
          _bench("patch", "--archs", "vit_small", "vit_base", "--patches", "16", "14", "8",
-                "--precision", "bf16", "--seconds", "2"), 120),
+                "--precision", "bf16", "--seconds", "2"), 85),
     Part("dali-corpus", "the corpus's DALI tar shards and index files",
-         ("{py}", "-m", "benchmarks.corpus", "--convert", "wds"), 120, ("cuda", "dali"),
+         ("{py}", "-m", "benchmarks.corpus", "--convert", "wds"), 45, ("cuda", "dali"),
          "dali"),
     Part("dali-tests", "pytest -m 'gpu and dali' (mixed decode, loader)",
-         (*_PYTEST, "-s", "-m", "gpu and dali", "tests"), 120, ("cuda", "dali"), "dali"),
+         (*_PYTEST, "-s", "-m", "gpu and dali", "tests"), 55, ("cuda", "dali"), "dali"),
     Part("dali-pipeline", "DALI mixed decode + GPU finish, ImageNet-like corpus",
          _bench("pipeline", "--backends", "reference", "dali", "--seconds", "10",
-                "--warmup-seconds", "2", "--time-budget", "75", results="dali"),
-         150, ("cuda", "dali"), "dali"),
+                "--warmup-seconds", "2", "--time-budget", "80", results="dali"),
+         90, ("cuda", "dali"), "dali"),
     Part("dali-e2e", "ViT-S/16 training fed by DALI: images/s, data-wait share",
-         _bench("e2e", "--backends", "dali", "--seconds", "20", "--time-budget", "80",
-                results="dali"), 100, ("cuda", "dali"), "dali"),
+         _bench("e2e", "--backends", "dali", "--seconds", "20", "--time-budget", "50",
+                results="dali"), 55, ("cuda", "dali"), "dali"),
 )
+# Parts every window runs again, even where a committed summary says they ran: what the
+# others need on the machine at hand.
+ALWAYS = ("env", "kernels")
 
 
 REHEARSAL_CORPUS_IMAGES = 256
@@ -115,10 +132,13 @@ def rehearsal(part: Part) -> Part:
     """``part`` as a CPU rehearsal: the same command, as small as it runs (benchmarks with
     ``--device cpu --quick``, pytest collecting only, a 256-image corpus). It measures
     nothing; it finds a broken import, option or wiring before GPU minutes are spent on
-    it. ``env`` has nothing to rehearse without a GPU and keeps needing one."""
+    it. ``env`` and ``kernels`` have nothing to rehearse without a GPU and keep needing one;
+    ``sanitize`` lists the runs it would make (``--dry-run``)."""
     argv = list(part.argv)
     if "benchmarks.gpu_env" in argv:
         return part
+    if "benchmarks.gpu_sanitize" in argv:
+        argv.append("--dry-run")
     if "--device" in argv:
         argv[argv.index("--device") + 1] = "cpu"
     if "benchmarks.cli" in argv:
@@ -206,13 +226,36 @@ def select(names: list[str] | None, only: str | None) -> list[Part]:
     return [p for p in PARTS if only is None or p.group == only]
 
 
-def run_check(out: Path, parts: list[Part], budget_s: float) -> list[Outcome]:
-    """Run ``parts`` in order within ``budget_s`` seconds in all; write the summary."""
+def done_parts(results: Path, slug: str) -> dict[str, str]:
+    """Parts that a committed summary of GPU ``slug`` says ran ok: {part: summary file}."""
+    done = {}
+    for path in sorted(results.glob(f"{slug}_*_gpu_summary.json")):
+        for part in json.loads(path.read_text()).get("parts", []):
+            if part.get("status") == "ok":
+                done.setdefault(part["name"], path.name)
+    return done
+
+
+def gpu_slug() -> str | None:
+    """This machine's GPU as results files name it (``h100``, ``h200``), or None."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    from .harness import machine_slug
+    return machine_slug(torch.cuda.get_device_name(), os.cpu_count() or 1)
+
+
+def run_check(out: Path, parts: list[Part], budget_s: float,
+              done: dict[str, str] | None = None) -> list[Outcome]:
+    """Run ``parts`` in order within ``budget_s`` seconds in all; write the summary.
+    ``done``: parts measured already ({part: summary file}), skipped unless in ALWAYS."""
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
     start, outcomes = time.monotonic(), []
     for part in parts:
         reason = missing(part.needs)
+        if reason is None and done and part.name in done and part.name not in ALWAYS:
+            reason = f"ran ok on this GPU already ({done[part.name]})"
         left = budget_s - (time.monotonic() - start)
         if reason is None and left < 10:
             reason = f"the check's budget of {budget_s:.0f} s is spent"
@@ -235,6 +278,18 @@ def render(outcomes: list[Outcome], elapsed: float) -> str:
         detail = o.detail.replace("|", "/")
         lines.append(f"| {o.name} | {o.status} | {o.seconds:.0f} | {detail} |")
     return "\n".join(lines) + "\n"
+
+
+def pack(out: Path, dest: Path, name: str) -> Path:
+    """``out`` as ``dest/<name>.tgz`` and its summary as ``dest/<name>-summary.md``: two
+    files, what a device call can bring back (at most 8, 16 MiB each)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / f"{name}.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out, arcname=name)
+    if (out / "summary.md").is_file():
+        (dest / f"{name}-summary.md").write_text((out / "summary.md").read_text())
+    return archive
 
 
 def write_summary(out: Path, outcomes: list[Outcome], elapsed: float) -> None:
@@ -262,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="seconds for the whole check (default 450); a part gets at most what "
                         "is left, and parts after the budget are skipped")
+    p.add_argument("--skip-done", type=Path, metavar="RESULTS",
+                   help="skip parts that a committed RESULTS/<gpu>_*_gpu_summary.json of this "
+                        "GPU says ran ok (env and kernels always run)")
+    p.add_argument("--pack", type=Path, metavar="DIR",
+                   help="also write OUTDIR as DIR/<pack-name>.tgz and its summary as "
+                        "DIR/<pack-name>-summary.md (for the device tool's $OUT)")
+    p.add_argument("--pack-name", default="gpu-check", help="file name stem for --pack")
     return p
 
 
@@ -270,8 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = select(args.parts, args.only)
     if args.rehearse:
         parts = [rehearsal(p) for p in parts]
-    outcomes = run_check(args.outdir, parts, args.budget_s)
+    slug = gpu_slug() if args.skip_done else None
+    done = done_parts(args.skip_done, slug) if slug else None
+    outcomes = run_check(args.outdir, parts, args.budget_s, done)
     print((args.outdir / "summary.md").read_text(), flush=True)
+    if args.pack:
+        print(f"[gpu-check] packed {pack(args.outdir, args.pack, args.pack_name)}", flush=True)
     return 0 if not any(o.status.startswith(("failed", "timed")) for o in outcomes) else 1
 
 

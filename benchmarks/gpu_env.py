@@ -1,12 +1,18 @@
-"""The GPU machine as the other figures must be read against it: ``python -m benchmarks.gpu_env
-OUT.json``.
+"""The GPU machine as the other figures must be read against it.
 
-Records the device, driver, library versions and whether the project's kernel library loads
-(rebuilding it here with nvcc when the carried build does not),
-and measures the two ceilings every GPU figure is compared with (METHOD.md of the device
-notes): device-to-device copy bandwidth (bytes read + written per second, 2 GiB buffers)
-and dense bf16 matmul throughput (8192^3 on random data). Both are medians of event-timed
-repetitions after warm-up. Prints one line per entry; exits 2 without a GPU.
+    python -m benchmarks.gpu_env env OUT.json       versions, modules, FFCV's libraries,
+                                                    ceilings
+    python -m benchmarks.gpu_env kernels OUT.json   the kernel library: loads, else rebuilt
+
+``env`` records the device, driver and library versions, whether every module the check's
+parts import is importable there (a missing one is named before a part fails on it), the
+shared libraries the carried FFCV extension needs (``ldd``: "not found" lines name what the
+machine's glibc or image lacks), and measures the two ceilings every GPU figure is compared
+with (METHOD.md of the device notes): device-to-device copy bandwidth (bytes read + written
+per second, 2 GiB buffers) and dense bf16 matmul throughput (8192^3 on random data). Both
+are medians of event-timed repetitions after warm-up. ``kernels`` checks that the carried
+kernel library loads, rebuilding it with the machine's nvcc for its GPU when it does not.
+Each prints one line per entry; exits 2 without a GPU.
 """
 from __future__ import annotations
 
@@ -52,6 +58,40 @@ def _kernel_library() -> str:
             else f"unavailable after a rebuild here: {again}")
 
 
+# What the check's parts import, beyond the standard library (a part fails on the first
+# one missing; this names them all at once).
+MODULES = ("torch", "numpy", "numba", "PIL", "yaml", "psutil", "tqdm", "matplotlib",
+           "tensorboard", "pytest", "skimage", "sklearn", "ffcv", "cv2", "nvidia.dali")
+
+
+def modules() -> dict[str, str]:
+    """{module: version, or why it does not import}."""
+    import importlib
+    found = {}
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 -- a report, whatever the failure
+            found[name] = f"MISSING ({type(exc).__name__}: {str(exc)[:120]})"
+        else:
+            found[name] = str(getattr(module, "__version__", "ok"))
+    return found
+
+
+def ffcv_libraries() -> str:
+    """``ldd`` of the FFCV extension that imports here: its unresolved libraries, or ok."""
+    import importlib.util
+    spec = importlib.util.find_spec("ffcv")
+    if spec is None or spec.origin is None:
+        return "ffcv not installed"
+    exts = sorted(Path(spec.origin).parent.glob("_libffcv*.so"))
+    if not exts:
+        return f"no _libffcv*.so next to {Path(spec.origin).parent}"
+    out = subprocess.run(["ldd", str(exts[0])], capture_output=True, text=True, timeout=30)
+    bad = [ln.strip() for ln in out.stdout.splitlines() if "not found" in ln]
+    return f"{exts[0].name}: " + ("; ".join(bad) if bad else "every library resolves")
+
+
 def _median_ms(fn, reps: int) -> float:
     """Median event-timed milliseconds of ``fn`` (synchronised once at the end)."""
     for _ in range(3):
@@ -82,18 +122,23 @@ def ceilings() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("env", "kernels"):
+        print("usage: python -m benchmarks.gpu_env env|kernels [OUT.json]", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("gpu_env: no CUDA GPU on this machine", file=sys.stderr)
         return 2
-    info = {"machine": dataclasses.asdict(describe_machine("cuda")), "nvidia_smi": _smi(),
-            "cpu_count": os.cpu_count(), "kernel_library": _kernel_library(),
-            "nvcc": shutil.which("nvcc") or "absent"}
-    info["ceilings"] = ceilings()
+    if args[0] == "kernels":
+        info = {"kernel_library": _kernel_library(), "nvcc": shutil.which("nvcc") or "absent"}
+    else:
+        info = {"machine": dataclasses.asdict(describe_machine("cuda")),
+                "nvidia_smi": _smi(), "cpu_count": os.cpu_count(), "modules": modules(),
+                "ffcv_libraries": ffcv_libraries(), "ceilings": ceilings()}
     for key, value in info.items():
         print(f"{key}: {value}")
-    if args:
-        Path(args[0]).parent.mkdir(parents=True, exist_ok=True)
-        Path(args[0]).write_text(json.dumps(info, indent=1, default=str))
+    if len(args) > 1:
+        Path(args[1]).parent.mkdir(parents=True, exist_ok=True)
+        Path(args[1]).write_text(json.dumps(info, indent=1, default=str))
     return 0
 
 
