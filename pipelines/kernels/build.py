@@ -37,6 +37,7 @@ may be installed.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import os
 import re
@@ -72,7 +73,7 @@ SOURCES: tuple[str, ...] = (
 NVCC_FLAGS = ("-O3", "-std=c++17", "-shared", "-cudart", "static", "-Xcompiler", "-fPIC",
               "-Xcompiler", "-fvisibility=hidden", "-Xlinker", "--exclude-libs,ALL",
               "-I", str(TARGET_INCLUDE))
-# The emulation: C++20 (std::barrier), the stand-in headers first on the include path, the
+# The emulation: C++20 (std::atomic_ref), the stand-in headers first on the include path, the
 # device it stands for (__CUDA_ARCH__ 900: the sm_90 paths, clusters included); nvcc's
 # `#pragma unroll` is unknown to g++.
 EMULATION_FLAGS = ("-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
@@ -218,23 +219,34 @@ def resolve_output(out: str | Path | None, name: str = LIBRARY_NAME) -> Path:
     return path if path.suffix == ".so" else path / name
 
 
-def _compile(cmd: list[str], library: Path, compiler: str) -> Path:
-    """Run ``cmd`` (whose output goes to ``-o <temporary>``, the last argument) and rename its
-    output over ``library``; the full output is kept in ``log_path(library)``."""
+def _compile(cmd: list[str], library: Path, compiler: str,
+             first: tuple[list[str], ...] = ()) -> Path:
+    """Run the commands ``first`` side by side (e.g. one compilation per source), then
+    ``cmd`` (whose output goes to ``-o <temporary>``, the last argument), and rename its
+    output over ``library``; the full output of all is kept in ``log_path(library)``."""
     log = log_path(library)
-    partial = Path(cmd[-1])
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as exc:
-        raise BuildError(f"could not run {cmd[0]}: {exc}") from exc
-    log.write_text(f"$ {' '.join(cmd)}\n\n{proc.stdout}{proc.stderr}"
-                   f"\n[exit status {proc.returncode}]\n")
-    if proc.returncode != 0:
-        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "error" in ln]
-        first = f"; first error: {errors[0].strip()}" if errors else ""
+
+    def run(c: list[str]) -> tuple[list[str], subprocess.CompletedProcess]:
+        try:
+            return c, subprocess.run(c, capture_output=True, text=True)
+        except OSError as exc:
+            raise BuildError(f"could not run {c[0]}: {exc}") from exc
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        done = list(pool.map(run, first))
+    if all(proc.returncode == 0 for _, proc in done):
+        done.append(run(cmd))
+    log.write_text("\n".join(f"$ {' '.join(c)}\n\n{proc.stdout}{proc.stderr}"
+                             f"\n[exit status {proc.returncode}]\n" for c, proc in done))
+    failed = [proc for _, proc in done if proc.returncode != 0]
+    if failed:
+        errors = [ln for ln in (failed[0].stdout + failed[0].stderr).splitlines()
+                  if "error" in ln]
+        first_error = f"; first error: {errors[0].strip()}" if errors else ""
         raise BuildError(f"building {library} failed ({compiler} exit status "
-                         f"{proc.returncode}){first}\nThe compiler's full output is in {log}")
-    os.replace(partial, library)  # atomic: a loader never sees a half-written library
+                         f"{failed[0].returncode}){first_error}\nThe compiler's full output "
+                         f"is in {log}")
+    os.replace(Path(cmd[-1]), library)  # atomic: a loader never sees a half-written library
     return library
 
 
@@ -298,9 +310,12 @@ def build_emulation(out: str | Path | None = None, sanitize: str | None = None,
         info = Path(tmp) / "library_info.cpp"
         info.write_text(_info_source([EMULATION_ARCH], sources_digest(sources, emulation=True),
                                      ABI_VERSION))
-        cmd = [cxx, *EMULATION_FLAGS, *SANITIZE_FLAGS[sanitize], *extra_flags, "-x", "c++",
-               *map(str, paths), str(info), "-o", str(Path(tmp) / library.name)]
-        return _compile(cmd, library, Path(cxx).name)
+        flags = [*EMULATION_FLAGS, *SANITIZE_FLAGS[sanitize], *extra_flags]
+        objects = [Path(tmp) / f"{i}-{src.stem}.o" for i, src in enumerate([*paths, info])]
+        compiles = tuple([cxx, *flags, "-c", "-x", "c++", str(src), "-o", str(obj)]
+                         for src, obj in zip([*paths, info], objects))
+        link = [cxx, *flags, *map(str, objects), "-o", str(Path(tmp) / library.name)]
+        return _compile(link, library, Path(cxx).name, first=compiles)
 
 
 def build_host(sources: tuple[str | Path, ...], out: str | Path,
@@ -329,7 +344,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "after installing on a machine whose nvcc was not found then, after editing a .cu\n"
             "file (the loader refuses a library built from other sources), or to build for\n"
             "another GPU. Without the library, the loss runs its fused torch path and says why\n"
-            "in one log line."),
+            "in one log line.\n\n"
+            "--emulate builds the CPU emulation instead (g++ only, no nvcc, no GPU): the same\n"
+            "kernel sources run by CPU threads, for the tests (pytest -m device_emulation) and\n"
+            f"the sanitizers (${ENV_SANITIZE}=address or =thread). Training never uses it."),
         epilog=(
             "architectures (--arch): the GPU's compute capability as sm_<major><minor>:\n"
             "  sm_90  H100, H200, GH200        sm_80  A100, A30\n"
@@ -340,18 +358,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             f"{DEFAULT_OUT_DIR / LIBRARY_NAME}.\n"
             "nvcc is taken from $CUDA_HOME/bin, else PATH, else /usr/local/cuda/bin.\n"
             "A failed build keeps the compiler's full output in libdino_fast_kernels.build.log\n"
-            "next to the output and leaves any previous library untouched."))
+            "next to the output and leaves any previous library untouched.\n\n"
+            f"emulation (--emulate): {DEFAULT_OUT_DIR / EMULATION_LIBRARY_NAME} by default,\n"
+            f"-address.so / -thread.so with ${ENV_SANITIZE}; the compiler is $CXX, else g++.\n"
+            f"The loader uses it inside library.use_emulation(...) or with ${ENV_EMULATION}=1\n"
+            "(or =the .so's path); CONTRIBUTING.md says how to run the sanitizers."))
     p.add_argument("--arch", nargs="+", metavar="SM",
                    help="target architectures, e.g. sm_90 (default: the visible GPU's, else "
                         f"{DEFAULT_ARCH})")
     p.add_argument("--out", help="output .so path, or a folder for libdino_fast_kernels.so "
                                  f"(default: ${ENV_LIBRARY} when set, else "
                                  f"{DEFAULT_OUT_DIR / LIBRARY_NAME})")
+    p.add_argument("--emulate", action="store_true",
+                   help="build the CPU emulation with g++ (tests and sanitizers; no --arch)")
     return p.parse_args(argv)
+
+
+def _main_emulation(args: argparse.Namespace) -> int:
+    if args.arch:
+        print("dino-build-kernels: --arch does not apply to --emulate (it stands for sm_90)",
+              file=sys.stderr)
+        return 2
+    try:
+        sanitize = sanitizer()
+        path = build_emulation(args.out, sanitize)
+    except BuildError as exc:
+        print(f"dino-build-kernels: {exc}", file=sys.stderr)
+        return 1
+    print(f"built {path}: the CPU emulation{f' under {sanitize} sanitizers' if sanitize else ''}"
+          f" (compiler output: {log_path(path)})")
+    print(f"tests use it with {ENV_EMULATION}={path} (pytest -m device_emulation)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.emulate:
+        return _main_emulation(args)
     try:
         archs = args.arch or default_archs()
         path = build(archs, args.out)

@@ -44,6 +44,19 @@ def test_no_torch_extension_build_remains():
     assert "cpp_extension" not in (build.ROOT / "dino_core" / "loss" / "cuda.py").read_text()
 
 
+def test_tensors_off_the_librarys_device_are_named(monkeypatch):
+    """The CUDA library takes tensors of one CUDA device: a CPU tensor is a ValueError naming
+    it, checked before any pointer reaches a kernel (issue 28 §2.5)."""
+    monkeypatch.delenv(build.ENV_EMULATION, raising=False)
+    student, teacher, center = make_logits(1, 2, 8, 0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="cuda_dino_loss: student_output is on cpu; the CUDA "
+                                         "kernels take tensors on a CUDA device"):
+        cuda_ext.cuda_dino_loss(student, teacher, center, TEACHER_TEMP, 2, 0.1)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_dino_loss: center is on cpu"):
+            cuda_ext.cuda_dino_loss(student.cuda(), teacher.cuda(), center, TEACHER_TEMP, 2, 0.1)
+
+
 # ----------------------------------------------------------------------------- on a GPU
 def gpu_logits(batch, ncrops, dim, dtype, seed=0):
     return make_logits(batch, ncrops, dim, seed, dtype=dtype, device="cuda")

@@ -3,7 +3,8 @@
 ``emulation_library`` (a session fixture) is the library built by ``build.build_emulation``
 once per sources digest (cached in ``$DINO_FAST_CACHE/kernels``, warnings as errors), or the
 one ``$DINO_FAST_KERNELS_EMULATION`` names (the sanitizer runs of test_sanitizers.py pass
-their ASan / TSan builds that way). ``emulated`` selects it for one test
+their ASan / TSan builds that way, with ``$DINO_EMULATION_SANITIZE`` saying which). A new
+module of device_emulation tests belongs in test_sanitizers.EMULATION_MODULES too. ``emulated`` selects it for one test
 (``library.use_emulation``) and gives the test hooks of the stand-in runtime, reset after.
 
     from tests.pipelines.kernels.emulation import emulated, emulation_library  # fixtures

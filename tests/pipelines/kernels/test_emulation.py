@@ -47,11 +47,13 @@ LAUNCH_FAILURE, INVALID_CLUSTER_SIZE = 719, 912
 
 @pytest.fixture(scope="module")
 def probe():
-    """The probe kernels with the emulation runtime (built once per sources digest)."""
+    """The probe kernels with the emulation runtime (built once per sources digest; under
+    the sanitizer that ``$DINO_EMULATION_SANITIZE`` names, as the sanitizer runs set it)."""
+    sanitize = build.sanitizer()
     digest = build.sources_digest((PROBE,), emulation=True)
-    path = cache_dir() / f"libemulation_probe-{digest}.so"
+    path = cache_dir() / f"libemulation_probe-{sanitize or 'plain'}-{digest}.so"
     if not path.is_file():
-        build.build_emulation(path, sources=(PROBE,), extra_flags=("-Werror",))
+        build.build_emulation(path, sanitize, sources=(PROBE,), extra_flags=("-Werror",))
     lib = ctypes.CDLL(str(path))
     yield lib
     Hooks(path).set_driver_version(0)

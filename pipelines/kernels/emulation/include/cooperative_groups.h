@@ -1,6 +1,6 @@
 // Stand-in for CUDA's cooperative groups (CPU emulation, pipelines/kernels/emulation): the
 // block and the thread-block cluster. A cluster's blocks run at the same time, each on its
-// own threads (scheduler.cpp); its barrier is a std::barrier of all their threads, split
+// own threads (scheduler.cpp); its barrier is a barrier of all their threads, split
 // into arrive and wait as on sm_90; map_shared_rank maps an address in this block's dynamic
 // shared memory to the same offset in a peer block's.
 #ifndef DINO_EMULATION_COOPERATIVE_GROUPS_H_

@@ -1,15 +1,17 @@
 // The CPU emulation of CUDA device code (pipelines/kernels/emulation): qualifiers, barriers,
 // warp shuffles and votes, atomics, intrinsics. Kernel code compiled with g++ against these
 // definitions runs with one OS thread per CUDA thread (scheduler.cpp):
-//   __syncthreads        a std::barrier of the block's threads; a thread that returns from
-//                        the kernel arrives and drops, as an exited warp does on the GPU;
+//   __syncthreads        a barrier of the block's threads (std::barrier's semantics on a
+//                        futex: barrier.h); a thread that returns from the kernel arrives
+//                        and drops, as an exited warp does on the GPU;
 //   __shfl_*_sync, votes a per-warp exchange buffer (two slots, alternating) and a barrier of
 //                        the warp's lanes: each lane publishes its value, waits, reads its
 //                        source lane's. Only whole-warp masks are supported (checked);
 //   atomics              std::atomic_ref on the same addresses;
 //   static __shared__    a function-local `static` (one copy): correct because the blocks of
 //                        a launch without clusters run one at a time; a kernel launched with
-//                        clusters must not have one (the launch then fails, see below).
+//                        clusters must not have one (the launch then fails: __shared__
+//                        below checks it each time a thread passes the declaration).
 // Dynamic shared memory is a per-block buffer (DINO_DYNAMIC_SHARED in
 // pipelines/kernels/csrc/device_target.h), filled with 0xFF bytes (NaN in every float
 // type) at the start of each block, so a read before a write shows up in the results.
