@@ -291,6 +291,8 @@ def check_tensors(what: str, **tensors: torch.Tensor | None) -> None:
                 raise ValueError(f"{what}: {name} is on {t.device}; the kernel library "
                                  "selected is the CPU emulation (tests), which takes CPU tensors")
         return
+    if not given:
+        return
     first_name, first = given[0]
     for name, t in given:
         if t.device.type != "cuda":

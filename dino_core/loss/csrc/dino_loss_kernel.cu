@@ -90,7 +90,10 @@ int plan(int ncrops, int dim, int max_clusters, int allow_resident, DinoLossPlan
     err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   }
   if (err == cudaSuccess) err = prepare_attributes<T>(optin, major, &budget);
-  if (err != cudaSuccess) return static_cast<int>(err);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // reported by this call: not left for the next launch to return
+    return static_cast<int>(err);
+  }
   const bool vector = dim % N == 0;
   const int width = vector ? N : 1;
   int cap = major >= 9 ? max_clusters : 1;

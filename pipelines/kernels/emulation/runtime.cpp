@@ -8,6 +8,8 @@
 // Test hooks (exported, emulation builds only):
 //   dino_emulation_set_max_cluster(n)      the largest cluster the device schedules (as on a
 //                                          MIG slice); 0 restores the device's 16
+//   dino_emulation_set_optin_smem(bytes)   the opt-in shared memory per block (a smaller GPU:
+//                                          99 KiB on sm_86 ...); 0 restores the H100's
 //   dino_emulation_set_driver_version(v)   the version cudaDriverGetVersion reports (0: the
 //                                          runtime's); below the runtime's major version
 //                                          every call fails with cudaErrorInsufficientDriver
@@ -51,6 +53,7 @@ FuncState func_state(const void* func) {
 }
 
 std::atomic<int> forced_max_cluster{0};
+std::atomic<int> forced_optin_smem{0};
 std::atomic<int> driver_version{0};
 __thread cudaError_t last_error = cudaSuccess;
 
@@ -65,6 +68,11 @@ bool driver_supported() { return driver() / 1000 >= DINO_EMULATION_CUDART_VERSIO
 cudaError_t fail(cudaError_t error) {
   if (error != cudaSuccess) last_error = error;
   return error;
+}
+
+int optin_smem() {
+  const int forced = forced_optin_smem.load();
+  return forced > 0 ? forced : kOptinSmemPerBlock;
 }
 
 int max_cluster() {
@@ -174,7 +182,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = kSmemPerSm; break;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = kMaxThreadsPerSm; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = kOptinSmemPerBlock; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = optin_smem(); break;
     case cudaDevAttrMaxRegistersPerBlock: *value = 65536; break;
     case cudaDevAttrL2CacheSize: *value = 50 * 1024 * 1024; break;
     case cudaDevAttrClusterLaunch: *value = 1; break;
@@ -247,7 +255,7 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
   switch (attr) {
     case cudaFuncAttributeMaxDynamicSharedMemorySize:
       // static shared memory is not known here (reported 0): the opt-in limit is all of it
-      if (value < 0 || value > kOptinSmemPerBlock) return fail(cudaErrorInvalidValue);
+      if (value < 0 || value > optin_smem()) return fail(cudaErrorInvalidValue);
       state.max_dynamic_smem = value;
       return cudaSuccess;
     case cudaFuncAttributePreferredSharedMemoryCarveout:
@@ -285,6 +293,10 @@ cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, const void* func,
 
 DINO_EMULATION_EXPORT int dino_emulation_set_max_cluster(int blocks) {
   return forced_max_cluster.exchange(blocks < 0 ? 0 : blocks);
+}
+
+DINO_EMULATION_EXPORT int dino_emulation_set_optin_smem(int bytes) {
+  return forced_optin_smem.exchange(bytes < 0 ? 0 : bytes);
 }
 
 DINO_EMULATION_EXPORT int dino_emulation_set_driver_version(int version) {

@@ -65,7 +65,10 @@ int launch_fused(const Launch& L, cudaStream_t stream) {
   if (smem > 48 * 1024) {  // beyond the default: opt in (a host-side attribute, no sync)
     const cudaError_t err = cudaFuncSetAttribute(
         fused_kernel<Out>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (err != cudaSuccess) return (int)err;
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // reported by this call: not left for the next launch to return
+      return (int)err;
+    }
   }
   return (int)dino_target::launch(fused_kernel<Out>, dim3(L.blocks_b), dim3(THREADS), smem,
                                  stream, L);

@@ -28,15 +28,24 @@ def cache_dir() -> Path:
     return host_twin.cache_dir().parent / "kernels"
 
 
-def cached_build(sanitize: str | None = None) -> Path:
-    """The emulation library of these sources (with ``sanitize``: "address" or "thread"),
-    built on first use; a failed build fails the caller with the compiler's log."""
-    digest = build.sources_digest(emulation=True)
-    name = build.emulation_library_name(sanitize).removesuffix(".so") + f"-{digest}.so"
-    path = cache_dir() / name
+PROBE = build.ROOT / "tests" / "pipelines" / "kernels" / "emulation_probe.cu"
+
+
+def cached_build(sanitize: str | None = None, sources: tuple[Path, ...] = build.SOURCES,
+                 name: str = "libdino_fast_kernels_emulation") -> Path:
+    """The emulation library of ``sources`` (with ``sanitize``: "address" or "thread"),
+    built on first use and kept per sources digest; a failed build fails the caller with the
+    compiler's log."""
+    digest = build.sources_digest(sources, emulation=True)
+    path = cache_dir() / f"{name}-{sanitize or 'plain'}-{digest}.so"
     if not path.is_file():
-        build.build_emulation(path, sanitize=sanitize, extra_flags=WERROR)
+        build.build_emulation(path, sanitize=sanitize, sources=sources, extra_flags=WERROR)
     return path
+
+
+def probe_library(sanitize: str | None = None) -> Path:
+    """The probe kernels of ``emulation_probe.cu`` with the emulation runtime."""
+    return cached_build(sanitize, (PROBE,), "libemulation_probe")
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +71,10 @@ class Hooks:
         """The largest cluster the emulated device schedules (0: its own 16)."""
         self.lib.dino_emulation_set_max_cluster(blocks)
 
+    def set_optin_smem(self, nbytes: int) -> None:
+        """The opt-in shared memory per block the emulated device offers (0: an H100's)."""
+        self.lib.dino_emulation_set_optin_smem(nbytes)
+
     def set_driver_version(self, version: int) -> None:
         """What cudaDriverGetVersion reports (0: the runtime's own version). The loader's
         cache is cleared, as the version decides what it loads."""
@@ -82,4 +95,5 @@ def emulated(emulation_library):
             yield hooks
         finally:
             hooks.set_max_cluster(0)
+            hooks.set_optin_smem(0)
             hooks.set_driver_version(0)

@@ -31,11 +31,11 @@ def exported(path) -> set[str]:
     return {line.split()[-1] for line in out.splitlines() if " T " in line}
 
 
-@pytest.mark.device_emulation
 @pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) lists the exports")
 def test_emulation_exports_the_cuda_librarys_interface(built_library, emulation_library):
     """The same C functions (plus the emulation's test hooks), built with g++ alone."""
     hooks = {"dino_emulation_set_max_cluster", "dino_emulation_set_driver_version",
+             "dino_emulation_set_optin_smem",
              "dino_emulation_round", "dino_emulation_widen", "dino_emulation_pool_threads"}
     assert exported(emulation_library) == exported(built_library) | hooks
     log = build.log_path(emulation_library)

@@ -29,7 +29,8 @@ import textwrap
 import pytest
 
 from pipelines.kernels import build
-from tests.pipelines.kernels.emulation import cached_build
+from pipelines.photometric import host_twin
+from tests.pipelines.kernels.emulation import cached_build, probe_library
 
 pytestmark = pytest.mark.device_emulation
 ENV_ALL = "DINO_EMULATION_SANITIZE_ALL"
@@ -88,8 +89,15 @@ def under(sanitizer: str, args: list[str], library=None, timeout: int = 1500):
 
 
 def pytest_under(sanitizer: str, targets: list[str]):
+    """The pytest run of ``targets`` under ``sanitizer``; what its tests would compile (the
+    photometric host twin, the probes) is built here first, outside the preload."""
+    host_twin.load()
+    if any("test_emulation.py" in target for target in targets):
+        probe_library(sanitizer)
+    # --capture=sys: the sanitizers write their reports to file descriptor 2, which pytest
+    # would otherwise capture and drop with the output of passing tests
     return under(sanitizer, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                             f"--ignore={__file__}", *targets])
+                             "--capture=sys", f"--ignore={__file__}", *targets])
 
 
 def assert_clean(proc, sanitizer: str) -> None:
@@ -119,7 +127,7 @@ def test_thread_sanitizer_reports_a_missing_barrier(tmp_path):
     text = kernel.read_text()
     assert text.count("__syncthreads();") >= 3
     kernel.write_text(text.replace("__syncthreads();", ""))
-    mutant = build.build_emulation(tmp_path / "mutant.so", sanitize="thread", sources=(kernel,))
+    mutant = cached_build("thread", (kernel,), "libphotometric_mutant")
     proc = under("thread", ["-c", MUTANT_RUN, str(mutant)])
     out = proc.stdout + proc.stderr
     assert "WARNING: ThreadSanitizer: data race" in out, (

@@ -56,6 +56,17 @@ def test_widest_blur_opts_in_above_48_kib_of_shared_memory(emulated):
     assert_close_to_twin(*wide_blur_views(40), WIDE)
 
 
+def test_a_refused_opt_in_fails_its_call_only(emulated):
+    """On a GPU with less opt-in shared memory than the widest blur needs (48 KiB here) the
+    call fails, naming CUDA's error, and clears it: the next call (and torch's next launch
+    check) does not inherit it. Found by the emulation: the refused attribute's error used
+    to stay as the thread's last error and fail the next call's first launch."""
+    emulated.set_optin_smem(48 * 1024)
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        finish_both(*wide_blur_views(40), WIDE)
+    assert_close_to_twin(*recipe_batch(17, 1, seed=3))
+
+
 def test_every_jitter_order_with_grayscale_blur_and_solarize(emulated):
     orders = list(itertools.permutations(range(4)))
     views = [view(17, o, 1.3, 0.7, 1.2, 0.08, gray=k % 3 == 0, sigma=(None, 0.7, 2.0)[k % 3],
