@@ -11,12 +11,14 @@ emulation cannot check is listed in tests/pipelines/kernels/test_emulation.py.
 
 Shapes are small (B <= 2; a 512-thread block costs a few tenths of a second here) but each
 one picks a code path: K = 3, 37 (odd, scalar loads), 4100 (clusters of 3, a partial last
-chunk), 4104 bfloat16 (clusters of 2, V = 12), 1001 float64 (a scalar path in clusters).
+chunk), 4104 bfloat16 (clusters of 2, V = 12), 1001 float64 (a scalar path in clusters),
+65536 bfloat16 (one cluster of 16 blocks: 8,192 threads).
 """
 import pytest
 import torch
 
 from dino_core.loss import cuda as cuda_ext
+from pipelines.kernels import build
 from dino_core.loss.cuda import KernelOptions
 from tests.dino_core.loss.cases import make_logits, rel_err
 from tests.dino_core.loss.host_twin import build_twin, twin_loss
@@ -97,6 +99,19 @@ def test_kernels_match_reference_and_twin(emulated, twin, case):
         if dtype in (torch.float32, torch.float64):
             assert_matches_twin(twin, student, teacher, center, ncrops, upstream, loss, grad,
                                 plan.chunk)
+
+
+def test_a_cluster_of_16_blocks(emulated):
+    """The largest cluster, 8,192 threads at once: the emulation's practical ceiling (not
+    under TSan, whose runtime keeps track of fewer threads than that)."""
+    if build.sanitizer() == "thread":
+        pytest.skip("8,192 threads at once exceed ThreadSanitizer's thread limit")
+    ncrops, batch, dim = 2, 1, 65536
+    plan = cuda_ext.plan_for(None, torch.bfloat16, ncrops, dim)
+    assert (plan.clusters, plan.chunk, plan.resident) == (16, 4096, 1)
+    student, teacher, center = logits(batch, ncrops, dim, torch.bfloat16, seed=16)
+    loss, grad, _ = cuda_run(student, teacher, center, ncrops, -2.5)
+    assert_matches_reference(student, teacher, center, ncrops, -2.5, loss, grad)
 
 
 def test_float16_folds_a_large_upstream_in_before_rounding(emulated):

@@ -67,7 +67,7 @@ __global__ void static_shared(int* out) {
   __shared__ int cell[1];
   if (threadIdx.x == 0) cell[0] = static_cast<int>(blockIdx.x);
   __syncthreads();
-  out[blockIdx.x] = cell[0];
+  if (threadIdx.x == blockDim.x - 1) out[blockIdx.x] = cell[0];
 }
 
 // Reads the dynamic shared memory before anything is written to it.
