@@ -125,10 +125,13 @@ def sources_digest(sources: tuple[str | Path, ...] = SOURCES, emulation: bool = 
     files.update(p for p in TARGET_INCLUDE.glob("*") if p.suffix in HEADER_SUFFIXES)
     if emulation:
         files.update(p for p in EMULATION_DIR.rglob("*") if p.suffix in (*HEADER_SUFFIXES, ".cpp"))
+    # Named by file name (emulation files by their path in EMULATION_DIR), not by location:
+    # the same sources elsewhere (an installed wheel) have the same digest.
+    entries = sorted(((f.relative_to(EMULATION_DIR) if f.is_relative_to(EMULATION_DIR)
+                       else Path(f.name)).as_posix(), f.read_bytes()) for f in files)
     h = hashlib.sha256()
-    for f in sorted(files):
-        name = f.relative_to(ROOT) if f.is_relative_to(ROOT) else Path(f.name)
-        h.update(name.as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    for name, data in entries:
+        h.update(name.encode() + b"\0" + data + b"\0")
     return h.hexdigest()[:16]
 
 
