@@ -6,6 +6,13 @@
 (``pipelines/kernels``); this module declares its functions, allocates outputs with torch and
 passes data pointers and ``torch.cuda.current_stream().cuda_stream``. No host sync.
 
+The same glue runs on the CPU emulation of the library (``pipelines.kernels.library``'s
+``use_emulation``; tests marked ``device_emulation``): the kernels' own device code on CPU
+threads, with CPU tensors and stream 0, so the plan choice, the scalar fallback, the
+shared-memory opt-in and the cluster sizes are exercised without a GPU. Every tensor must be
+where the selected library runs (``library.check_tensors``: one CUDA device, or the CPU for
+the emulation); anything else is a ``ValueError`` naming the tensor.
+
 Memory traffic per training step (forward + backward), the point of the design. With
 ``S = V*B*K`` student logits, ``2*B*K`` teacher logits, and ``e`` bytes per logit, the floor is
 reading the student and teacher logits once and writing the gradient once,
@@ -78,10 +85,13 @@ _P = ctypes.c_void_p
 _I, _D = ctypes.c_int, ctypes.c_double
 
 
-@functools.cache
 def _lib() -> ctypes.CDLL:
-    """The kernel library with this module's function signatures declared."""
-    lib = library.load()
+    """The selected kernel library with this module's function signatures declared."""
+    return _declared(library.load())
+
+
+@functools.cache
+def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dino_loss_plan.argtypes = [_I, _I, _I, _I, _I, ctypes.POINTER(Plan)]
     lib.dino_loss_forward.argtypes = [_I, ctypes.POINTER(Plan), _P, _P, _P, _P, _P, _P,
                                       _I, _I, _I, _D, _D, _D, _P]
@@ -97,7 +107,8 @@ def _lib() -> ctypes.CDLL:
 
 
 def unavailable_reason() -> str | None:
-    """None when the kernel library loads for this GPU, else why not and what to do."""
+    """None when the selected kernel library loads (for this GPU, or the CPU emulation),
+    else why not and what to do."""
     return library.unavailable_reason()
 
 
@@ -111,25 +122,26 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _stream(device: torch.device) -> int:
-    """The raw ``cudaStream_t`` of the current stream on ``device`` (the capture stream
-    under CUDA-graph capture)."""
-    return torch.cuda.current_stream(device).cuda_stream
-
-
 def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@functools.cache
-def plan_for(device_index: int, dtype: torch.dtype, ncrops: int, dim: int,
+def plan_for(device_index: int | None, dtype: torch.dtype, ncrops: int, dim: int,
              max_clusters: int = MAX_CLUSTERS, allow_resident: bool = True) -> Plan:
-    """The kernels' layout for this shape on this device, chosen once (it sets kernel
-    attributes: call it outside CUDA-graph capture; the loss's first call does)."""
+    """The kernels' layout for this shape on this device (None: the CPU emulation), chosen
+    once per library (it sets kernel attributes: call it outside CUDA-graph capture; the
+    loss's first call does)."""
+    return _plan(_lib(), device_index, dtype, ncrops, dim, max_clusters, allow_resident)
+
+
+@functools.cache
+def _plan(lib: ctypes.CDLL, device_index: int | None, dtype: torch.dtype, ncrops: int,
+          dim: int, max_clusters: int, allow_resident: bool) -> Plan:
     plan = Plan()
-    with torch.cuda.device(device_index):
-        code = _lib().dino_loss_plan(_DTYPE_CODES[dtype], ncrops, dim, max_clusters,
-                                     int(allow_resident), ctypes.byref(plan))
+    device = torch.device("cpu") if device_index is None else torch.device("cuda", device_index)
+    with library.device_scope(device):
+        code = lib.dino_loss_plan(_DTYPE_CODES[dtype], ncrops, dim, max_clusters,
+                                  int(allow_resident), ctypes.byref(plan))
     _check(code, f"planning ({dtype}, ncrops={ncrops}, K={dim})")
     return plan
 
@@ -157,11 +169,11 @@ class CudaDINOLossFunction(torch.autograd.Function):
             stats = student.new_empty((ncrops + 4) * batch, dtype=center.dtype)
         ctx.scalars = (ncrops, batch, dim, 1.0 / student_temp, 1.0 / teacher_temp,
                        1.0 / (student_temp * n_pairs * batch))
-        with torch.cuda.device(student.device):
+        with library.device_scope(student.device):
             code = _lib().dino_loss_forward(
                 _DTYPE_CODES[student.dtype], ctypes.byref(plan), _ptr(student), _ptr(teacher),
                 _ptr(center), _ptr(grad), _ptr(row_loss), _ptr(stats), *ctx.scalars,
-                _stream(student.device))
+                library.stream_handle(student.device))
         _check(code, "the forward launch")
         ctx.plan, ctx.in_forward, ctx.overwrite = plan, in_forward, overwrite_logits
         ctx.acc, ctx.used = center.dtype, False
@@ -185,19 +197,19 @@ class CudaDINOLossFunction(torch.autograd.Function):
         upstream = grad_loss.detach().reshape(1).to(ctx.acc).contiguous()
         if ctx.in_forward:
             grad = CudaDINOLossFunction._scaled_saved_gradient(ctx)
-            with torch.cuda.device(grad.device):
+            with library.device_scope(grad.device):
                 code = _lib().dino_loss_rescale(_DTYPE_CODES[grad.dtype], _ptr(grad),
                                                 grad.numel(), _ptr(upstream),
-                                                _stream(grad.device))
+                                                library.stream_handle(grad.device))
             _check(code, "the gradient rescale launch")
         else:
             student, teacher, center, stats = ctx.saved_tensors
             grad = student if ctx.overwrite else torch.empty_like(student)
-            with torch.cuda.device(student.device):
+            with library.device_scope(student.device):
                 code = _lib().dino_loss_backward(
                     _DTYPE_CODES[student.dtype], ctypes.byref(ctx.plan), _ptr(student),
                     _ptr(teacher), _ptr(center), _ptr(stats), _ptr(upstream), _ptr(grad),
-                    *ctx.scalars, _stream(student.device))
+                    *ctx.scalars, library.stream_handle(student.device))
             _check(code, "the backward launch")
         if ctx.overwrite:
             torch.autograd.graph.increment_version(grad)  # the kernels wrote through a pointer
@@ -223,9 +235,13 @@ def cuda_dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor,
     """The DINO loss of CUDA student logits ``[ncrops*B, K]`` against teacher logits
     ``[2*B, K]`` with ``center [1, K]`` (no gradient to the teacher or the center). Returns a
     0-dim tensor in the accumulation dtype (float64 for float64 logits, else float32).
+    All three on one CUDA device (CPU tensors for the emulation), else a ``ValueError``
+    naming the tensor.
 
     ``overwrite_logits=True``: ``student_output`` (or its contiguous copy) receives the
     gradient (see the module docstring for when)."""
+    library.check_tensors("cuda_dino_loss", student_output=student_output,
+                          teacher_output=teacher_output, center=center)
     if student_output.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the CUDA DINO loss supports {SUPPORTED_DTYPES}, "
                         f"got {student_output.dtype}")

@@ -4,6 +4,12 @@
 ``libdino_fast_kernels.so`` (``dino-build-kernels``; ``pip install`` runs it when nvcc is
 present); ``library.py`` loads it with ctypes and checks that it fits this code and this GPU.
 No compiler and no torch headers are involved at run time.
+
+``csrc/device_target.h`` holds what differs between the two targets of the same sources: the
+GPU (nvcc) and the CPU emulation (``emulation/``: stand-in CUDA headers and runtime, g++,
+``dino-build-kernels --emulate``), on which the kernels' device code runs, with one OS
+thread per CUDA thread, for the tests marked ``device_emulation`` and under ASan/UBSan and
+TSan (CONTRIBUTING.md, "The CUDA kernels"). Training never loads the emulation.
 """
 from __future__ import annotations
 

@@ -15,7 +15,11 @@ allocator; the stream is torch's current one. The calls can be captured in a CUD
 
 A row the kernel cannot apply (a jitter order that is not a permutation of 0..3, a blur
 sigma beyond the spec's bound) yields NaN for its view instead of an exception, which would
-need a host sync. A spec whose largest blur sigma needs a wider window than the kernel is
+need a host sync.
+
+On the CPU emulation of the kernel library (``pipelines.kernels.library.use_emulation``;
+tests marked ``device_emulation``) the same calls run the kernel's device code on CPU
+threads: crops, rows and outputs are then CPU tensors and the stream is 0. A spec whose largest blur sigma needs a wider window than the kernel is
 compiled for (``csrc/photometric.cuh`` MAX_RADIUS: sigma <= 4) is finished by the torch ops,
 with one warning.
 """
@@ -36,16 +40,17 @@ log = logging.getLogger(__name__)
 PREFIX = "dino_photometric_"
 
 
-@functools.cache
 def _bound() -> tuple[kernel_abi.Abi | None, str | None]:
-    """The library's photometric functions, or why they are unavailable (once per process)."""
-    if not torch.cuda.is_available():
-        return None, (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda
-                      is None else "no CUDA device is available")
+    """The selected library's photometric functions, or why they are unavailable."""
     try:
-        lib = library.load()
+        lib = library.load()  # cached by the loader
     except library.KernelsUnavailable as exc:
         return None, str(exc)
+    return _bind(lib)
+
+
+@functools.cache
+def _bind(lib) -> tuple[kernel_abi.Abi | None, str | None]:
     try:
         return kernel_abi.bind(lib, PREFIX), None
     except kernel_abi.AbiMismatch as exc:
@@ -54,7 +59,8 @@ def _bound() -> tuple[kernel_abi.Abi | None, str | None]:
 
 
 def unavailable_reason() -> str | None:
-    """None when the kernel can run here, else why not (the library is loaded once)."""
+    """None when the kernel can run here (a GPU, or the selected CPU emulation), else why
+    not (the library is loaded once)."""
     return _bound()[1]
 
 
@@ -84,10 +90,10 @@ def _too_wide(spec: AugmentationSpec, compiled: int) -> bool:
 def _check(batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for crops, rows in batches:
         kernel_abi.check_views(crops, rows, "photometric cuda.finish")
-        if crops.device.type != "cuda":
-            raise ValueError(f"photometric cuda.finish takes CUDA crops, got {crops.device}")
     if len({c.device for c, _ in batches}) > 1:
         raise ValueError("photometric cuda.finish_many: all batches must be on one device")
+    if batches:
+        library.check_tensors("photometric cuda.finish", crops=batches[0][0])
 
 
 def finish_many(batches: Sequence[tuple[torch.Tensor, torch.Tensor]], spec: AugmentationSpec,
@@ -121,9 +127,9 @@ def finish_many(batches: Sequence[tuple[torch.Tensor, torch.Tensor]], spec: Augm
             out.copy_(result)
         return list(outs)
     device = batches[0][0].device
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
-        return kernel_abi.finish_batches(abi, batches, _constants(spec), dtype, stream, outs)
+    with library.device_scope(device):
+        return kernel_abi.finish_batches(abi, batches, _constants(spec), dtype,
+                                         library.stream_handle(device), outs)
 
 
 def finish(crops: torch.Tensor, rows: torch.Tensor, spec: AugmentationSpec,

@@ -89,7 +89,7 @@ def constants(consts: KernelConsts) -> Constants:
 
 
 def run(abi: Abi, crops: Sequence[torch.Tensor], rows: Sequence[torch.Tensor],
-        outs: Sequence[torch.Tensor], const: Constants, stream: int = 0) -> None:
+        outs: Sequence[torch.Tensor], const: Constants, stream: int | None = 0) -> None:
     """Finish segment i: ``crops[i]`` uint8 [n_i, S_i, S_i, 3] -> ``outs[i]`` [n_i, 3, S_i, S_i]
     with ``rows[i]`` [n_i, WIDTH]; all contiguous on the library's device, one rows dtype
     (float32 or float64) and one output dtype for all. At most ``abi.max_segments`` segments.
@@ -131,7 +131,7 @@ def kernel_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 def finish_batches(abi: Abi, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                   const: Constants, dtype: torch.dtype, stream: int = 0,
+                   const: Constants, dtype: torch.dtype, stream: int | None = 0,
                    outs: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Each (crops, rows) batch finished into ``dtype`` [N, 3, S, S] (or into ``outs``), in
     as few calls as ``abi.max_segments`` allows. Inputs are checked by the caller."""

@@ -11,8 +11,11 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "device_target.h"
 #include "dino_loss_math.h"
 
+// Thread-block clusters (sm_90+); the CPU emulation stands for an sm_90 device and defines
+// __CUDA_ARCH__ 900, so its clusters of 2, 3 ... 16 blocks run this code too.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define DINO_LOSS_CLUSTERS 1
 #endif
@@ -179,7 +182,8 @@ __device__ __forceinline__ void teacher_probs(const T* t0, const T* t1, const A*
 }
 
 // P0: the V rows of the chunk into shared memory, 16 bytes per cp.async (sm_80+), in flight
-// together; wait_copies() waits for this thread's copies (a barrier must follow).
+// together; wait_copies() waits for this thread's copies (a barrier must follow). Without
+// inline PTX (the CPU emulation: DINO_PTX_ARCH 0) a plain 16-byte load and store per vector.
 template <typename T, int N>
 __device__ __forceinline__ void copy_rows(const T* src, int64_t stride, T* dst, int chunk,
                                           int views, int nvec) {
@@ -189,7 +193,7 @@ __device__ __forceinline__ void copy_rows(const T* src, int64_t stride, T* dst, 
     const int j = i - v * nvec;
     const T* from = src + v * stride + j * N;
     T* to = dst + v * chunk + j * N;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if DINO_PTX_ARCH >= 800
     if constexpr (sizeof(T) * N == 16) {
       const unsigned saddr = static_cast<unsigned>(__cvta_generic_to_shared(to));
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(saddr), "l"(from)
@@ -202,7 +206,7 @@ __device__ __forceinline__ void copy_rows(const T* src, int64_t stride, T* dst, 
 }
 
 __device__ __forceinline__ void wait_copies() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if DINO_PTX_ARCH >= 800
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 #endif
 }

@@ -1,7 +1,10 @@
 // Host side of the DINO loss CUDA kernels: layout planning, launches and the C interface
 // (dino_loss_kernel.h) that libdino_fast_kernels.so exports and dino_core/loss/cuda.py calls
 // with ctypes. Only CUDA headers are included (no torch), so nvcc builds it anywhere
-// (pipelines/kernels/build.py). The kernels are in dino_loss_kernels.cuh.
+// (pipelines/kernels/build.py); g++ builds it too, against the CPU emulation's stand-in
+// headers (pipelines/kernels/emulation), for the tests. The kernels are in
+// dino_loss_kernels.cuh. Every launch names its kernel with its type (cudaLaunchKernelEx),
+// which the emulation needs to call it.
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -17,15 +20,17 @@ bool aligned(const void* p, size_t bytes) {
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+template <typename T>
+using Kernel = void (*)(Args<T>);
+
 template <typename T, bool kResident>
-void* forward_fn(bool vector) {
+Kernel<T> forward_fn(bool vector) {
   constexpr int N = kVecBytes / sizeof(T);
-  return vector ? reinterpret_cast<void*>(forward_kernel<T, N, kResident>)
-                : reinterpret_cast<void*>(forward_kernel<T, 1, kResident>);
+  return vector ? forward_kernel<T, N, kResident> : forward_kernel<T, 1, kResident>;
 }
 
 template <typename T>
-void* forward_fn(bool vector, bool resident) {
+Kernel<T> forward_fn(bool vector, bool resident) {
   return resident ? forward_fn<T, true>(vector) : forward_fn<T, false>(vector);
 }
 
@@ -55,7 +60,7 @@ cudaError_t prepare_attributes(int optin_smem, int major, int* budget) {
   *budget = optin_smem;
   for (int resident = 0; resident < 2; ++resident) {
     for (int vector = 0; vector < 2; ++vector) {
-      const void* fn = forward_fn<T>(vector != 0, resident != 0);
+      const Kernel<T> fn = forward_fn<T>(vector != 0, resident != 0);
       cudaFuncAttributes attr;
       cudaError_t err = cudaFuncGetAttributes(&attr, fn);
       const int dynamic = optin_smem - static_cast<int>(attr.sharedSizeBytes);
@@ -85,17 +90,28 @@ int plan(int ncrops, int dim, int max_clusters, int allow_resident, DinoLossPlan
     err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   }
   if (err == cudaSuccess) err = prepare_attributes<T>(optin, major, &budget);
-  if (err != cudaSuccess) return static_cast<int>(err);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // reported by this call: not left for the next launch to return
+    return static_cast<int>(err);
+  }
   const bool vector = dim % N == 0;
   const int width = vector ? N : 1;
   int cap = major >= 9 ? max_clusters : 1;
   cap = cap < 1 ? 1 : (cap > kMaxClusters ? kMaxClusters : cap);
-  // Enough blocks for one vector per thread and row, as far as the cluster size allows.
+  // Blocks per sample, in the order tried: first enough for one vector per thread and row (as
+  // far as the cluster size allows), then more (smaller chunks fit shared memory), then, when
+  // none of those clusters can be scheduled (a MIG slice, a part whose GPCs have fewer free
+  // SMs), fewer blocks with wider chunks: ... 8 ... 4 ... 2, 1.
   int first = ceil_div(dim, kThreads * width);
   first = first < 1 ? 1 : (first > cap ? cap : first);
+  int order[kMaxClusters];
+  int tries = 0;
+  for (int c = first; c <= cap; ++c) order[tries++] = c;
+  for (int c = first - 1; c >= 1; --c) order[tries++] = c;
   const Layout layout{ncrops, static_cast<int>(sizeof(Acc<T>))};
   for (int resident = allow_resident ? 1 : 0; resident >= 0; --resident) {
-    for (int c = first; c <= cap; ++c) {
+    for (int i = 0; i < tries; ++i) {
+      const int c = order[i];
       const int chunk = ceil_div(ceil_div(dim, c), width) * width;
       const int clusters = ceil_div(dim, chunk);
       const int smem = layout.bytes(chunk, sizeof(T), resident != 0);
@@ -173,9 +189,8 @@ int forward(const DinoLossPlan* p, const Args<T>& a, cudaStream_t stream) {
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t config =
       launch_config(p->clusters * a.batch, p->smem_bytes, p->clusters, stream, &attr);
-  const void* fn = forward_fn<T>(vectorisable(a), p->resident != 0);
-  void* params[] = {const_cast<Args<T>*>(&a)};
-  return static_cast<int>(cudaLaunchKernelExC(&config, fn, params));
+  return static_cast<int>(
+      cudaLaunchKernelEx(&config, forward_fn<T>(vectorisable(a), p->resident != 0), a));
 }
 
 template <typename T>
@@ -188,12 +203,8 @@ int backward(const DinoLossPlan* p, const Args<T>& a, cudaStream_t stream) {
   if (a.batch == 0) return 0;
   const unsigned blocks = static_cast<unsigned>(p->clusters) * static_cast<unsigned>(a.batch);
   const size_t smem = static_cast<size_t>(a.ncrops) * sizeof(Acc<T>);
-  if (vectorisable(a)) {
-    backward_kernel<T, N><<<blocks, kThreads, smem, stream>>>(a);
-  } else {
-    backward_kernel<T, 1><<<blocks, kThreads, smem, stream>>>(a);
-  }
-  return static_cast<int>(cudaGetLastError());
+  const Kernel<T> fn = vectorisable(a) ? backward_kernel<T, N> : backward_kernel<T, 1>;
+  return static_cast<int>(dino_target::launch(fn, dim3(blocks), dim3(kThreads), smem, stream, a));
 }
 
 template <typename T>
@@ -212,12 +223,9 @@ int rescale(void* grad, long long count, const void* upstream, cudaStream_t stre
   const unsigned blocks = static_cast<unsigned>(wanted < 4LL * sms ? wanted : 4LL * sms);
   T* g = static_cast<T*>(grad);
   const Acc<T>* u = static_cast<const Acc<T>*>(upstream);
-  if (vector) {
-    rescale_kernel<T, N><<<blocks, 256, 0, stream>>>(g, count, u);
-  } else {
-    rescale_kernel<T, 1><<<blocks, 256, 0, stream>>>(g, count, u);
-  }
-  return static_cast<int>(cudaGetLastError());
+  const auto fn = vector ? rescale_kernel<T, N> : rescale_kernel<T, 1>;
+  return static_cast<int>(dino_target::launch(fn, dim3(blocks), dim3(256), 0, stream, g,
+                                              static_cast<int64_t>(count), u));
 }
 
 }  // namespace

@@ -67,7 +67,7 @@ __device__ __forceinline__ void write_gradient(const Args<T>& a, Rows<T> rows, T
 template <typename T, int N, bool kResident>
 __global__ void __launch_bounds__(kThreads, min_blocks<T>()) forward_kernel(const Args<T> a) {
   using A = Acc<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DINO_DYNAMIC_SHARED(unsigned char, smem);
   const int views = a.ncrops;
   const Layout layout{views, static_cast<int>(sizeof(A))};
   Softmax2<A>* part = reinterpret_cast<Softmax2<A>*>(smem);
@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<T>()) forward_kernel(cons
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads, min_blocks<T>()) backward_kernel(const Args<T> a) {
   using A = Acc<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DINO_DYNAMIC_SHARED(unsigned char, smem);
   A* view_lse = reinterpret_cast<A*>(smem);
   const int views = a.ncrops;
   const int rank = blockIdx.x % a.clusters;

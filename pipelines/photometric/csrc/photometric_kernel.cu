@@ -9,8 +9,13 @@
 //                 crop (plus the blur halo, from L2) and one write of the output.
 // The launch description (pointers, sizes, spec constants) is a kernel argument: no
 // host-to-device copy and no host sync; the calls can be captured in a CUDA graph.
+// g++ builds this file too, against the CPU emulation's stand-in CUDA headers
+// (pipelines/kernels/emulation): the launches go through dino_target::launch
+// (device_target.h), and means_kernel's static shared array is one per block there because
+// the emulation runs the blocks of a launch without clusters one at a time.
 #include <cuda_runtime.h>
 
+#include "device_target.h"
 #include "photometric_api.h"
 #include "photometric_launch.cuh"
 #include "photometric_tile.cuh"
@@ -34,7 +39,7 @@ __global__ void __launch_bounds__(THREADS) means_kernel(const __grid_constant__ 
 
 template <class Out>
 __global__ void __launch_bounds__(THREADS) fused_kernel(const __grid_constant__ Launch L) {
-  extern __shared__ float smem[];
+  DINO_DYNAMIC_SHARED(float, smem);
   const Tile t = tile_of(L, blockIdx.x);
   const int tid = threadIdx.x;
   if (!t.s.valid || !t.s.blur) {  // the same for every thread of the block
@@ -60,10 +65,13 @@ int launch_fused(const Launch& L, cudaStream_t stream) {
   if (smem > 48 * 1024) {  // beyond the default: opt in (a host-side attribute, no sync)
     const cudaError_t err = cudaFuncSetAttribute(
         fused_kernel<Out>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (err != cudaSuccess) return (int)err;
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // reported by this call: not left for the next launch to return
+      return (int)err;
+    }
   }
-  fused_kernel<Out><<<L.blocks_b, THREADS, smem, stream>>>(L);
-  return (int)cudaGetLastError();
+  return (int)dino_target::launch(fused_kernel<Out>, dim3(L.blocks_b), dim3(THREADS), smem,
+                                 stream, L);
 }
 
 }  // namespace photometric
@@ -81,8 +89,7 @@ extern "C" PHOTO_EXPORT int dino_photometric_finish(
   if (code != 0) return code;
   if (L.blocks_b == 0) return 0;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  means_kernel<<<L.blocks_a, THREADS, 0, s>>>(L);
-  code = (int)cudaGetLastError();
+  code = (int)dino_target::launch(means_kernel, dim3(L.blocks_a), dim3(THREADS), 0, s, L);
   if (code != 0) return code;
   switch (out_dtype) {
     case PHOTO_FLOAT16: return launch_fused<OutF16>(L, s);

@@ -29,7 +29,8 @@ def test_sources_include_no_torch_and_the_math_header_builds_for_the_host():
     assert set(includes(CSRC / "dino_loss_kernel.cu")) == {
         "cuda_runtime.h", "stdint.h", "dino_loss_kernel.h", "dino_loss_kernels.cuh"}
     assert set(includes(CSRC / "dino_loss_kernels.cuh")) == {"dino_loss_device.cuh"}
-    assert set(includes(CSRC / "dino_loss_device.cuh")) == cuda_headers | {"dino_loss_math.h"}
+    assert set(includes(CSRC / "dino_loss_device.cuh")) == cuda_headers | {
+        "dino_loss_math.h", "device_target.h"}  # pipelines/kernels/csrc: nvcc or emulation
     assert includes(CSRC / "dino_loss_kernel.h") == []
     assert includes(CSRC / "dino_loss_math.h") == ["math.h"]
     assert set(includes(CSRC / "dino_loss_host.cpp")) == {"stdint.h", "vector",
@@ -41,6 +42,19 @@ def test_no_torch_extension_build_remains():
     """The host twin is the only C++ file: no torch binding, no JIT build."""
     assert [p.name for p in CSRC.glob("*.cpp")] == ["dino_loss_host.cpp"]
     assert "cpp_extension" not in (build.ROOT / "dino_core" / "loss" / "cuda.py").read_text()
+
+
+def test_tensors_off_the_librarys_device_are_named(monkeypatch):
+    """The CUDA library takes tensors of one CUDA device: a CPU tensor is a ValueError naming
+    it, checked before any pointer reaches a kernel (issue 28 §2.5)."""
+    monkeypatch.delenv(build.ENV_EMULATION, raising=False)
+    student, teacher, center = make_logits(1, 2, 8, 0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="cuda_dino_loss: student_output is on cpu; the CUDA "
+                                         "kernels take tensors on a CUDA device"):
+        cuda_ext.cuda_dino_loss(student, teacher, center, TEACHER_TEMP, 2, 0.1)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_dino_loss: center is on cpu"):
+            cuda_ext.cuda_dino_loss(student.cuda(), teacher.cuda(), center, TEACHER_TEMP, 2, 0.1)
 
 
 # ----------------------------------------------------------------------------- on a GPU
@@ -144,8 +158,12 @@ def test_plan_keeps_the_recipe_on_chip_with_clusters():
 def test_overwrite_logits_is_bit_identical_to_out_of_place(in_forward, dtype, dim):
     ncrops, batch = 12, 4
     student, teacher, center = gpu_logits(batch, ncrops, dim, dtype, seed=dim)
-    center = center.to(acc_of(dtype))
-    options = KernelOptions(gradient_in_forward=in_forward)
+    assert_overwrite_is_out_of_place(student, teacher, center.to(acc_of(dtype)), ncrops,
+                                     KernelOptions(gradient_in_forward=in_forward))
+
+
+def assert_overwrite_is_out_of_place(student, teacher, center, ncrops, options):
+    """Loss and gradient written over the logits equal the out-of-place ones, bit for bit."""
     for upstream in (1.0, -2.5):
         loss_out, grad_out, logits_out = cuda_run(student, teacher, center, ncrops, upstream,
                                                   False, options)

@@ -1,9 +1,12 @@
 """dino-build-kernels: the library it builds, its errors, its command line."""
 import ctypes
+import shutil
+import subprocess
 
 import pytest
 
 from pipelines.kernels import build, library
+from tests.pipelines.kernels.emulation import emulation_library  # noqa: F401
 
 LOSS_FUNCTIONS = ("dino_loss_plan", "dino_loss_forward", "dino_loss_backward",
                   "dino_loss_rescale", "dino_loss_error_string")
@@ -14,10 +17,31 @@ def test_library_exports_its_abi_version_archs_digest_and_kernels(built_library)
     assert info.abi_version == build.ABI_VERSION
     assert info.archs == ("sm_90",)
     assert info.digest == build.sources_digest()
+    assert info.cudart_version >= 12000  # the toolkit's CUDART_VERSION, e.g. 13000
+    assert lib.dino_fast_kernels_driver_version() >= 0  # 0: no driver here
     for name in LOSS_FUNCTIONS:
         assert isinstance(getattr(lib, name), ctypes._CFuncPtr), name
     log = build.log_path(built_library)
     assert log.is_file() and log.read_text().rstrip().endswith("[exit status 0]")
+
+
+def exported(path) -> set[str]:
+    out = subprocess.run(["nm", "-D", "--defined-only", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if " T " in line}
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) lists the exports")
+def test_emulation_exports_the_cuda_librarys_interface(built_library, emulation_library):
+    """The same C functions (plus the emulation's test hooks), built with g++ alone."""
+    hooks = {"dino_emulation_set_max_cluster", "dino_emulation_set_driver_version",
+             "dino_emulation_set_optin_smem",
+             "dino_emulation_round", "dino_emulation_widen", "dino_emulation_pool_threads"}
+    assert exported(emulation_library) == exported(built_library) | hooks
+    log = build.log_path(emulation_library)
+    if log.is_file():  # a build of this session (not one given by $DINO_FAST_KERNELS_EMULATION)
+        commands = [ln for ln in log.read_text().splitlines() if ln.startswith("$ ")]
+        assert commands and all("nvcc" not in c.split()[1] for c in commands)
 
 
 def test_library_exports_nothing_of_the_static_cuda_runtime(built_library):
@@ -88,8 +112,31 @@ def test_help_teaches_architectures_output_and_run_time_lookup(capsys):
         build.main(["--help"])
     text = capsys.readouterr().out
     for needle in ("--arch", "sm_90", "H100", "A100", "--out", build.ENV_LIBRARY, "build.log",
-                   "nvcc"):
+                   "nvcc", "--emulate", build.ENV_SANITIZE, build.ENV_EMULATION):
         assert needle in text, needle
+
+
+def test_cli_builds_the_emulation_with_the_sanitizer_asked_for(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(build, "build_emulation",
+                        lambda out, sanitize: calls.append((out, sanitize)) or tmp_path / "e.so")
+    monkeypatch.delenv(build.ENV_SANITIZE, raising=False)
+    assert build.main(["--emulate"]) == 0 and calls[-1] == (None, None)
+    assert build.ENV_EMULATION in capsys.readouterr().out
+    monkeypatch.setenv(build.ENV_SANITIZE, "thread")
+    assert build.main(["--emulate", "--out", "x.so"]) == 0 and calls[-1] == ("x.so", "thread")
+    monkeypatch.setenv(build.ENV_SANITIZE, "memory")
+    assert build.main(["--emulate"]) == 1
+    assert "expected 'address' (ASan + UBSan) or 'thread'" in capsys.readouterr().err
+    assert build.main(["--emulate", "--arch", "sm_90"]) == 2
+
+
+def test_emulation_output_names(tmp_path):
+    assert build.resolve_output(None, build.emulation_library_name()) == \
+        build.DEFAULT_OUT_DIR / "libdino_fast_kernels_emulation.so"
+    assert build.emulation_library_name("address") == "libdino_fast_kernels_emulation-address.so"
+    assert build.resolve_output(tmp_path, build.emulation_library_name("thread")).name == \
+        "libdino_fast_kernels_emulation-thread.so"
 
 
 def test_cli_passes_archs_and_output_and_reports_failures(tmp_path, monkeypatch, capsys):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.kernels import build
 from pipelines.photometric import cuda as C
 from pipelines.photometric import finish as F
 from pipelines.photometric import host_twin as H
@@ -41,14 +42,15 @@ KERNEL = H.CSRC / "photometric_kernel.cu"
 def nvcc_library(folder) -> ctypes.CDLL:
     """The kernel source built as the kernel library builds it (sm_90, static cudart),
     cached by a digest of the sources."""
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(H.CSRC.iterdir()))).hexdigest()
+    sources = sorted([*H.CSRC.iterdir(), *build.TARGET_INCLUDE.iterdir()])
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
     path = H.cache_dir() / f"libphotometric_cuda-{digest[:16]}.so"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = folder / path.name
         cmd = ["nvcc", "-O3", "-std=c++17", "-shared", "-cudart", "static", "-Xcompiler",
-               "-fPIC", "-Xcompiler", "-fvisibility=hidden", "-gencode",
-               "arch=compute_90,code=sm_90", str(KERNEL), "-o", str(partial)]
+               "-fPIC", "-Xcompiler", "-fvisibility=hidden", "-I", str(build.TARGET_INCLUDE),
+               "-gencode", "arch=compute_90,code=sm_90", str(KERNEL), "-o", str(partial)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         os.replace(partial, path)
