@@ -30,7 +30,8 @@ from pipelines.folder import DatasetError
 
 from .features import extract_features, rank_and_world, save_tensors
 from .ranking_metrics import mean_average_precision, rank_database
-from .retrieval import ImageList, crop_to_patches
+from .datasets import ImageList
+from .retrieval import crop_to_patches
 from .whitening import fit_whitening
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

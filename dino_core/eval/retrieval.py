@@ -29,13 +29,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import Dataset
 
 from pipelines.folder import DatasetError
-from pipelines.reference import to_normalized_tensor
-from pipelines.spec import AugmentationSpec
 
+from .datasets import ImageList
 from .features import FeatureFn, extract_features, rank_and_world, save_tensors
 from .ranking_metrics import mean_average_precision, rank_database
 
@@ -137,36 +134,6 @@ def open_revisited(root: str | Path, name: str) -> RetrievalBenchmark:
                                   for k in ("easy", "hard", "junk")),
                                 tuple(float(v) for v in box) if box is not None else None))
     return RetrievalBenchmark(name, image_dir, images, queries, truth)
-
-
-class ImageList(Dataset):
-    """Images by path -> (normalised tensor [3, h, w], index): shrunk so the longer side is at
-    most ``max_side`` (aspect kept), or resized to ``square`` x ``square``; optionally
-    cropped to a box first. Unreadable files are errors naming the file."""
-
-    def __init__(self, paths: Sequence[Path], max_side: int | None = None,
-                 square: int | None = None, boxes: Sequence | None = None,
-                 spec: AugmentationSpec | None = None):
-        self.paths, self.max_side, self.square, self.boxes = list(paths), max_side, square, boxes
-        self.spec = spec or AugmentationSpec()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        try:
-            with Image.open(self.paths[i]) as im:
-                img = im.convert("RGB")
-        except Exception as e:  # PIL raises many types on a bad file
-            raise DatasetError(f"image {self.paths[i]} is unreadable ({type(e).__name__}: "
-                               f"{e})") from None
-        if self.boxes is not None and self.boxes[i] is not None:
-            img = img.crop(tuple(int(round(v)) for v in self.boxes[i]))
-        if self.max_side is not None:
-            img.thumbnail((self.max_side, self.max_side), Image.LANCZOS)
-        if self.square is not None:
-            img = img.resize((self.square, self.square), Image.BICUBIC)
-        return to_normalized_tensor(img, self.spec.mean, self.spec.std), i
 
 
 def crop_to_patches(x: torch.Tensor, patch: int) -> torch.Tensor:

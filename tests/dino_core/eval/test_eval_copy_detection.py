@@ -6,7 +6,6 @@ import torch
 from dino_core.eval.copy_detection import (cls_gem_descriptor, copy_detection_map, describe,
                                            gem, list_images, open_copydays)
 from dino_core.eval.ranking_metrics import average_precision
-from dino_core.models import build_vit
 from pipelines.folder import DatasetError
 
 from .synthetic import write_copydays
@@ -52,9 +51,8 @@ def test_gem_by_hand():
     assert out[0, 0] == pytest.approx(8.5 ** 0.25) and out[0, 1] == pytest.approx(1e-6)
 
 
-def test_descriptor_is_cls_then_gem_of_the_last_block():
-    torch.manual_seed(0)
-    vit = build_vit("vit_tiny", 16).eval()
+def test_descriptor_is_cls_then_gem_of_the_last_block(random_vit):
+    vit = random_vit(16)
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         d = cls_gem_descriptor(vit)(x)
@@ -64,15 +62,14 @@ def test_descriptor_is_cls_then_gem_of_the_last_block():
     assert torch.allclose(d[:, 192:], gem(tokens[:, 1:]), atol=1e-6)
 
 
-def test_mini_benchmark_with_edited_copies_as_positives(copydays):
+def test_mini_benchmark_with_edited_copies_as_positives(copydays, random_vit):
     """Four photos, each with a flipped, cropped and colour-jittered copy as strong queries;
     four distractors; whitening learned on twelve other crops. The mAP equals a direct
     recomputation (whitening, normalisation, ranking, AP over the top 20 by hand), and random
     ViT features find the originals far more often than chance."""
     root, cd = copydays
     data = open_copydays(cd)
-    torch.manual_seed(0)
-    vit = build_vit("vit_tiny", 16).eval()
+    vit = random_vit(16)
     distractors = list_images(root / "distractors", "distractor")
     whitening = list_images(root / "whitening", "whitening")
     q = describe(vit, data.queries, "cpu", image_size=48, num_workers=0)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from dino_core.eval.datasets import ImageList
 from dino_core.eval.ranking_metrics import average_precision
-from dino_core.eval.retrieval import (ImageList, crop_to_patches, extract_retrieval_features,
+from dino_core.eval.retrieval import (crop_to_patches, extract_retrieval_features,
                                       load_ground_truth, multiscale_cls, open_revisited,
                                       retrieval_map)
-from dino_core.models import build_vit
 from pipelines.folder import DatasetError
 
 from .synthetic import write_revisited
@@ -73,9 +73,8 @@ def test_images_are_shrunk_keeping_aspect_and_cropped_to_patches(tmp_path):
     assert crop_to_patches(boxed[None], 16).shape == (1, 3, 48, 96)
 
 
-def test_multiscale_feature_is_the_normalised_mean_over_scales():
-    torch.manual_seed(0)
-    vit = build_vit("vit_tiny", 16).eval()
+def test_multiscale_feature_is_the_normalised_mean_over_scales(random_vit):
+    vit = random_vit(16)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         want = vit(x) + vit(torch.nn.functional.interpolate(x, scale_factor=0.5,
@@ -84,14 +83,13 @@ def test_multiscale_feature_is_the_normalised_mean_over_scales():
     assert torch.allclose(got, torch.nn.functional.normalize(want, dim=1), atol=1e-5)
 
 
-def test_mini_benchmark_with_edited_copies_as_positives(revisited):
+def test_mini_benchmark_with_edited_copies_as_positives(revisited, random_vit):
     """Queries: 4 photos; positives: flipped, cropped, colour-jittered copies; junk: a dark
     copy. The mAP equals a direct recomputation from the features, and even random ViT
     features (which compare patch colours) rank copies far above chance."""
     root, _ = revisited
     bench = open_revisited(root, "synth")
-    torch.manual_seed(0)
-    vit = build_vit("vit_tiny", 16).eval()
+    vit = random_vit(16)
     q, db = extract_retrieval_features(vit, bench, "cpu", image_size=64, scales=(1.0, 0.5),
                                        num_workers=0)
     maps = retrieval_map(q, db, bench)

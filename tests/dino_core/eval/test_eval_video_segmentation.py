@@ -6,11 +6,10 @@ import torch
 from PIL import Image
 
 from dino_core.eval.davis_data import davis_palette, open_davis, read_annotation
-from dino_core.eval.davis_metrics import summarise
+from dino_core.eval.davis_metrics import score_sequence, summarise
 from dino_core.eval.video_segmentation import (PropagationConfig, frame_size, neighbourhood_mask,
                                                propagate_labels, propagate_labels_dense,
                                                segment_and_score, soft_labels_to_mask)
-from dino_core.models import build_vit
 from pipelines.folder import DatasetError
 
 from .synthetic import write_davis
@@ -89,16 +88,77 @@ def test_davis_layout_errors_name_what_is_wrong(tmp_path):
         read_annotation(tmp_path / "rgb.png")
 
 
-def test_first_frame_only_sequences_are_segmented_not_scored(tmp_path):
+def test_first_frame_only_sequences_are_segmented_not_scored(tmp_path, random_vit):
     root, truth = write_davis(tmp_path / "d", name="unscored", annotate_all=False, n_frames=3)
     write_davis(root, name="scored", n_frames=3)
     seqs = open_davis(root)
     assert [s.scored for s in seqs] == [False, True]
-    torch.manual_seed(0)
-    vit = build_vit("vit_tiny", 16).eval()
-    scores, unscored = segment_and_score(vit, seqs, SMALL, tmp_path / "out", log=False)
+    scores, unscored = segment_and_score(random_vit(16), seqs, SMALL, tmp_path / "out",
+                                         log=False)
     assert unscored == ["unscored"] and [s.name for s in scores] == ["scored"]
     written, palette = read_annotation(tmp_path / "out" / "unscored" / "00002.png")
     assert written.shape == truth[0].shape and np.array_equal(palette[:3], davis_palette()[:3])
     first, _ = read_annotation(tmp_path / "out" / "unscored" / "00000.png")
     assert np.array_equal(first, truth[0])                  # the given mask, as it was
+
+
+class ScrambledPatches(torch.nn.Module):
+    """A backbone whose patch tokens come out in a random order: features that say nothing
+    about where they are (the control of the tracking test)."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit, self.patch_size = vit, vit.patch_size
+        self.g = torch.Generator().manual_seed(0)
+
+    def get_intermediate_layers(self, x, n=1):
+        tokens = self.vit.get_intermediate_layers(x, n)[0]
+        order = torch.randperm(tokens.shape[1] - 1, generator=self.g) + 1
+        return [torch.cat((tokens[:, :1], tokens[:, order]), dim=1)]
+
+
+def test_propagation_tracks_the_moving_object(tmp_path, random_vit):
+    """The cat's face moves 7 px right and 3 px down per frame over grass. Propagating with
+    the patch features of a ViT follows it (J > 0.75); repeating the first mask does not,
+    and neither does propagation from features in a scrambled patch order."""
+    root, truth = write_davis(tmp_path / "d", n_frames=6)
+    seqs = open_davis(root)
+    vit = random_vit(8)
+    tracked = summarise(segment_and_score(vit, seqs, SMALL, log=False)[0])
+    static = summarise([score_sequence("static", np.stack([truth[0]] * 6), np.stack(truth))])
+    scrambled = summarise(segment_and_score(ScrambledPatches(vit), seqs, SMALL, log=False)[0])
+    assert tracked.j_mean > 0.75 and tracked.f_mean > 0.6
+    assert static.j_mean < 0.5 and scrambled.j_mean < 0.5
+    assert tracked.jf_mean > max(static.jf_mean, scrambled.jf_mean) + 0.25
+
+
+def _rank_worker(rank, world, init_file, root, out_dir):
+    import torch.distributed as dist
+
+    from dino_core.eval.official import load_backbone
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        vit = load_backbone(f"{out_dir}/backbone.pth")[0]
+        scores, unscored = segment_and_score(vit, open_davis(root), SMALL, log=False)
+        torch.save({"names": [s.name for s in scores], "unscored": unscored,
+                    "j": [torch.from_numpy(s.j) for s in scores]}, f"{out_dir}/rank{rank}.pth")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_split_the_sequences_and_agree_with_one_process(tmp_path, random_vit):
+    import torch.multiprocessing as mp
+    vit = random_vit(16)
+    torch.save(vit.state_dict(), tmp_path / "backbone.pth")
+    root, _ = write_davis(tmp_path / "d", name="a", n_frames=3)
+    write_davis(root, name="b", n_frames=3, step=(4, 4))
+    write_davis(root, name="c", n_frames=3, annotate_all=False)
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(root), str(tmp_path)),
+             nprocs=2, join=True)
+    scores, unscored = segment_and_score(vit, open_davis(root), SMALL, log=False)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pth", weights_only=True)
+        assert got["names"] == ["a", "b"] and got["unscored"] == unscored == ["c"]
+        for j, s in zip(got["j"], scores):
+            assert np.allclose(j.numpy(), s.j)
