@@ -54,6 +54,7 @@ def rank_database(queries: torch.Tensor, database: torch.Tensor, chunk: int = 25
     out = []
     for q0 in range(0, q.shape[0], chunk):
         sim = q[q0:q0 + chunk] @ db.T                                            # (C, N)
+        # host sync: each chunk's ranking comes to the CPU for the per-query AP loop
         out.append(torch.argsort(-sim, dim=1, stable=True).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, db.shape[0]), dtype=np.int64)
 

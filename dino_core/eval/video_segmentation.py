@@ -36,7 +36,7 @@ from pipelines.spec import AugmentationSpec
 
 from .davis_data import (VideoSequence, davis_palette, read_annotation, read_frame,
                          write_indexed_png)
-from .davis_metrics import SequenceScores, score_sequence
+from .davis_metrics import VOID_LABEL, SequenceScores, score_sequence
 from .features import rank_and_world
 
 
@@ -85,7 +85,7 @@ def patch_features(backbone: torch.nn.Module, frame: torch.Tensor) -> torch.Tens
 
 def one_hot_patches(labels: np.ndarray, grid: tuple[int, int], n_labels: int) -> torch.Tensor:
     """[C, h*w] one-hot of a label map [H, W] downsampled (nearest) to the patch grid (h, w);
-    void (255) counts as background."""
+    labels >= C (void, 255) count as background."""
     small = np.array(Image.fromarray(labels).resize((grid[1], grid[0]), Image.NEAREST))
     small = torch.from_numpy(small.astype(np.int64)).flatten()
     small[small >= n_labels] = 0
@@ -166,7 +166,7 @@ def segment_sequence(backbone: torch.nn.Module, seq: VideoSequence, cfg: Propaga
     patch = backbone.patch_size
     first, palette = read_annotation(seq.annotations[0])
     palette = davis_palette() if palette is None else palette
-    n_labels = int(first[first != 255].max(initial=0)) + 1
+    n_labels = int(first[first != VOID_LABEL].max(initial=0)) + 1
     predictions, feats, queue = [first], [], deque(maxlen=cfg.n_last_frames)
     mask = grid = None
     first_feat = first_labels = None
