@@ -166,6 +166,7 @@ def test_two_ranks_split_the_sequences_and_agree_with_one_process(tmp_path, rand
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # trains the quickstart first: minutes, more on a busy machine
 def test_a_quickstart_backbone_propagates_better_than_random_weights(tmp_path):
     """`dino-train --config quickstart` (ViT-Tiny/16, 4 epochs on the embedded photos: minutes
     on 2 free cores) gives patch features that propagate the moving cat's mask better than
