@@ -90,7 +90,7 @@ def test_mini_benchmark_with_edited_copies_as_positives(revisited, random_vit):
     root, _ = revisited
     bench = open_revisited(root, "synth")
     vit = random_vit(16)
-    q, db = extract_retrieval_features(vit, bench, "cpu", image_size=64, scales=(1.0, 0.5),
+    q, db = extract_retrieval_features(vit, bench, "cpu", image_size=64, scales=(1.0,),
                                        num_workers=0)
     maps = retrieval_map(q, db, bench)
     for which in ("medium", "hard"):
