@@ -29,12 +29,13 @@ data:
   distributed by INRIA (download them yourself; nothing is downloaded by this command).
   --distractors DIR and --whitening-data DIR: folders of images (the paper: 10k and 20k
   different random YFCC100M images). Without --whitening-data the descriptors are not
-  whitened (and mAP drops); without --distractors the database is the 157 originals.
+  whitened (the paper whitens); without --distractors the database is the 157 originals.
 
 the paper's settings:
   --image-size 320 (224 also reported), ViT-B/8 (85.5 mAP in the paper; upstream's README
-  prints 0.858 for its released weights), --top 20 as the evaluation package cuts it.
-  --whitening-dim keeps the strongest directions only (default: all 2D).
+  prints 0.858 for its released weights), --top 20 as upstream's evaluation cuts it.
+  --whitening-dim keeps the strongest directions only (default: all 2D); it must stay below
+  the number of whitening images (a covariance of N images spans at most N - 1 directions).
 
 several GPUs / nodes:
   torchrun --nproc-per-node 8 -m dino_core.cli.copydetect --checkpoint CKPT --data COPYDAYS
