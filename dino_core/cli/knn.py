@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from .eval_common import (CHECKPOINT_HELP, add_checkpoint_args, add_data_arg, add_device_arg,
-                          load_cli_backbone, resolve_eval_data, run_cli)
+                          resolve_eval_data, run_cli)
+from .eval_session import eval_session
 
 DESCRIPTION = """\
 Weighted k-NN classification on frozen features, the DINO paper's k-NN protocol.
@@ -74,7 +75,6 @@ def format_results(results: dict, temperature: float) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dino_core.distributed import detect_env, init_distributed, shutdown
     from dino_core.eval.features import load_features
     from dino_core.eval.knn import knn_accuracy, knn_classify
     from dino_core.train import resolve_device
@@ -90,24 +90,14 @@ def _run(args: argparse.Namespace) -> int:
         results = knn_classify(train, val, args.nb_knn, args.temperature, device, **chunks)
         print(format_results(results, args.temperature))
         return 0
-    if not args.checkpoint:
-        raise ValueError("give --checkpoint CKPT (or --load-features DIR)")
-    device = resolve_device(args.device, detect_env().local_rank)
-    env = init_distributed(device.type)
-    try:
-        backbone, ck = load_cli_backbone(args, device)
+    with eval_session("dino-knn", args, args.data or "the embedded dataset") as s:
         data = resolve_eval_data(args.data)
-        if env.is_main:
-            print(f"dino-knn: {ck.kind} checkpoint {ck.source} ({ck.name}, {args.checkpoint_key})"
-                  f", data {data}, device {device}, {env.world_size} process(es)")
-        results = knn_accuracy(backbone, data, device, args.batch_size, args.nb_knn,
+        results = knn_accuracy(s.backbone, data, s.device, args.batch_size, args.nb_knn,
                                args.temperature, args.num_workers, args.dump_features, **chunks)
-        if env.is_main:
+        if s.is_main:
             if args.dump_features:
                 print(f"dino-knn: features written to {args.dump_features}")
             print(format_results(results, args.temperature))
-    finally:
-        shutdown()
     return 0
 
 

@@ -5,6 +5,8 @@
   with the training split's classes) through the evaluation transform
   of ``pipelines.eval_transform`` (Resize shorter side 256 bicubic, CenterCrop 224, normalise),
   with a check that both splits have the same classes (else labels would silently differ).
+- ``ImageList``: images by path for retrieval and copy detection, shrunk to a longest side or
+  resized to a square, optionally cropped to a box first; unreadable files are errors.
 - ``ProbeTrainFolder``: the linear probe's training view, a random resized crop (the
   ``sample_crop_box`` of the shared sampler, ratio from the spec) and a horizontal flip,
   seeded per (seed, rank, epoch, index) like every other sampler of the project.
@@ -12,8 +14,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from pipelines.folder import DatasetError, scan_image_folder
@@ -94,3 +98,33 @@ class ProbeTrainFolder(Dataset):
         if rng.random() < self.spec.flip_p:
             image = hflip(image)
         return to_normalized_tensor(image, self.spec.mean, self.spec.std), label
+
+
+class ImageList(Dataset):
+    """Images by path -> (normalised tensor [3, h, w], index): shrunk so the longer side is at
+    most ``max_side`` (aspect kept), or resized to ``square`` x ``square``; optionally
+    cropped to a box first. Unreadable files are errors naming the file."""
+
+    def __init__(self, paths: Sequence[Path], max_side: int | None = None,
+                 square: int | None = None, boxes: Sequence | None = None,
+                 spec: AugmentationSpec | None = None):
+        self.paths, self.max_side, self.square, self.boxes = list(paths), max_side, square, boxes
+        self.spec = spec or AugmentationSpec()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            with Image.open(self.paths[i]) as im:
+                img = im.convert("RGB")
+        except Exception as e:  # PIL raises many types on a bad file
+            raise DatasetError(f"image {self.paths[i]} is unreadable ({type(e).__name__}: "
+                               f"{e})") from None
+        if self.boxes is not None and self.boxes[i] is not None:
+            img = img.crop(tuple(int(round(v)) for v in self.boxes[i]))
+        if self.max_side is not None:
+            img.thumbnail((self.max_side, self.max_side), Image.LANCZOS)
+        if self.square is not None:
+            img = img.resize((self.square, self.square), Image.BICUBIC)
+        return to_normalized_tensor(img, self.spec.mean, self.spec.std), i

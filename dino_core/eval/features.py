@@ -128,10 +128,24 @@ def save_features(directory: str | Path, train: FeatureSet, val: FeatureSet) -> 
     return directory
 
 
-def _load_tensor(path: Path) -> torch.Tensor:
+def save_tensors(directory: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write each tensor as ``directory/<name>.pth`` (a plain tensor, atomically)."""
+    directory = Path(directory)
+    for name, tensor in tensors.items():
+        save_checkpoint(tensor.contiguous(), directory / f"{name}.pth")
+    return directory
+
+
+def load_tensors(directory: str | Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors ``directory/<name>.pth`` written by ``save_tensors``."""
+    expected = ", ".join(f"{n}.pth" for n in names)
+    return {n: _load_tensor(Path(directory) / f"{n}.pth", expected) for n in names}
+
+
+def _load_tensor(path: Path, expected: str = ", ".join(DUMP_FILES.values())) -> torch.Tensor:
     if not path.is_file():
         raise CheckpointError(f"feature dump file missing: {path} (expected the files "
-                              f"{', '.join(DUMP_FILES.values())} written by --dump-features)")
+                              f"{expected} written by --dump-features)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt file raises many types; name it instead
