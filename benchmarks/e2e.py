@@ -11,7 +11,7 @@ cores the run kept busy. Two engines:
   logs is what is reported; its first steps are included). With ``seconds`` the run is
   stopped ``seconds`` after its first logged step and the figures are those of its last
   logged step (every ``log_every`` steps); otherwise it runs ``warmup_steps + steps`` steps.
-- ``loop``: a loader + ``dino_core.step.DINOStep`` loop with warm-up steps left out, for at
+- ``loop``: a loader + ``dino_core.train.step.DINOStep`` loop with warm-up steps left out, for at
   least ``steps`` steps and ``seconds``. On the CPU the data wait is the host time in
   ``next(loader)`` over the iteration time; on a GPU it is the idle gap of the stream between
   one step's end and the next step's start (CUDA events, one host sync at the end) over the
@@ -182,7 +182,7 @@ def trainer_config(backend: str, path: Path, cfg: E2EConfig, spec, device: torch
 def measure_trainer(backend: str, path: Path, cfg: E2EConfig, spec, device: torch.device,
                     runs: Path, images: int) -> dict:
     """``dino_core.train.train`` for one backend (in its own process); its summary."""
-    from dino_core.train import train
+    from dino_core.train.loop import train
 
     run_cfg = trainer_config(backend, path, cfg, spec, device, runs / backend, images)
     cpu0, t0 = tree_cpu_seconds(), time.perf_counter()
@@ -200,7 +200,7 @@ def trainer_figures(record: dict, batch_size: int) -> dict:
     steps = int(record.get("iterations", record.get("iteration", 0)))
     row = {"steps": steps, "images": steps * batch_size,
            "images_per_s": record["images_per_s"], "data_wait_share": record["data_wait_share"],
-           "engine": "dino_core.train.train"}
+           "engine": "dino_core.train.loop.train"}
     row.update({k: v for k, v in record.items() if "wait" in k and k not in row})
     return row
 

@@ -4,7 +4,7 @@ Both steps train the same student/teacher (same initial weights) on the same syn
 multi-crop batch, in the same process, one after the other (each is built, timed and freed
 before the next, so its peak memory is its own):
 
-- ours: ``dino_core.step.DINOStep`` (autocast, fused/foreach AdamW, foreach per-tensor
+- ours: ``dino_core.train.step.DINOStep`` (autocast, fused/foreach AdamW, foreach per-tensor
   clipping, foreach EMA, fused loss, no host sync inside the step);
 - reference: the recipe as the original code runs it: the pair-loop loss
   (``DINOLoss(impl="reference")``), a single-tensor AdamW loop, per-tensor clipping with one
@@ -42,10 +42,10 @@ class ReferenceStep:
 
 def build_reference_step(arch: str, patch: int, shape: StepShape, device: torch.device,
                          precision: str) -> ReferenceStep:
-    from dino_core.ema import ema_update_reference, paired_params
+    from dino_core.train.ema import ema_update_reference, paired_params
     from dino_core.loss import DINOLoss
-    from dino_core.optim import clip_per_tensor_reference, param_groups
-    from dino_core.step import autocast_context
+    from dino_core.train.optim import clip_per_tensor_reference, param_groups
+    from dino_core.train.step import autocast_context
 
     student, teacher = build_models(arch, patch, shape.out_dim, device, shape.global_res)
     loss_fn = DINOLoss(shape.out_dim, shape.n_global + shape.n_local, 0.04, 0.04, 0, 100,
@@ -129,7 +129,7 @@ def run_step_benchmark(device: str = "auto", archs: tuple[str, ...] | None = Non
     measurement about ``seconds`` (default 5) long, at most ``iters`` (default 200) calls.
     ``compile`` adds an ``ours+compile`` row (its compile time is in ``warmup_s``).
     """
-    from dino_core.step import resolve_precision
+    from dino_core.train.step import resolve_precision
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)

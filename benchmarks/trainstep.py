@@ -1,6 +1,6 @@
 """The DINO training step the benchmarks time: student + teacher, loss, AdamW, EMA.
 
-``build_train_step`` assembles the project's own step (``dino_core.step.DINOStep``: autocast,
+``build_train_step`` assembles the project's own step (``dino_core.train.step.DINOStep``: autocast,
 fused/foreach AdamW, foreach per-tensor clipping, foreach EMA, no host sync) around a student
 and teacher built from ``dino_core.models`` (``MultiCropWrapper`` of a ViT and a ``DINOHead``).
 The loss is ``dino_core.loss.DINOLoss`` with ``impl="auto"`` (the CUDA kernel on a GPU when
@@ -63,7 +63,7 @@ def build_models(arch: str, patch: int, out_dim: int, device: torch.device,
                  img_size: int = 224, compile: bool = False) -> tuple[nn.Module, nn.Module]:
     """Student (drop path 0.1) and teacher (no drop path, no grad, same weights); with
     ``compile``, both backbones go through torch.compile as in training (model.compile)."""
-    from dino_core.train import compile_backbones
+    from dino_core.train.loop import compile_backbones
 
     def make(drop: float) -> nn.Module:
         vit = build_vit(arch, patch, img_size=snap(img_size, patch), drop_path_rate=drop)
@@ -83,13 +83,13 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
                      ) -> tuple[TrainStep, list[torch.Tensor]]:
     """Models, optimizer, loss and step for ``arch``/``patch``; returns the step and its views.
 
-    The step is ``dino_core.step.DINOStep`` with ``epoch`` past the last-layer freeze, so
+    The step is ``dino_core.train.step.DINOStep`` with ``epoch`` past the last-layer freeze, so
     every parameter is updated as in steady-state training.
     """
     from dino_core.config import LossConfig
     from dino_core.loss import DINOLoss
-    from dino_core.optim import build_optimizer
-    from dino_core.step import DINOStep, resolve_precision
+    from dino_core.train.optim import build_optimizer
+    from dino_core.train.step import DINOStep, resolve_precision
 
     student, teacher = build_models(arch, patch, shape.out_dim, device, shape.global_res,
                                     compile)
@@ -111,7 +111,7 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     logits_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     probe = torch.zeros(1, shape.out_dim, device=device, dtype=logits_dtype)
     loss_impl = f"DINOLoss {loss.resolve_impl(probe)}"
-    step_impl = "dino_core.step.DINOStep" + (" + torch.compile" if compile else "")
+    step_impl = "dino_core.train.step.DINOStep" + (" + torch.compile" if compile else "")
     return TrainStep(run=run, student=student, teacher=teacher, loss_impl=loss_impl,
                      step_impl=step_impl), views
 

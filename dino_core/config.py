@@ -154,7 +154,7 @@ class TrainConfig:
             raise ConfigError(f"training config data.aug: {e}") from None
 
     def save_yaml(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_bytes
+        from pipelines.convert.common import atomic_write_bytes
         atomic_write_bytes(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     def replace(self, **changes) -> "TrainConfig":

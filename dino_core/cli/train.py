@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from pipelines.config_io import ConfigError
-    from ..checkpoint import CheckpointError
+    from ..train.checkpoint import CheckpointError
     from ..config import load_config
-    from ..preemption import EXIT_PREEMPTED, Preempted
-    from ..train import TrainingDiverged, train
+    from ..train.preemption import EXIT_PREEMPTED, Preempted
+    from ..train.loop import TrainingDiverged, train
 
     overrides = [f"{key}={getattr(args, opt)}" for opt, key in OPTION_KEYS.items()
                  if getattr(args, opt) is not None]

@@ -8,7 +8,7 @@ import torch
 
 from dino_core.config import TrainConfig, load_config
 from dino_core.loss import DINOLoss, fused_dino_loss, teacher_probs
-from dino_core.train import build_loss
+from dino_core.train.loop import build_loss
 from pipelines.config_io import ConfigError
 from tests.dino_core.loss.cases import SCHEDULE, loss_and_grad, make_logits, rel_err
 
@@ -187,10 +187,10 @@ def tiny_training(inplace: bool, steps: int = 3) -> tuple[dict, list[torch.Tenso
     """``steps`` DINOSteps of a ViT-tiny with synthetic views; returns the student and
     teacher parameters, the losses, and the version of each step's student logits after it
     (bumped when the backward wrote the gradient over them)."""
-    from dino_core.optim import build_optimizer
-    from dino_core.step import DINOStep
-    from dino_core.train import build_models
-    from tests.dino_core.train_helpers import tiny_overrides
+    from dino_core.train.optim import build_optimizer
+    from dino_core.train.step import DINOStep
+    from dino_core.train.loop import build_models
+    from tests.dino_core.train.train_helpers import tiny_overrides
 
     unused = Path("/nonexistent")
     cfg = load_config(None, tiny_overrides(unused, unused) +

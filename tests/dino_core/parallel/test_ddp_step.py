@@ -8,11 +8,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dino_core.distributed import wrap_ddp
+from dino_core.parallel.env import wrap_ddp
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer
-from dino_core.optim import build_optimizer
-from dino_core.step import DINOStep
+from dino_core.train.optim import build_optimizer
+from dino_core.train.step import DINOStep
 
 BATCH = 4                 # whole batch; each of the 2 ranks takes half
 EPOCHS = (0, 0, 1, 1, 1)  # freeze_last_layer=1: frozen for two steps, then trained

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed as dist_utils
-from . import run_state
+from ..parallel import env as dist_utils
+from . import store as run_state
 from .checkpoint import CheckpointError, check_compatible, check_training_checkpoint, load_state
-from .config import TrainConfig
+from ..config import TrainConfig
 from .data_wait import DataWaitClock
-from .models import DINOHead, MultiCropWrapper, build_vit
+from ..models import DINOHead, MultiCropWrapper, build_vit
 from .preemption import Preempted, StepGate, StopSignals
 from .schedules import Schedules, teacher_temp_schedule
 from .step import DINOStep, resolve_precision
@@ -98,7 +98,7 @@ def compile_backbones(*wrappers: MultiCropWrapper) -> None:
 def build_loss(cfg: TrainConfig) -> nn.Module:
     """The DINO loss of ``cfg`` (on the CPU). ``overwrite_logits`` is safe here because
     ``DINOStep`` never reads the student logits after the loss call."""
-    from .loss import DINOLoss
+    from ..loss import DINOLoss
     return DINOLoss(cfg.model.out_dim, cfg.data.aug.num_views, cfg.loss.warmup_teacher_temp,
                     cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs, cfg.epochs,
                     student_temp=cfg.loss.student_temp, center_momentum=cfg.loss.center_momentum,
@@ -244,7 +244,7 @@ def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
             log.info("k-NN evaluation skipped: %s", skip)
             summary["knn_skipped"] = skip
         elif cfg.knn_eval:  # every rank extracts its shard
-            from .eval.knn import knn_accuracy
+            from ..eval.knn import knn_accuracy
             summary["knn"] = knn_accuracy(run.teacher.backbone, run.knn_root, run.device)
         return summary
     finally:

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_state
-from .models import VisionTransformer
+from ..models import VisionTransformer
 
 
 def read_init_backbone(path: str | Path, arch: str, patch_size: int
                        ) -> dict[str, torch.Tensor]:
     """The backbone tensors of ``path`` (bare ViT keys), checked against ``arch/patch_size``."""
-    from .eval.official import read_checkpoint  # imports the models; keep it lazy
+    from ..eval.official import read_checkpoint  # imports the models; keep it lazy
 
     path = Path(path)
     if not path.is_file():

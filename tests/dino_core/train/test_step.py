@@ -3,8 +3,8 @@ import torch
 
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer, WeightNormLinear
-from dino_core.optim import build_optimizer
-from dino_core.step import DINOStep
+from dino_core.train.optim import build_optimizer
+from dino_core.train.step import DINOStep
 
 
 def test_weight_normalised_last_layer_is_built_once_per_model_per_step(monkeypatch):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from tests.dino_core.train_helpers import tiny_overrides
+from tests.dino_core.train.train_helpers import tiny_overrides
 from tests.pipelines.images import write_image_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # no augmentation randomness and no drop path: both runs see identical views
 DETERMINISTIC = [
     "data.aug.global_views=[{size: 32, scale: [1.0, 1.0], blur_p: 0.0, solarize_p: 0.0},"
@@ -41,7 +41,7 @@ def test_two_nodes_match_each_other_and_a_single_process(tmp_path):
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
-         "-m", "tests.dino_core.dist_worker", str(dist_out),
+         "-m", "tests.dino_core.parallel.dist_worker", str(dist_out),
          *overrides(dist_out, per_rank)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)]
@@ -50,7 +50,7 @@ def test_two_nodes_match_each_other_and_a_single_process(tmp_path):
 
     single_out = tmp_path / "single"
     single_out.mkdir()
-    r = subprocess.run([sys.executable, "-m", "tests.dino_core.dist_worker", str(single_out),
+    r = subprocess.run([sys.executable, "-m", "tests.dino_core.parallel.dist_worker", str(single_out),
                         *overrides(single_out, 2 * per_rank)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

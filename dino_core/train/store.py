@@ -34,7 +34,7 @@ from pipelines.convert.common import atomic_write_bytes, fsync_path
 
 from .checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 
-log = logging.getLogger("dino_core.run_state")
+log = logging.getLogger("dino_core.train.store")
 
 LAST, PREV = "checkpoint.pth", "checkpoint_prev.pth"
 

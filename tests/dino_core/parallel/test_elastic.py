@@ -4,12 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dino_core.checkpoint import load_checkpoint
-from tests.dino_core.test_distributed_run import free_port
-from tests.dino_core.train_helpers import tiny_overrides
+from dino_core.train.checkpoint import load_checkpoint
+from tests.dino_core.parallel.test_distributed_run import free_port
+from tests.dino_core.train.train_helpers import tiny_overrides
 from tests.pipelines.images import write_image_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_killed_rank_restarts_and_resumes_from_last_checkpoint(tmp_path):
@@ -21,7 +21,7 @@ def test_killed_rank_restarts_and_resumes_from_last_checkpoint(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
          "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-         "--max-restarts", "1", "-m", "tests.dino_core.elastic_worker", str(marker), "--",
+         "--max-restarts", "1", "-m", "tests.dino_core.parallel.elastic_worker", str(marker), "--",
          "--output-dir", str(out), *sets],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = r.stdout + r.stderr

@@ -1,7 +1,7 @@
 import torch
 
 from dino_core.models import DINOHead, MultiCropWrapper, vit_tiny
-from dino_core.optim import (build_optimizer, clip_per_tensor, clip_per_tensor_reference,
+from dino_core.train.optim import (build_optimizer, clip_per_tensor, clip_per_tensor_reference,
                              drop_last_layer_grad, param_groups, set_hyperparams)
 
 

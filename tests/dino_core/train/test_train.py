@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dino_core.checkpoint import load_checkpoint
-from dino_core.train import TrainingDiverged, train
-from tests.dino_core.train_helpers import tiny_config, tiny_overrides
+from dino_core.train.checkpoint import load_checkpoint
+from dino_core.train.loop import TrainingDiverged, train
+from tests.dino_core.train.train_helpers import tiny_config, tiny_overrides
 from tests.pipelines.images import write_image_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
 
 
 def test_checkpoint_of_another_architecture_is_refused(data, tmp_path):
-    from dino_core.checkpoint import CheckpointError
+    from dino_core.train.checkpoint import CheckpointError
     out = tmp_path / "run"
     train(tiny_config(data, out, epochs=1))
     with pytest.raises(CheckpointError, match="arch='vit_tiny'.*vit_small"):

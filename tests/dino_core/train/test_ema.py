@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dino_core.ema import ema_update, ema_update_reference, paired_params
+from dino_core.train.ema import ema_update, ema_update_reference, paired_params
 from dino_core.models import DINOHead, MultiCropWrapper, vit_tiny
 
 

@@ -1,15 +1,15 @@
 """Train a few steps under torchrun (or alone) and save this rank's teacher for comparison.
 
-    python -m tests.dino_core.dist_worker OUT_DIR KEY=VALUE ...
+    python -m tests.dino_core.parallel.dist_worker OUT_DIR KEY=VALUE ...
 """
 import sys
 from pathlib import Path
 
 import torch
 
-from dino_core import distributed
+from dino_core.parallel import env as distributed
 from dino_core.config import load_config
-from dino_core.train import _train_epochs, build_run
+from dino_core.train.loop import _train_epochs, build_run
 
 
 def main(out: str, *overrides: str) -> None:

@@ -7,10 +7,10 @@ import torch
 
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer
-from dino_core.optim import build_optimizer
-from dino_core.step import DINOStep
-from dino_core.train import build_models, compile_backbones
-from tests.dino_core.train_helpers import tiny_config
+from dino_core.train.optim import build_optimizer
+from dino_core.train.step import DINOStep
+from dino_core.train.loop import build_models, compile_backbones
+from tests.dino_core.train.train_helpers import tiny_config
 
 NO_COMPILER = shutil.which("g++") is None and shutil.which("c++") is None
 

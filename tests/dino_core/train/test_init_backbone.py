@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from dino_core.checkpoint import CheckpointError, save_checkpoint
-from dino_core.init_backbone import resized_pos_embed
+from dino_core.train.checkpoint import CheckpointError, save_checkpoint
+from dino_core.train.init_backbone import resized_pos_embed
 from dino_core.models import build_vit
-from dino_core.train import build_run
-from tests.dino_core.train_helpers import tiny_config
+from dino_core.train.loop import build_run
+from tests.dino_core.train.train_helpers import tiny_config
 from tests.pipelines.images import write_image_folder
 
 
@@ -47,7 +47,7 @@ def test_student_and_teacher_backbones_equal_the_official_file(data, tmp_path):
 
 def test_dino_export_output_is_accepted(data, tmp_path):
     from dino_core.eval.official import export_backbone
-    from dino_core.train import train
+    from dino_core.train.loop import train
     src = tmp_path / "src"
     train(tiny_config(data, src, epochs=1))
     export_backbone(src / "checkpoint.pth", tmp_path / "exported.pth")
@@ -71,7 +71,7 @@ def test_another_architecture_or_patch_size_is_one_clear_error(data, tmp_path, a
 
 def test_a_resumed_run_ignores_the_backbone_file_even_when_it_is_gone(data, tmp_path):
     """A requeued job resumes from its checkpoint; the file it started from may be gone."""
-    from dino_core.train import train
+    from dino_core.train.loop import train
     path = tmp_path / "start.pth"
     _official_file(path)
     out = tmp_path / "run"
@@ -114,8 +114,8 @@ def test_cli_reports_a_mismatched_file_in_one_line(data, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    from tests.dino_core.train_helpers import tiny_overrides
-    root = Path(__file__).resolve().parents[2]
+    from tests.dino_core.train.train_helpers import tiny_overrides
+    root = Path(__file__).resolve().parents[3]
     _official_file(tmp_path / "s8.pth", "vit_small", 8)
     sets = sum((["--set", o] for o in tiny_overrides(data, tmp_path / "run")), [])
     r = subprocess.run([sys.executable, "-m", "dino_core.cli.train", *sets, "--init-backbone",

@@ -1,6 +1,6 @@
 """``dino-train`` with a fault injected at a chosen point, for the preemption tests.
 
-    python -m tests.dino_core.preempt_worker MODE N -- DINO_TRAIN_ARGS...
+    python -m tests.dino_core.train.preempt_worker MODE N -- DINO_TRAIN_ARGS...
 
 MODE ``term``: this process sends itself SIGTERM during the step of global iteration N
     (0-based) when RANK is unset or in $PREEMPT_RANKS (default: every rank); the handler
@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from dino_core import run_state, step
+from dino_core.train import step, store
 from dino_core.cli.train import main
 
 
@@ -30,7 +30,7 @@ def _term_at(iteration: int) -> None:
 
 
 def _kill_after(count: int) -> None:
-    real = run_state.save_latest
+    real = store.save_latest
     written = [0]
 
     def save(state, out):
@@ -38,7 +38,7 @@ def _kill_after(count: int) -> None:
         written[0] += 1
         if written[0] == count:
             os.kill(os.getpid(), signal.SIGKILL)
-    run_state.save_latest = save
+    store.save_latest = save
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import math
 import numpy as np
 
 from dino_core.config import OptimConfig
-from dino_core.schedules import Schedules, cosine_schedule, teacher_temp_schedule
+from dino_core.train.schedules import Schedules, cosine_schedule, teacher_temp_schedule
 
 
 def test_cosine_with_warmup_endpoints_and_shape():

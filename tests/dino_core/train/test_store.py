@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from dino_core import run_state
-from dino_core.checkpoint import CheckpointError, load_checkpoint
-from dino_core.train import train
-from dino_core.preemption import Preempted
-from tests.dino_core.test_preemption import _self_term_at, assert_same_run
-from tests.dino_core.train_helpers import tiny_config
+from dino_core.train import store
+from dino_core.train.checkpoint import CheckpointError, load_checkpoint
+from dino_core.train.loop import train
+from dino_core.train.preemption import Preempted
+from tests.dino_core.train.test_preemption import _self_term_at, assert_same_run
+from tests.dino_core.train.train_helpers import tiny_config
 from tests.pipelines.images import write_image_folder
 
 
@@ -32,19 +32,19 @@ def _flip_tensor_byte(path, v: int):
 
 
 def test_rotation_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path):
-    run_state.save_latest(_state(1), tmp_path)
-    assert not (tmp_path / run_state.PREV).exists()
-    run_state.save_latest(_state(2), tmp_path)
-    assert load_checkpoint(tmp_path / run_state.LAST)["epoch_batches"] == 2
-    assert load_checkpoint(tmp_path / run_state.PREV)["epoch_batches"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [run_state.LAST, run_state.PREV]
+    store.save_latest(_state(1), tmp_path)
+    assert not (tmp_path / store.PREV).exists()
+    store.save_latest(_state(2), tmp_path)
+    assert load_checkpoint(tmp_path / store.LAST)["epoch_batches"] == 2
+    assert load_checkpoint(tmp_path / store.PREV)["epoch_batches"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [store.LAST, store.PREV]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_a_damaged_latest_is_refused_in_one_line_and_the_previous_used(tmp_path, caplog, damage):
-    run_state.save_latest(_state(1), tmp_path)
-    run_state.save_latest(_state(2), tmp_path)
-    last = tmp_path / run_state.LAST
+    store.save_latest(_state(1), tmp_path)
+    store.save_latest(_state(2), tmp_path)
+    last = tmp_path / store.LAST
     if damage == "truncate":
         last.write_bytes(last.read_bytes()[:3000])
     elif damage == "flip":
@@ -52,31 +52,31 @@ def test_a_damaged_latest_is_refused_in_one_line_and_the_previous_used(tmp_path,
         assert torch.load(last, weights_only=True)["epoch_batches"] == 2  # loads silently
     else:
         last.write_bytes(b"\x00garbage" * 100)
-    with caplog.at_level(logging.ERROR, logger="dino_core.run_state"):
-        ckpt, path = run_state.load_latest(tmp_path, "cpu")
-    assert path.name == run_state.PREV and ckpt["epoch_batches"] == 1
+    with caplog.at_level(logging.ERROR, logger="dino_core.train.store"):
+        ckpt, path = store.load_latest(tmp_path, "cpu")
+    assert path.name == store.PREV and ckpt["epoch_batches"] == 1
     [record] = caplog.records
     assert "\n" not in record.getMessage() and str(last) in record.getMessage()
     assert ("checksum" in record.getMessage()) == (damage == "flip")
 
 
 def test_no_good_checkpoint_at_all_is_an_error_not_a_fresh_start(tmp_path):
-    run_state.save_latest(_state(1), tmp_path)
-    run_state.save_latest(_state(2), tmp_path)
-    _flip_tensor_byte(tmp_path / run_state.PREV, 1)
-    (tmp_path / run_state.LAST).write_bytes(b"")
+    store.save_latest(_state(1), tmp_path)
+    store.save_latest(_state(2), tmp_path)
+    _flip_tensor_byte(tmp_path / store.PREV, 1)
+    (tmp_path / store.LAST).write_bytes(b"")
     with pytest.raises(CheckpointError, match="no good previous checkpoint"):
-        run_state.load_latest(tmp_path, "cpu")
-    assert run_state.load_latest(tmp_path / "empty", "cpu") is None
+        store.load_latest(tmp_path, "cpu")
+    assert store.load_latest(tmp_path / "empty", "cpu") is None
 
 
 def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     torch.manual_seed(1), random.seed(2), np.random.seed(3)
-    run_state.write_verified({"rng": run_state.rng_state(torch.device("cpu"))}, tmp_path / "c.pth")
+    store.write_verified({"rng": store.rng_state(torch.device("cpu"))}, tmp_path / "c.pth")
     want = (torch.rand(3), random.random(), np.random.rand())
     torch.manual_seed(9), random.seed(9), np.random.seed(9)
-    ckpt = run_state.load_verified(tmp_path / "c.pth", "cpu")
-    run_state.set_rng_state(ckpt["rng"], torch.device("cpu"))
+    ckpt = store.load_verified(tmp_path / "c.pth", "cpu")
+    store.set_rng_state(ckpt["rng"], torch.device("cpu"))
     got = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
 
@@ -93,12 +93,12 @@ def test_truncated_latest_falls_back_to_mid_epoch_and_still_ends_exactly(tmp_pat
         with pytest.raises(Preempted, match="after epoch 1"):
             train(cfg(out))
     # latest: end of epoch 0; previous: epoch 0 after 2 batches
-    assert load_checkpoint(out / run_state.PREV)["epoch_batches"] == 2
-    last = out / run_state.LAST
+    assert load_checkpoint(out / store.PREV)["epoch_batches"] == 2
+    last = out / store.LAST
     assert load_checkpoint(last)["epoch"] == 1
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     train(cfg(out))  # resumes inside epoch 0 from the previous one
-    assert_same_run(load_checkpoint(last), load_checkpoint(tmp_path / "ref" / run_state.LAST))
+    assert_same_run(load_checkpoint(last), load_checkpoint(tmp_path / "ref" / store.LAST))
 
 
 def test_mid_epoch_checkpoint_with_other_batching_is_one_clear_error(tmp_path, monkeypatch):
@@ -117,8 +117,8 @@ def test_mid_epoch_checkpoint_with_other_batching_is_one_clear_error(tmp_path, m
 @pytest.mark.parametrize("crash_at", ["write", "link", "rename"])
 def test_a_crash_while_saving_leaves_a_good_checkpoint_and_no_debris_later(tmp_path,
                                                                            monkeypatch, crash_at):
-    run_state.save_latest(_state(1), tmp_path)
-    run_state.save_latest(_state(2), tmp_path)
+    store.save_latest(_state(1), tmp_path)
+    store.save_latest(_state(2), tmp_path)
 
     class Crash(BaseException):
         pass
@@ -130,15 +130,15 @@ def test_a_crash_while_saving_leaves_a_good_checkpoint_and_no_debris_later(tmp_p
             m.setattr(run_state, "atomic_write_bytes", lambda path, data: (
                 path.write_bytes(data[:100]), crash()))
         elif crash_at == "link":
-            m.setattr(run_state.os, "link", crash)
+            m.setattr(store.os, "link", crash)
         else:
             real = os.replace
-            m.setattr(run_state.os, "replace", lambda a, b: crash() if Path(b).name ==
-                      run_state.LAST else real(a, b))
+            m.setattr(store.os, "replace", lambda a, b: crash() if Path(b).name ==
+                      store.LAST else real(a, b))
         with pytest.raises(Crash):
-            run_state.save_latest(_state(3), tmp_path)
-    ckpt, path = run_state.load_latest(tmp_path, "cpu")
-    assert ckpt["epoch_batches"] == 2 and path.name == run_state.LAST
-    run_state.save_latest(_state(4), tmp_path)  # the next save clears what the crash left
-    assert sorted(p.name for p in tmp_path.iterdir()) == [run_state.LAST, run_state.PREV]
-    assert run_state.load_latest(tmp_path, "cpu")[0]["epoch_batches"] == 4
+            store.save_latest(_state(3), tmp_path)
+    ckpt, path = store.load_latest(tmp_path, "cpu")
+    assert ckpt["epoch_batches"] == 2 and path.name == store.LAST
+    store.save_latest(_state(4), tmp_path)  # the next save clears what the crash left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [store.LAST, store.PREV]
+    assert store.load_latest(tmp_path, "cpu")[0]["epoch_batches"] == 4

@@ -27,7 +27,7 @@ import time
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger("dino_core.preemption")
+log = logging.getLogger("dino_core.train.preemption")
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: "stopped on request, checkpoint written, resumable"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

@@ -1,4 +1,4 @@
-from dino_core.distributed import _first_slurm_host, detect_env
+from dino_core.parallel.env import _first_slurm_host, detect_env
 
 
 def test_detects_torchrun_slurm_and_single():

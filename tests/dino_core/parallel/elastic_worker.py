@@ -1,6 +1,6 @@
 """``dino-train`` under torchrun, with rank 1 killed (SIGKILL) once after the first checkpoint.
 
-    python -m torch.distributed.run ... -m tests.dino_core.elastic_worker MARKER -- ARGS...
+    python -m torch.distributed.run ... -m tests.dino_core.parallel.elastic_worker MARKER -- ARGS...
 
 The marker file makes the kill happen once: after torchrun's elastic agent restarts the
 group, every rank must resume from OUTPUT_DIR/checkpoint.pth and finish.

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from dino_core.checkpoint import (CheckpointError, atomic_write_bytes, check_compatible,
+from dino_core.train.checkpoint import (CheckpointError, atomic_write_bytes, check_compatible,
                                   load_checkpoint, load_state, save_checkpoint)
 
 

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from dino_core.data_wait import CudaMarks, DataWaitClock, HostMarks
-from dino_core.train import _train_epochs, build_run
-from tests.dino_core.train_helpers import tiny_config
+from dino_core.train.data_wait import CudaMarks, DataWaitClock, HostMarks
+from dino_core.train.loop import _train_epochs, build_run
+from tests.dino_core.train.train_helpers import tiny_config
 from tests.pipelines.images import write_image_folder
 
 

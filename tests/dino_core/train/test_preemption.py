@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dino_core.checkpoint import load_checkpoint
-from dino_core.preemption import EXIT_PREEMPTED, Preempted
-from dino_core.train import train
-from tests.dino_core.test_distributed_run import free_port
-from tests.dino_core.train_helpers import tiny_config, tiny_overrides
+from dino_core.train.checkpoint import load_checkpoint
+from dino_core.train.preemption import EXIT_PREEMPTED, Preempted
+from dino_core.train.loop import train
+from tests.dino_core.parallel.test_distributed_run import free_port
+from tests.dino_core.train.train_helpers import tiny_config, tiny_overrides
 from tests.pipelines.images import write_image_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 # 2 epochs of 3 steps; a checkpoint every 2 steps: (epoch 0, batch 2), end of 0, (1, 1), end
 EVERY = ["checkpoint.every_steps=2"]
@@ -41,7 +41,7 @@ def _sets(data, out, batch=2, extra=()):
 
 
 def _cli(args, env=ENV, worker=None):
-    mod = ["-m", "tests.dino_core.preempt_worker", *worker, "--"] if worker else \
+    mod = ["-m", "tests.dino_core.train.preempt_worker", *worker, "--"] if worker else \
         ["-m", "dino_core.cli.train"]
     return subprocess.run([sys.executable, *mod, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -95,7 +95,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_143_then_resume(data, tmp_path, uni
 
 
 def _torchrun(out, data, worker=None, env=ENV):
-    mod = ["-m", "tests.dino_core.preempt_worker", *worker, "--"] if worker else \
+    mod = ["-m", "tests.dino_core.train.preempt_worker", *worker, "--"] if worker else \
         ["-m", "dino_core.cli.train"]
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
@@ -127,7 +127,7 @@ def test_torchrun_sigterm_to_one_rank_stops_every_rank_at_one_step(data, tmp_pat
 
 # ----------------------------------------------------------------------------- in process
 def _self_term_at(monkeypatch, iteration):
-    from dino_core import step
+    from dino_core.train import step
     real = step.DINOStep.__call__
 
     def call(self, views, epoch, it, *args, **kw):
@@ -171,7 +171,7 @@ def test_in_process_preemption_is_exact_for_every_loader(backend, data, tmp_path
     kept = sorted(p.name for p in out.glob("*checkpoint*"))
     assert kept == ["checkpoint.pth", "checkpoint0001.pth", "checkpoint0002.pth",
                     "checkpoint_prev.pth"], kept
-    from dino_core.run_state import load_verified  # kept ones carry a checksum too
+    from dino_core.train.store import load_verified  # kept ones carry a checksum too
     assert [load_verified(out / f"checkpoint000{e}.pth", "cpu")["iteration"] for e in (1, 2)] \
         == [3, 6]
     assert "checksum" in load_checkpoint(out / "checkpoint0001.pth")
@@ -179,7 +179,7 @@ def test_in_process_preemption_is_exact_for_every_loader(backend, data, tmp_path
 
 # ----------------------------------------------------------------------------- the gate
 def test_gate_checkpoints_after_the_minutes_and_every_n_steps(monkeypatch):
-    from dino_core import preemption
+    from dino_core.train import preemption
     now = [100.0]
     monkeypatch.setattr(preemption.time, "monotonic", lambda: now[0])
     gate = preemption.StepGate(2.0, 0, preemption.StopSignals(), False, "cpu")
@@ -200,7 +200,7 @@ def test_distributed_gate_agrees_one_step_late_and_never_repeats_a_checkpoint(mo
     """Under torchrun the flags of step k are all-reduced in the background and read after
     step k + 1 (every rank reads the same); every-N-steps needs no agreement."""
     import torch.distributed as dist
-    from dino_core import preemption
+    from dino_core.train import preemption
     now = [100.0]
     monkeypatch.setattr(preemption.time, "monotonic", lambda: now[0])
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
@@ -229,7 +229,7 @@ def test_distributed_gate_agrees_one_step_late_and_never_repeats_a_checkpoint(mo
 
 
 def test_signal_is_recorded_not_fatal_and_handlers_are_restored():
-    from dino_core.preemption import StopSignals
+    from dino_core.train.preemption import StopSignals
     before = signal.getsignal(signal.SIGUSR1)
     signals = StopSignals()
     signals.install()
