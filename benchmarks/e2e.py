@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from dino_core.train.loop import as_batch
+
 from .backend_runs import (BackendUnavailable, RunLimits, add_ratios, for_each_backend,
                            tree_cpu_seconds)
 from .bench_data import BenchData, DataChoice, prepare_data
@@ -113,16 +115,16 @@ def train_and_account(loader, step, steps: int, warmup: int, device: torch.devic
                 and time.perf_counter() - t_begin >= seconds):
             break
         t0 = time.perf_counter()
-        views, labels = next(batches)
+        batch = as_batch(next(batches))
         t1 = time.perf_counter()
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-        step.run(views)
+        step.run(batch)
         if cuda:
             end.record()
         if i >= warmup:
-            images += labels.shape[0]
+            images += batch.size
             waits.append(t1 - t0)
             totals.append(time.perf_counter() - t0)
             if cuda:

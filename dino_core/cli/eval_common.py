@@ -59,7 +59,7 @@ def load_cli_backbone(args: argparse.Namespace, device):
 def run_cli(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
             run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """Parse ``argv`` and run; expected failures become one line on stderr and exit code 2."""
-    from dino_core.train.checkpoint import CheckpointError
+    from dino_core.formats.files import CheckpointError
     from pipelines.folder import DatasetError
 
     args = build_parser().parse_args(argv)

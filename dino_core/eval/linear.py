@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dino_core.train.checkpoint import load_checkpoint, load_state, save_checkpoint
+from dino_core.formats.files import load_checkpoint, load_state, save_checkpoint
 from dino_core.train.schedules import cosine_schedule
 
 from .knn import topk_accuracy

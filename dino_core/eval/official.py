@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dino_core.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dino_core.formats.files import CheckpointError, load_checkpoint, save_checkpoint
 from dino_core.models import ARCHS, DINOHead, VisionTransformer, build_vit
 
 # Old DINO releases named the small models after DeiT.

@@ -4,7 +4,8 @@ torchrun (single- or multi-node, c10d rendezvous) sets RANK, WORLD_SIZE, LOCAL_R
 MASTER_ADDR and MASTER_PORT. Under SLURM without torchrun (``srun python -m ...``) the ranks
 come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the master address from the first
 host of SLURM_JOB_NODELIST (MASTER_PORT defaults to 29500). Anything else is one process.
-NCCL on GPUs, gloo on CPUs. ``wrap_ddp`` is the one place the student gets its DDP options.
+NCCL on GPUs, gloo on CPUs. What runs on top of the group (DDP, later FSDP) is a parallel
+strategy (``strategy.py``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -81,26 +81,6 @@ def init_distributed(device_kind: str) -> DistEnv:
     dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(minutes=30), device_id=device_id)
     return env
-
-
-def wrap_ddp(student: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
-    """The student under DDP, with the options the DINO step allows.
-
-    - ``gradient_as_bucket_view``: every ``.grad`` is a view into DDP's all-reduce bucket,
-      so gradients are held once (not once in ``.grad`` and again in the buckets) and are
-      not copied between the two; ``DINOStep`` zeroes them in place rather than dropping
-      them, so the backward accumulates straight into the buckets.
-    - ``static_graph``: the student's autograd graph is the same at every iteration. Every
-      trainable parameter gets a gradient in every backward (the backbone runs once per
-      resolution group, the head once on all features); the last-layer freeze of the first
-      epochs drops that layer's gradient after the backward, after its all-reduce, so the
-      graph and the set of used parameters do not change when the freeze ends (tested on
-      gloo across the boundary, tests/dino_core/test_ddp_step.py). DDP then plans its
-      buckets once from the first iteration.
-    """
-    return nn.parallel.DistributedDataParallel(
-        student, device_ids=[device.index] if device.type == "cuda" else None,
-        gradient_as_bucket_view=True, static_graph=True)
 
 
 def shutdown() -> None:

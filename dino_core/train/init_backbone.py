@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_state
+from ..formats.files import CheckpointError, load_state
 from ..models import VisionTransformer
 
 

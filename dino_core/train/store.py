@@ -1,6 +1,13 @@
-"""A run's checkpoint files: written verified and rotated, read back with a fallback.
+"""Where a run's checkpoints live: the store protocol and today's store, one file rotated.
 
-OUTPUT_DIR holds ``checkpoint.pth`` (the latest: an epoch end or a point inside an epoch)
+The training loop saves and resumes through a ``CheckpointStore``, which the parallel
+strategy chooses (``ParallelStrategy.checkpoint_store``): every rank calls ``save`` and
+``load_latest``; the store decides which ranks build and write the state. A sharded store
+(every rank its own shards, torch.distributed.checkpoint) is another implementation of the
+same protocol, with no change to the loop.
+
+``SingleFileStore`` (DDP and one process): rank 0 builds the whole state and writes one
+file; every rank reads the whole file. OUTPUT_DIR holds ``checkpoint.pth`` (the latest: an epoch end or a point inside an epoch)
 and ``checkpoint_prev.pth`` (the one before it). A new checkpoint is serialised, written to
 a temporary file, fsync'ed and read back (its bytes must equal what was serialised); only
 then does the current latest become ``checkpoint_prev.pth`` (a hard link, so
@@ -17,22 +24,22 @@ The data position: ``epoch`` epochs finished plus ``epoch_batches`` batches of t
 consumed. Every backend's epoch order is a pure function of (seed, epoch) and every
 sample's views come from its own counter stream, so the loader restarts the epoch at that
 batch (``set_epoch(epoch, first_batch=...)``) and the rest of the run is the uninterrupted
-one. ``rng`` holds torch's CPU generator, the device's (CUDA), numpy's and Python's.
+one. ``rng`` holds every generator's state (``rng.py``).
 """
 from __future__ import annotations
 
 import logging
 import os
-import random
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from pipelines.convert.common import atomic_write_bytes, fsync_path
 
-from .checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
+from ..formats.files import CheckpointError, checkpoint_bytes, load_checkpoint
 
 log = logging.getLogger("dino_core.train.store")
 
@@ -67,37 +74,6 @@ def verify(ckpt: dict, path: str | os.PathLike) -> None:
     if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its "
                               "checksum")
-
-
-# ----------------------------------------------------------------------------- RNG
-def rng_state(device: torch.device) -> dict:
-    """Every generator a step may draw from (plain data and tensors only)."""
-    np_state = np.random.get_state(legacy=False)
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"bit_generator": np_state["bit_generator"],
-                       "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                       "pos": int(np_state["state"]["pos"]),
-                       "has_gauss": int(np_state["has_gauss"]),
-                       "gauss": float(np_state["gauss"])}}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(rng: dict, device: torch.device) -> None:
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
-    if "python" in rng:
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in rng:
-        n = rng["numpy"]
-        np.random.set_state({"bit_generator": n["bit_generator"],
-                             "state": {"key": n["key"].numpy().astype(np.uint32),
-                                       "pos": n["pos"]},
-                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
 
 
 # ----------------------------------------------------------------------------- files
@@ -157,3 +133,49 @@ def load_latest(out: Path, map_location) -> tuple[dict, Path] | None:
     if errors:
         raise CheckpointError(f"{errors[0]} (and no good previous checkpoint in {out})")
     return None
+
+
+# ----------------------------------------------------------------------------- stores
+class CheckpointStore(Protocol):
+    """Saves and finds a run's checkpoints; every rank calls every method."""
+
+    def exists(self) -> bool:
+        """Whether there is a checkpoint to resume from (good or not)."""
+
+    def save(self, make_state: Callable[[], dict], keep_epoch: int | None = None) -> None:
+        """Save ``make_state()`` as the latest checkpoint (the store decides on which ranks
+        it is called); with ``keep_epoch``, also keep it as that epoch's checkpoint. Returns
+        on every rank once the checkpoint is complete."""
+
+    def load_latest(self, map_location) -> tuple[dict, Path] | None:
+        """The newest good checkpoint and where it is, or None when there is none."""
+
+    def load(self, path: Path, map_location) -> dict:
+        """The checkpoint at ``path`` (``--resume``), verified."""
+
+
+@dataclass
+class SingleFileStore:
+    """One verified file per checkpoint in ``out``, rotated (the module docstring): the
+    ``writer`` rank builds and writes it, then every rank meets at ``barrier``."""
+
+    out: Path
+    writer: bool = True
+    barrier: Callable[[], None] = field(default=lambda: None)
+
+    def exists(self) -> bool:
+        return has_checkpoint(self.out)
+
+    def save(self, make_state: Callable[[], dict], keep_epoch: int | None = None) -> None:
+        if self.writer:
+            state = make_state()
+            save_latest(state, self.out)
+            if keep_epoch is not None:
+                write_verified(state, self.out / f"checkpoint{keep_epoch:04d}.pth")
+        self.barrier()
+
+    def load_latest(self, map_location) -> tuple[dict, Path] | None:
+        return load_latest(self.out, map_location)
+
+    def load(self, path: Path, map_location) -> dict:
+        return load_verified(Path(path), map_location)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from dino_core.train.checkpoint import save_checkpoint
+from dino_core.formats.files import save_checkpoint
 from dino_core.cli.knn import main as knn_main
 from dino_core.cli.train import main as train_main
 from dino_core.models import build_vit

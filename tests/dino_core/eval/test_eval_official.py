@@ -4,7 +4,7 @@ import argparse
 import pytest
 import torch
 
-from dino_core.train.checkpoint import CheckpointError
+from dino_core.formats.files import CheckpointError
 from dino_core.eval.official import (build_backbone, build_head, export_backbone,
                                      load_backbone, read_checkpoint)
 from dino_core.models import DINOHead, MultiCropWrapper, build_vit

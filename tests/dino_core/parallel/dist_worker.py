@@ -9,7 +9,8 @@ import torch
 
 from dino_core.parallel import env as distributed
 from dino_core.config import load_config
-from dino_core.train.loop import _train_epochs, build_run
+from dino_core.train.loop import _train_epochs
+from dino_core.train.run import build_run
 
 
 def main(out: str, *overrides: str) -> None:
@@ -17,8 +18,8 @@ def main(out: str, *overrides: str) -> None:
     run = build_run(cfg)
     try:
         _train_epochs(run, Path(out))
-        run.loss_fn.sync_center()
-        torch.save({"teacher": run.teacher.state_dict(), "center": run.loss_fn.center.cpu(),
+        center = run.recipe.state_dict()["dino_loss"]["center"]  # folds a pending update in
+        torch.save({"teacher": run.teacher.state_dict(), "center": center,
                     "world_size": run.env.world_size},
                    Path(out) / f"teacher_rank{run.env.rank}.pt")
     finally:

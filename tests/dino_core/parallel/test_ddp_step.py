@@ -8,11 +8,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dino_core.parallel.env import wrap_ddp
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer
+from dino_core.parallel.ddp import DDPStrategy
+from dino_core.parallel.env import DistEnv
+from dino_core.recipes.dino import DINORecipe
 from dino_core.train.optim import build_optimizer
-from dino_core.train.step import DINOStep
+from dino_core.train.step import TrainStep
+from tests.dino_core.train.train_helpers import step_inputs
 
 BATCH = 4                 # whole batch; each of the 2 ranks takes half
 EPOCHS = (0, 0, 1, 1, 1)  # freeze_last_layer=1: frozen for two steps, then trained
@@ -34,13 +37,13 @@ def batch(step: int, part: slice) -> list[torch.Tensor]:
     return [torch.randn(BATCH, 3, s, s, generator=gen)[part] for s in sizes]
 
 
-def train(student, teacher, part: slice) -> DINOStep:
-    bare = getattr(student, "module", student)
-    loss = DINOLoss(64, 4, 0.04, 0.04, 0, 10, impl="fused")
-    step = DINOStep(student, teacher, loss, build_optimizer(bare, "adamw", CPU), CPU,
-                    freeze_last_layer=1)
+def train(student, teacher, part: slice, strategy: DDPStrategy) -> TrainStep:
+    bare = strategy.unwrap(student)
+    loss = DINOLoss(64, 4, impl="fused")
+    step = TrainStep(DINORecipe(loss), student, teacher, build_optimizer(bare, "adamw", CPU),
+                     CPU, freeze_last_layer=1, strategy=strategy)
     for i, epoch in enumerate(EPOCHS):
-        step(batch(i, part), epoch, i, lr=1e-4, wd=0.04, momentum=0.99)
+        step(*step_inputs(batch(i, part), epoch, i, lr=1e-4, wd=0.04, momentum=0.99))
     return step
 
 
@@ -50,13 +53,14 @@ def worker(rank: int, port: int, out: str) -> None:
                             world_size=2)
     try:
         student, teacher = make_models()
-        ddp = wrap_ddp(student, CPU)
-        step = train(ddp, teacher, slice(2 * rank, 2 * rank + 2))
+        strategy = DDPStrategy(DistEnv(rank, 2))
+        ddp, teacher = strategy.wrap(student, teacher, CPU)
+        step = train(ddp, teacher, slice(2 * rank, 2 * rank + 2), strategy)
         assert ddp.static_graph and ddp.gradient_as_bucket_view and not step.grads_to_none
-        step.loss_fn.sync_center()
+        step.recipe.loss.sync_center()
         views = [p.grad._is_view() for p in student.parameters() if p.grad is not None]
         torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(),
-                    "center": step.loss_fn.center, "grad_views": views},
+                    "center": step.recipe.loss.center, "grad_views": views},
                    os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -73,7 +77,7 @@ def test_ddp_static_graph_bucket_views_match_one_process_across_the_freeze(tmp_p
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     student, teacher = make_models()
     initial_last = student.head.last_layer.weight_v.detach().clone()
-    step = train(student, teacher, slice(0, BATCH))
+    step = train(student, teacher, slice(0, BATCH), DDPStrategy())
     assert step.grads_to_none
     # The last layer moved once the freeze ended, by far more than the tolerance below
     # (Adam turns rounding noise in near-zero gradients into steps of up to lr = 1e-4).
@@ -85,4 +89,4 @@ def test_ddp_static_graph_bucket_views_match_one_process_across_the_freeze(tmp_p
                 assert torch.equal(got[name][k], ranks[0][name][k]), f"{name}.{k}: ranks differ"
                 assert torch.allclose(got[name][k], v, atol=2e-5, rtol=1e-4), \
                     f"{name}.{k}: 2 ranks != 1 process, max diff {(got[name][k] - v).abs().max()}"
-        assert torch.allclose(got["center"], step.loss_fn.center, atol=1e-7)
+        assert torch.allclose(got["center"], step.recipe.loss.center, atol=1e-7)

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dino_core.train.checkpoint import load_checkpoint
+from dino_core.formats.files import load_checkpoint
 from tests.dino_core.parallel.test_distributed_run import free_port
 from tests.dino_core.train.train_helpers import tiny_overrides
 from tests.pipelines.images import write_image_folder

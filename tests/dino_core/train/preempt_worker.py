@@ -20,13 +20,13 @@ def _term_at(iteration: int) -> None:
     ranks = os.environ.get("PREEMPT_RANKS")
     if ranks is not None and os.environ.get("RANK", "0") not in ranks.split(","):
         return
-    real = step.DINOStep.__call__
+    real = step.TrainStep.__call__
 
-    def call(self, views, epoch, it, *args, **kw):
-        if it == iteration:
+    def call(self, batch, at):
+        if at.iteration == iteration:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of this step
-        return real(self, views, epoch, it, *args, **kw)
-    step.DINOStep.__call__ = call
+        return real(self, batch, at)
+    step.TrainStep.__call__ = call
 
 
 def _kill_after(count: int) -> None:

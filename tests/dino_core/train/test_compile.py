@@ -7,10 +7,11 @@ import torch
 
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer
+from dino_core.recipes import build_recipe
+from dino_core.recipes.dino import DINORecipe, compile_backbones
 from dino_core.train.optim import build_optimizer
-from dino_core.train.step import DINOStep
-from dino_core.train.loop import build_models, compile_backbones
-from tests.dino_core.train.train_helpers import tiny_config
+from dino_core.train.step import TrainStep
+from tests.dino_core.train.train_helpers import step_inputs, tiny_config
 
 NO_COMPILER = shutil.which("g++") is None and shutil.which("c++") is None
 
@@ -18,10 +19,10 @@ NO_COMPILER = shutil.which("g++") is None and shutil.which("c++") is None
 def test_config_switches_compilation_on_and_keeps_names(tmp_path):
     cfg = tiny_config(tmp_path, tmp_path)
     assert cfg.model.compile is False
-    student, _ = build_models(cfg)
+    student, _ = build_recipe(cfg).build_models()
     assert getattr(student.backbone, "_compiled_call_impl", None) is None
     on = tiny_config(tmp_path, tmp_path, extra=["model.compile=true"])
-    student_c, teacher_c = build_models(on)
+    student_c, teacher_c = build_recipe(on).build_models()
     for w in (student_c, teacher_c):
         assert w.backbone._compiled_call_impl is not None      # compiled lazily, in place
     assert list(student_c.state_dict()) == list(student.state_dict())  # no _orig_mod. prefix
@@ -43,10 +44,11 @@ def test_compiled_step_equals_eager_step():
         teacher = copy.deepcopy(student).requires_grad_(False)
         if comp:
             compile_backbones(student, teacher)
-        step = DINOStep(student, teacher, DINOLoss(64, 4, 0.04, 0.04, 0, 10, impl="fused"),
-                        build_optimizer(student, "adamw", cpu), cpu)
+        step = TrainStep(DINORecipe(DINOLoss(64, 4, impl="fused")), student, teacher,
+                         build_optimizer(student, "adamw", cpu), cpu)
         step.optimizer.step = lambda: None  # keep the weights: compare the gradients
-        losses.append(step(views, epoch=1, iteration=0, lr=1e-4, wd=0.04, momentum=0.99))
+        losses.append(step(*step_inputs(views, epoch=1, iteration=0, lr=1e-4, wd=0.04,
+                                        momentum=0.99)))
         grads.append([p.grad.clone() for p in student.parameters() if p.grad is not None])
     assert torch.allclose(losses[0], losses[1], atol=1e-5)
     assert len(grads[0]) == len(grads[1])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dino_core.train.data_wait import CudaMarks, DataWaitClock, HostMarks
-from dino_core.train.loop import _train_epochs, build_run
+from dino_core.train.loop import _train_epochs
+from dino_core.train.run import build_run
 from tests.dino_core.train.train_helpers import tiny_config
 from tests.pipelines.images import write_image_folder
 

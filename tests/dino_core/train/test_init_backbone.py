@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from dino_core.train.checkpoint import CheckpointError, save_checkpoint
+from dino_core.formats.files import CheckpointError, save_checkpoint
 from dino_core.train.init_backbone import resized_pos_embed
 from dino_core.models import build_vit
-from dino_core.train.loop import build_run
+from dino_core.train.run import build_run
 from tests.dino_core.train.train_helpers import tiny_config
 from tests.pipelines.images import write_image_folder
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dino_core.train.checkpoint import load_checkpoint
+from dino_core.formats.files import load_checkpoint
 from dino_core.train.preemption import EXIT_PREEMPTED, Preempted
 from dino_core.train.loop import train
 from tests.dino_core.parallel.test_distributed_run import free_port
@@ -128,13 +128,13 @@ def test_torchrun_sigterm_to_one_rank_stops_every_rank_at_one_step(data, tmp_pat
 # ----------------------------------------------------------------------------- in process
 def _self_term_at(monkeypatch, iteration):
     from dino_core.train import step
-    real = step.DINOStep.__call__
+    real = step.TrainStep.__call__
 
-    def call(self, views, epoch, it, *args, **kw):
-        if it == iteration:
+    def call(self, batch, at):
+        if at.iteration == iteration:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, views, epoch, it, *args, **kw)
-    monkeypatch.setattr(step.DINOStep, "__call__", call)
+        return real(self, batch, at)
+    monkeypatch.setattr(step.TrainStep, "__call__", call)
 
 
 def _backend_data(backend, data, tmp_path_factory):

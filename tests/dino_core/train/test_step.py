@@ -3,8 +3,10 @@ import torch
 
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer, WeightNormLinear
+from dino_core.recipes.dino import DINORecipe
 from dino_core.train.optim import build_optimizer
-from dino_core.train.step import DINOStep
+from dino_core.train.step import TrainStep
+from tests.dino_core.train.train_helpers import step_inputs
 
 
 def test_weight_normalised_last_layer_is_built_once_per_model_per_step(monkeypatch):
@@ -27,10 +29,10 @@ def test_weight_normalised_last_layer_is_built_once_per_model_per_step(monkeypat
         model.backbone.register_forward_hook(
             lambda *_, name=name: backbone_calls.__setitem__(name, backbone_calls[name] + 1))
     cpu = torch.device("cpu")
-    step = DINOStep(student, teacher, DINOLoss(64, 4, 0.04, 0.04, 0, 10, impl="fused"),
-                    build_optimizer(student, "adamw", cpu), cpu)
+    step = TrainStep(DINORecipe(DINOLoss(64, 4, impl="fused")), student, teacher,
+                     build_optimizer(student, "adamw", cpu), cpu)
     views = [torch.randn(2, 3, s, s) for s in (32, 32, 16, 16)]
-    step(views, epoch=1, iteration=0, lr=1e-4, wd=0.04, momentum=0.99)
+    step(*step_inputs(views, epoch=1, iteration=0, lr=1e-4, wd=0.04, momentum=0.99))
     assert backbone_calls == {"student": 2, "teacher": 1}
     assert [m is student.head.last_layer for m in built].count(True) == 1
     assert [m is teacher.head.last_layer for m in built].count(True) == 1

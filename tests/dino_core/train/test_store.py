@@ -1,15 +1,13 @@
 """Checkpoint files of a run: verified writes, rotation, checksums, fallback, RNG states."""
 import logging
 import os
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from dino_core.train import store
-from dino_core.train.checkpoint import CheckpointError, load_checkpoint
+from dino_core.formats.files import CheckpointError, load_checkpoint
 from dino_core.train.loop import train
 from dino_core.train.preemption import Preempted
 from tests.dino_core.train.test_preemption import _self_term_at, assert_same_run
@@ -70,17 +68,6 @@ def test_no_good_checkpoint_at_all_is_an_error_not_a_fresh_start(tmp_path):
     assert store.load_latest(tmp_path / "empty", "cpu") is None
 
 
-def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
-    torch.manual_seed(1), random.seed(2), np.random.seed(3)
-    store.write_verified({"rng": store.rng_state(torch.device("cpu"))}, tmp_path / "c.pth")
-    want = (torch.rand(3), random.random(), np.random.rand())
-    torch.manual_seed(9), random.seed(9), np.random.seed(9)
-    ckpt = store.load_verified(tmp_path / "c.pth", "cpu")
-    store.set_rng_state(ckpt["rng"], torch.device("cpu"))
-    got = (torch.rand(3), random.random(), np.random.rand())
-    assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
-
-
 def test_truncated_latest_falls_back_to_mid_epoch_and_still_ends_exactly(tmp_path,
                                                                           monkeypatch):
     data = write_image_folder(tmp_path / "data", num_classes=2, per_class=6)
@@ -127,7 +114,7 @@ def test_a_crash_while_saving_leaves_a_good_checkpoint_and_no_debris_later(tmp_p
         raise Crash()
     with monkeypatch.context() as m:
         if crash_at == "write":  # the new file half written (the temporary name only)
-            m.setattr(run_state, "atomic_write_bytes", lambda path, data: (
+            m.setattr(store, "atomic_write_bytes", lambda path, data: (
                 path.write_bytes(data[:100]), crash()))
         elif crash_at == "link":
             m.setattr(store.os, "link", crash)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dino_core.train.checkpoint import load_checkpoint
+from dino_core.formats.files import load_checkpoint
 from dino_core.train.loop import TrainingDiverged, train
 from tests.dino_core.train.train_helpers import tiny_config, tiny_overrides
 from tests.pipelines.images import write_image_folder
@@ -82,20 +82,20 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
     train(tiny_config(data, out, epochs=1))
     good = (out / "checkpoint.pth").read_bytes()
 
-    from dino_core import loss as loss_pkg
-    real_forward = loss_pkg.DINOLoss.forward
+    from dino_core.recipes.dino import DINORecipe
+    real_losses = DINORecipe.losses
 
-    def poisoned(self, s, t, epoch):
-        value = real_forward(self, s, t, epoch)
-        return value * float("nan") if epoch == 1 else value
-    monkeypatch.setattr(loss_pkg.DINOLoss, "forward", poisoned)
+    def poisoned(self, batch, student, teacher, at):
+        terms = real_losses(self, batch, student, teacher, at)
+        return {k: v * float("nan") for k, v in terms.items()} if at.epoch == 1 else terms
+    monkeypatch.setattr(DINORecipe, "losses", poisoned)
     with pytest.raises(TrainingDiverged, match=r"iteration 2 \(epoch 1, step 0\)"):
         train(tiny_config(data, out, epochs=2))
     assert (out / "checkpoint.pth").read_bytes() == good
 
 
 def test_checkpoint_of_another_architecture_is_refused(data, tmp_path):
-    from dino_core.train.checkpoint import CheckpointError
+    from dino_core.formats.files import CheckpointError
     out = tmp_path / "run"
     train(tiny_config(data, out, epochs=1))
     with pytest.raises(CheckpointError, match="arch='vit_tiny'.*vit_small"):

@@ -27,3 +27,17 @@ def tiny_overrides(data: Path, out: Path, epochs: int = 2, batch: int = 4,
 def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
     extra = kw.pop("extra", [])
     return load_config(None, tiny_overrides(data, out, **kw) + extra)
+
+
+def step_inputs(views: list, epoch: int, iteration: int, lr: float, wd: float, momentum: float,
+                teacher_temp: float = 0.04):
+    """What a ``TrainStep`` takes for ``views`` (globals first) at these schedule values: a
+    ``Batch`` (labels 0, sample ids 0..B-1) and ``StepValues``."""
+    import torch
+
+    from dino_core.train.schedules import StepValues
+    from pipelines.batch import Batch
+
+    b = views[0].shape[0]
+    batch = Batch(list(views), torch.zeros(b, dtype=torch.long), torch.arange(b))
+    return batch, StepValues(epoch, iteration, lr, wd, momentum, teacher_temp)

@@ -1,0 +1,1 @@
+"""Weight files and the layouts of the tensors in them."""
