@@ -47,7 +47,7 @@ def resolve_eval_data(path: str | None) -> Path:
 
 def load_cli_backbone(args: argparse.Namespace, device):
     """The frozen, eval-mode backbone named by the checkpoint options, on ``device``."""
-    from dino_core.eval.official import load_backbone
+    from dino_core.formats import load_backbone
 
     backbone, ck = load_backbone(args.checkpoint, args.arch, args.patch_size,
                                  args.checkpoint_key)

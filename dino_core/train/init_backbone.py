@@ -1,6 +1,6 @@
 """``--init-backbone``: start a run's student and teacher backbones from a backbone file.
 
-Accepts every file ``dino_core.eval.official.read_checkpoint`` reads: a released backbone
+Accepts every file ``dino_core.formats.read_checkpoint`` reads: a released backbone
 (e.g. ``dino_deitsmall16_pretrain.pth``: bare keys ``cls_token``, ``pos_embed``,
 ``patch_embed.proj.weight``, ``blocks.0.norm1.weight`` ...), what ``dino-export`` writes, or a
 full checkpoint of this project or of the reference code (its teacher backbone is taken).
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..formats import read_checkpoint
 from ..formats.files import CheckpointError, load_state
 from ..models import VisionTransformer
 
@@ -27,8 +28,6 @@ from ..models import VisionTransformer
 def read_init_backbone(path: str | Path, arch: str, patch_size: int
                        ) -> dict[str, torch.Tensor]:
     """The backbone tensors of ``path`` (bare ViT keys), checked against ``arch/patch_size``."""
-    from ..eval.official import read_checkpoint  # imports the models; keep it lazy
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--init-backbone file not found: {path}")

@@ -46,7 +46,7 @@ def test_student_and_teacher_backbones_equal_the_official_file(data, tmp_path):
 
 
 def test_dino_export_output_is_accepted(data, tmp_path):
-    from dino_core.eval.official import export_backbone
+    from dino_core.formats import export_backbone
     from dino_core.train.loop import train
     src = tmp_path / "src"
     train(tiny_config(data, src, epochs=1))

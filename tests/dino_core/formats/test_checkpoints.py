@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dino_core.formats.files import CheckpointError
-from dino_core.eval.official import (build_backbone, build_head, export_backbone,
-                                     load_backbone, read_checkpoint)
+from dino_core.formats import (build_backbone, build_head, export_backbone,
+                               load_backbone, read_checkpoint)
 from dino_core.models import DINOHead, MultiCropWrapper, build_vit
 from tests.dino_core.models.test_vit import official_backbone_shapes
 
