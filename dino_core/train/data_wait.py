@@ -17,6 +17,9 @@ moment and "done". So ready - done is the time the GPU sat idle for want of the 
 when the batch came first), and includes data work queued on the same stream (the DALI
 executor's GPU augmentation runs on the current stream). Events are only read by
 ``totals()``, which the loop calls on logging steps; that is its one host sync.
+
+The training loop and the benchmarks' loop engine (``benchmarks/e2e.py``) both account with
+this clock; the benchmark keeps the per-step figures too (``keep_steps``).
 """
 from __future__ import annotations
 
@@ -61,14 +64,18 @@ class DataWaitClock:
 
     ``marks`` is ``HostMarks`` or ``CudaMarks`` (default: by device type); the accounting is
     the same for both, so the CPU tests of the host marks test the GPU's arithmetic too.
+    ``keep_steps``: also keep every step's (wait, wall) in ``per_step`` (seconds), read by
+    ``totals()`` like the sums.
     """
 
-    def __init__(self, device: torch.device, marks: HostMarks | CudaMarks | None = None):
+    def __init__(self, device: torch.device, marks: HostMarks | CudaMarks | None = None,
+                 keep_steps: bool = False):
         if marks is None:
             marks = CudaMarks(device) if device.type == "cuda" else HostMarks()
         self.marks = marks
         self.wait = self.wall = 0.0
         self.steps = 0
+        self.per_step: list[tuple[float, float]] | None = [] if keep_steps else None
         self._pending: list[tuple] = []   # (done before, ready, done) not read yet
         self._done = self._ready = None
 
@@ -92,8 +99,11 @@ class DataWaitClock:
         if self._pending:
             self.marks.wait_for(self._pending[-1][2])
             for before, ready, done in self._pending:
-                self.wait += self.marks.seconds(before, ready)
-                self.wall += self.marks.seconds(before, done)
+                wait, wall = self.marks.seconds(before, ready), self.marks.seconds(before, done)
+                self.wait += wait
+                self.wall += wall
+                if self.per_step is not None:
+                    self.per_step.append((wait, wall))
             self.steps += len(self._pending)
             self._pending.clear()
         return self.wait, self.wall

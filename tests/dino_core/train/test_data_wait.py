@@ -38,6 +38,18 @@ def test_wait_is_batch_ready_minus_previous_done_and_epochs_restart():
     assert clock.totals() == (4.0, 10.0)  # reading twice adds nothing
 
 
+def test_kept_steps_are_the_per_step_terms_of_the_sums():
+    clock = DataWaitClock(torch.device("cpu"), ScriptedMarks([0, 3, 5, 5, 8]), keep_steps=True)
+    clock.start()
+    for _ in range(2):
+        clock.batch_ready()
+        clock.step_enqueued()
+    assert clock.per_step == []  # read by totals(), as the sums
+    assert clock.totals() == (3.0, 8.0)
+    assert clock.per_step == [(3.0, 5.0), (0.0, 3.0)]
+    assert DataWaitClock(torch.device("cpu")).per_step is None
+
+
 def test_step_without_marks_is_an_error():
     clock = DataWaitClock(torch.device("cpu"))
     with pytest.raises(RuntimeError, match="start"):
