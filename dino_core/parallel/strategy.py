@@ -3,8 +3,8 @@
 Everything the engine does that depends on how the student and teacher are spread over the
 ranks goes through one object, called on every rank:
 
-- ``wrap`` / ``unwrap``: the models as the step runs them (DDP: the student in
-  ``DistributedDataParallel``) and as plain modules (parameter names, EMA pairs, freeze);
+- ``wrap`` / ``unwrap``: the models as the step runs them (DDP: the student inside its
+  DDP wrapper) and as plain modules (parameter names, EMA pairs, freeze);
 - ``grads_to_none``: whether zeroing may drop the gradients (DDP's bucket views may not);
 - ``clip_grads``: per-tensor gradient clipping over the gradients as the strategy holds them;
 - ``model_state`` / ``load_model_state`` and ``optimizer_state`` / ``load_optimizer_state``:

@@ -1,8 +1,11 @@
-"""The DINO step's structure: one backbone pass per crop size, one head pass per model."""
+"""The step: with the DINO recipe, one backbone pass per crop size and one head pass per
+model; with any recipe, the sum of its terms back-propagated and each term reported."""
+import pytest
 import torch
 
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer, WeightNormLinear
+from dino_core.recipes.base import Recipe
 from dino_core.recipes.dino import DINORecipe
 from dino_core.train.optim import build_optimizer
 from dino_core.train.step import TrainStep
@@ -37,3 +40,54 @@ def test_weight_normalised_last_layer_is_built_once_per_model_per_step(monkeypat
     assert [m is student.head.last_layer for m in built].count(True) == 1
     assert [m is teacher.head.last_layer for m in built].count(True) == 1
     assert len(built) == 2
+
+
+class TwoTerms(Recipe):
+    """A recipe with two loss terms on a linear student, to see the step's sum and stats."""
+
+    name = "two-terms"
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls()
+
+    @property
+    def teacher_temp_settings(self):
+        raise NotImplementedError
+
+    def build_models(self, init_backbone=True, img_size=None):
+        student = torch.nn.Linear(3 * 4 * 4, 5)
+        teacher = torch.nn.Linear(3 * 4 * 4, 5).requires_grad_(False)
+        teacher.load_state_dict(student.state_dict())
+        return student, teacher
+
+    def losses(self, batch, student, teacher, at):
+        out = student(batch.views[0].flatten(1))
+        return {"square": out.pow(2).mean(), "shift": 0.5 * out.mean()}
+
+
+def test_the_step_backpropagates_the_sum_of_the_terms_and_reports_each():
+    torch.manual_seed(0)
+    recipe = TwoTerms()
+    student, teacher = recipe.build_models()
+    cpu = torch.device("cpu")
+    step = TrainStep(recipe, student, teacher, build_optimizer(student, "adamw", cpu), cpu,
+                     clip_grad=0.0)
+    step.optimizer.step = lambda: None  # keep the weights: compare the gradients
+    views = [torch.randn(3, 3, 4, 4)]
+    loss = step(*step_inputs(views, epoch=1, iteration=0, lr=1e-3, wd=0.0, momentum=0.9))
+    twin = torch.nn.Linear(3 * 4 * 4, 5)
+    twin.load_state_dict(student.state_dict())
+    out = twin(views[0].flatten(1))
+    square, shift = out.pow(2).mean(), 0.5 * out.mean()
+    (square + shift).backward()
+    torch.testing.assert_close(loss, (square + shift).detach())
+    for p, q in zip(student.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    step(*step_inputs(views, epoch=1, iteration=1, lr=1e-3, wd=0.0, momentum=0.9))
+    stats = step.stats.read()  # two equal steps: the means are the terms themselves
+    assert set(stats.means) == {"loss", "loss_square", "loss_shift"}
+    assert stats.means["loss_square"] == pytest.approx(square.item(), rel=1e-6)
+    assert stats.means["loss_shift"] == pytest.approx(shift.item(), rel=1e-6)
+    assert stats.means["loss"] == pytest.approx((square + shift).item(), rel=1e-6)
+    assert stats.first_bad == -1 and stats.last_loss == pytest.approx(loss.item(), rel=1e-6)

@@ -129,3 +129,22 @@ def test_a_crash_while_saving_leaves_a_good_checkpoint_and_no_debris_later(tmp_p
     store.save_latest(_state(4), tmp_path)  # the next save clears what the crash left
     assert sorted(p.name for p in tmp_path.iterdir()) == [store.LAST, store.PREV]
     assert store.load_latest(tmp_path, "cpu")[0]["epoch_batches"] == 4
+
+
+def test_single_file_store_writes_on_its_writer_rank_only_and_keeps_epochs(tmp_path):
+    met = []
+    reader = store.SingleFileStore(tmp_path / "other", writer=False,
+                                   barrier=lambda: met.append("reader"))
+    built = []
+    reader.save(lambda: built.append(1) or _state(1), keep_epoch=1)
+    assert built == [] and not (tmp_path / "other").exists() and met == ["reader"]
+    writer = store.SingleFileStore(tmp_path / "run", barrier=lambda: met.append("writer"))
+    assert not writer.exists() and writer.load_latest("cpu") is None
+    writer.save(lambda: _state(1))
+    writer.save(lambda: _state(2), keep_epoch=3)
+    assert writer.exists() and met == ["reader", "writer", "writer"]
+    ckpt, path = writer.load_latest("cpu")
+    assert path.name == store.LAST and ckpt["epoch_batches"] == 2
+    assert writer.load(tmp_path / "run" / "checkpoint0003.pth", "cpu")["epoch_batches"] == 2
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        store.LAST, "checkpoint0003.pth", store.PREV]
