@@ -5,7 +5,7 @@ Modules:
   memory, machine description; re-exports the result writing of ``report``.
 - ``report``    results as JSON, CSV, markdown, a PNG plot and tensorboard scalars.
 - ``flops``     analytic FLOP counts for ViT forwards and DINO train steps; MFU.
-- ``trainstep`` student/teacher + ``dino_core.step.DINOStep`` ready to time.
+- ``trainstep`` student/teacher + ``dino_core.train.step.TrainStep`` ready to time.
 - ``patch``     images/s against patch size (forward-only and the full DINO step).
 - ``pipeline``  multi-crop loader throughput per backend next to the reference backend.
 - ``e2e``       a short training run: images/s and the share of step time waiting for data.

@@ -11,12 +11,13 @@ cores the run kept busy. Two engines:
   logs is what is reported; its first steps are included). With ``seconds`` the run is
   stopped ``seconds`` after its first logged step and the figures are those of its last
   logged step (every ``log_every`` steps); otherwise it runs ``warmup_steps + steps`` steps.
-- ``loop``: a loader + ``dino_core.step.DINOStep`` loop with warm-up steps left out, for at
-  least ``steps`` steps and ``seconds``. On the CPU the data wait is the host time in
-  ``next(loader)`` over the iteration time; on a GPU it is the idle gap of the stream between
-  one step's end and the next step's start (CUDA events, one host sync at the end) over the
-  stream's total time: the time the GPU really waited for a batch (and for the host to
-  launch work).
+- ``loop``: a loader + ``dino_core.train.step.TrainStep`` loop with warm-up steps left out,
+  for at least ``steps`` steps and ``seconds``, accounted by the trainer's own clock
+  (``dino_core.train.data_wait``): on the CPU the data wait is the host time waiting for the
+  next batch over the iteration time; on a GPU it is the idle gap of the stream between one
+  step's end and the next batch being in hand (CUDA events, one host sync at the end) over
+  the stream's total time: the time the GPU really waited for a batch. ``fetch_*_ms`` are
+  these per-step waits, ``step_*_ms`` the rest of each step.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+from dino_core.train.data_wait import DataWaitClock
+from dino_core.train.loop import as_batch
 
 from .backend_runs import (BackendUnavailable, RunLimits, add_ratios, for_each_backend,
                            tree_cpu_seconds)
@@ -99,50 +103,40 @@ class E2EConfig:
 def train_and_account(loader, step, steps: int, warmup: int, device: torch.device,
                       seconds: float = 0.0) -> dict:
     """Run ``warmup`` untimed steps, then >= ``steps`` steps and >= ``seconds``, fed by
-    ``loader``; images/s, data-wait share and CPU cores busy of the timed steps."""
+    ``loader``; images/s, data-wait share and CPU cores busy of the timed steps.
+
+    The data wait is the trainer's own accounting (``dino_core.train.data_wait``): host
+    clocks on the CPU, on a GPU CUDA events that count the time the GPU sat idle for want of
+    a batch; its per-step figures give the step and wait medians."""
     batches = EpochCycler(loader)
-    cuda = device.type == "cuda"
-    starts, ends, waits, totals, images = [], [], [], [], 0
+    clock = DataWaitClock(device, keep_steps=True)
+    timed = images = 0
     t_begin = cpu0 = 0.0
     for i in itertools.count():
         if i == warmup:
-            if cuda:
+            if device.type == "cuda":
                 torch.cuda.synchronize(device)  # host sync: timed steps start from idle
             t_begin, cpu0 = time.perf_counter(), tree_cpu_seconds()
-        if (i >= warmup and len(totals) >= max(1, steps)
-                and time.perf_counter() - t_begin >= seconds):
+            clock.start()
+        if i >= warmup and timed >= max(1, steps) and time.perf_counter() - t_begin >= seconds:
             break
-        t0 = time.perf_counter()
-        views, labels = next(batches)
-        t1 = time.perf_counter()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        step.run(views)
-        if cuda:
-            end.record()
+        batch = as_batch(next(batches))
         if i >= warmup:
-            images += labels.shape[0]
-            waits.append(t1 - t0)
-            totals.append(time.perf_counter() - t0)
-            if cuda:
-                starts.append(start)
-                ends.append(end)
-    if cuda:
-        torch.cuda.synchronize(device)  # host sync: the one wait, at the end
-        busy = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
-        span = starts[0].elapsed_time(ends[-1]) / 1e3  # first step's start to last's end
-        wait_share = max(0.0, 1.0 - sum(busy) / span)
-        step_stats = summarize(busy)
-    else:
-        wait_share = sum(waits) / sum(totals)
-        step_stats = summarize([t - w for t, w in zip(totals, waits)])
+            clock.batch_ready()
+        step.run(batch)
+        if i >= warmup:
+            clock.step_enqueued()
+            images += batch.size
+            timed += 1
+    wait, total = clock.totals()  # host sync on GPU: the one wait, at the end
     wall, cpu = time.perf_counter() - t_begin, tree_cpu_seconds() - cpu0
-    wait_stats = summarize(waits)
-    return {"steps": len(totals), "images": images, "images_per_s": images / wall,
-            "data_wait_share": wait_share, "cores_used": cpu / wall, "wall_s": wall,
-            "step_median_ms": step_stats.median * 1e3, "step_iqr_ms": step_stats.iqr * 1e3,
-            "fetch_median_ms": wait_stats.median * 1e3, "fetch_max_ms": wait_stats.max * 1e3}
+    step_stats = summarize([wall_i - wait_i for wait_i, wall_i in clock.per_step])
+    wait_stats = summarize([wait_i for wait_i, _ in clock.per_step])
+    return {"steps": timed, "images": images, "images_per_s": images / wall,
+            "data_wait_share": wait / max(total, 1e-9), "cores_used": cpu / wall,
+            "wall_s": wall, "step_median_ms": step_stats.median * 1e3,
+            "step_iqr_ms": step_stats.iqr * 1e3, "fetch_median_ms": wait_stats.median * 1e3,
+            "fetch_max_ms": wait_stats.max * 1e3}
 
 
 def measure_loop(backend: str, path: Path, cfg: E2EConfig, spec, shape: StepShape,
@@ -182,7 +176,7 @@ def trainer_config(backend: str, path: Path, cfg: E2EConfig, spec, device: torch
 def measure_trainer(backend: str, path: Path, cfg: E2EConfig, spec, device: torch.device,
                     runs: Path, images: int) -> dict:
     """``dino_core.train.train`` for one backend (in its own process); its summary."""
-    from dino_core.train import train
+    from dino_core.train.loop import train
 
     run_cfg = trainer_config(backend, path, cfg, spec, device, runs / backend, images)
     cpu0, t0 = tree_cpu_seconds(), time.perf_counter()
@@ -200,7 +194,7 @@ def trainer_figures(record: dict, batch_size: int) -> dict:
     steps = int(record.get("iterations", record.get("iteration", 0)))
     row = {"steps": steps, "images": steps * batch_size,
            "images_per_s": record["images_per_s"], "data_wait_share": record["data_wait_share"],
-           "engine": "dino_core.train.train"}
+           "engine": "dino_core.train.loop.train"}
     row.update({k: v for k, v in record.items() if "wait" in k and k not in row})
     return row
 
@@ -340,7 +334,7 @@ E2E_NOTES = [
     "have passed since its first logged step, and images_per_s / data_wait_share are its own "
     "figures between its first and last logged steps (start-up, JIT and first batches left "
     "out; cumulative_* keep them in); with --steps they are its whole-run figures. Engine "
-    "loop: loader + DINOStep, warm-up excluded, per-step statistics (step_median_ms, "
+    "loop: loader + TrainStep, warm-up excluded, per-step statistics (step_median_ms, "
     "fetch_median_ms).",
     "data_wait_share: the share of step time spent waiting for a batch (goal on a GPU with "
     "ViT-S/16: <= 2%). images_per_s: training images per second. cores_used: CPU seconds of "

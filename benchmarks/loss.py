@@ -263,7 +263,7 @@ def build_result(rows: list[dict], device: torch.device, config: dict,
         f"'fused {OVERWRITE}': the loss works in the student logits (one softmax per row, "
         "written over them in the forward; the gradient over that in the backward), so its "
         "peak_extra_mib lacks the [views*B, K] gradient tensor: it is what a training step "
-        "holds (dino_core.step never reads the logits after the loss), not a figure for "
+        "holds (dino_core.train.step never reads the logits after the loss), not a figure for "
         "callers that keep their logits, whose row is 'fused'. Its working_mib is its whole "
         "peak (no separate gradient to subtract). Before each of its calls an untimed setup "
         "restores the logits the previous call overwrote.",

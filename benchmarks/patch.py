@@ -63,7 +63,7 @@ class PatchBenchConfig:
 def measure_forward(arch: str, patch: int, cfg: PatchBenchConfig, device: torch.device) -> dict:
     """Backbone forward images/s at ``cfg.infer_res`` (snapped to the patch), eval mode."""
     from dino_core.models import build_vit
-    from dino_core.step import autocast_context, resolve_precision
+    from dino_core.train.step import autocast_context, resolve_precision
 
     res = snap(cfg.infer_res, patch)
     model = build_vit(arch, patch, img_size=res).to(device).eval()
@@ -101,7 +101,7 @@ def measure_train(arch: str, patch: int, cfg: PatchBenchConfig, device: torch.de
 def run_patch_benchmark(cfg: PatchBenchConfig, device: torch.device,
                         argv: list[str] | None = None) -> BenchmarkResult:
     """Run the sweep; one row per (arch, patch), plus "not measured yet" GPU rows on a CPU."""
-    from dino_core.step import resolve_precision
+    from dino_core.train.step import resolve_precision
 
     peak = device_peak(device)
     precision = resolve_precision(cfg.precision, device)

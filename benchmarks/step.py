@@ -4,11 +4,11 @@ Both steps train the same student/teacher (same initial weights) on the same syn
 multi-crop batch, in the same process, one after the other (each is built, timed and freed
 before the next, so its peak memory is its own):
 
-- ours: ``dino_core.step.DINOStep`` (autocast, fused/foreach AdamW, foreach per-tensor
-  clipping, foreach EMA, fused loss, no host sync inside the step);
-- reference: the recipe as the original code runs it: the pair-loop loss
-  (``DINOLoss(impl="reference")``), a single-tensor AdamW loop, per-tensor clipping with one
-  host sync per tensor, a Python loop for the EMA and ``loss.item()`` every step.
+- ours: ``dino_core.train.step.TrainStep`` (autocast, fused/foreach AdamW, foreach
+  per-tensor clipping, foreach EMA, fused loss, no host sync inside the step);
+- reference: the recipe as the original code runs it: the pair-loop loss (the DINO recipe's
+  losses with ``loss.impl=reference``), a single-tensor AdamW loop, per-tensor clipping with
+  one host sync per tensor, a Python loop for the EMA and ``loss.item()`` every step.
 
 - ours+compile (``--compile``): ours with both backbones through torch.compile
   (``model.compile`` in training); its warm-up time includes the compilation.
@@ -29,8 +29,8 @@ import torch
 from .flops import ViTShape, device_peak, dino_step_flops, mfu, HeadShape
 from .harness import PeakMemory, describe_machine, resolve_device
 from .report import BenchmarkResult, PlotSpec, write_results
-from .trainstep import (StepShape, build_models, build_train_step, failure_status, release,
-                        time_within)
+from .trainstep import (StepShape, synthetic_batch, bench_config, build_models, build_train_step,
+                        failure_status, release, steady_values, time_within)
 
 
 @dataclass
@@ -42,26 +42,24 @@ class ReferenceStep:
 
 def build_reference_step(arch: str, patch: int, shape: StepShape, device: torch.device,
                          precision: str) -> ReferenceStep:
-    from dino_core.ema import ema_update_reference, paired_params
-    from dino_core.loss import DINOLoss
-    from dino_core.optim import clip_per_tensor_reference, param_groups
-    from dino_core.step import autocast_context
+    from dino_core.recipes import build_recipe
+    from dino_core.train.ema import ema_update_reference, paired_params
+    from dino_core.train.optim import clip_per_tensor_reference, param_groups
+    from dino_core.train.step import autocast_context
 
-    student, teacher = build_models(arch, patch, shape.out_dim, device, shape.global_res)
-    loss_fn = DINOLoss(shape.out_dim, shape.n_global + shape.n_local, 0.04, 0.04, 0, 100,
-                       impl="reference").to(device)
+    cfg = bench_config(arch, patch, shape, loss_impl="reference")  # the pair-loop loss
+    recipe = build_recipe(cfg)
+    student, teacher = build_models(recipe, patch, device, shape.global_res)
     opt = torch.optim.AdamW(param_groups(student), lr=1e-5, foreach=False, fused=False)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     sp, tp = paired_params(student, teacher)
     params = [p for p in student.parameters() if p.requires_grad]
-    views = shape.synthetic_views(device)
+    batch = synthetic_batch(shape.synthetic_views(device))
+    at = steady_values(cfg, recipe, 1)(0)
 
     def run() -> float:
-        with autocast_context(precision, device):
-            with torch.no_grad():
-                t = teacher(views[:2])
-            s = student(views)
-            loss = loss_fn(s, t, 1)
+        with autocast_context(precision, device):  # teacher, student, the DINO loss
+            loss = recipe.losses(batch, student, teacher, at)["dino"]
         opt.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -129,7 +127,7 @@ def run_step_benchmark(device: str = "auto", archs: tuple[str, ...] | None = Non
     measurement about ``seconds`` (default 5) long, at most ``iters`` (default 200) calls.
     ``compile`` adds an ``ours+compile`` row (its compile time is in ``warmup_s``).
     """
-    from dino_core.step import resolve_precision
+    from dino_core.train.step import resolve_precision
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)

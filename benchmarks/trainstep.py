@@ -1,10 +1,10 @@
 """The DINO training step the benchmarks time: student + teacher, loss, AdamW, EMA.
 
-``build_train_step`` assembles the project's own step (``dino_core.step.DINOStep``: autocast,
-fused/foreach AdamW, foreach per-tensor clipping, foreach EMA, no host sync) around a student
-and teacher built from ``dino_core.models`` (``MultiCropWrapper`` of a ViT and a ``DINOHead``).
-The loss is ``dino_core.loss.DINOLoss`` with ``impl="auto"`` (the CUDA kernel on a GPU when
-it builds, else the fused torch implementation); ``TrainStep.loss_impl`` says which ran.
+``build_train_step`` assembles the project's own step (``dino_core.train.step.TrainStep``:
+autocast, fused/foreach AdamW, foreach per-tensor clipping, foreach EMA, no host sync) around
+the DINO recipe as training builds it (``bench_recipe``: ``dino_core.recipes``, its one model
+assembly and its loss with ``impl="auto"``, the CUDA kernel on a GPU when it builds, else the
+fused torch implementation); ``TrainStep.loss_impl`` says which ran.
 ``patch`` and ``step`` time it on synthetic views; ``e2e`` feeds it batches from a loader.
 ``time_within`` is how ``patch`` and ``step`` bound a measurement's run time, and
 ``failure_status`` how they record a configuration that fails without stopping the sweep.
@@ -19,7 +19,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dino_core.models import DINOHead, MultiCropWrapper, build_vit
+from dino_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from dino_core.recipes import build_recipe
+from dino_core.recipes.base import Recipe
+from dino_core.train.schedules import StepValues, teacher_temp_schedule
+from pipelines.batch import Batch
+from pipelines.spec import AugmentationSpec
 
 from .harness import Timing, synchronize, time_fn
 
@@ -59,61 +64,74 @@ class TrainStep:
     step_impl: str
 
 
-def build_models(arch: str, patch: int, out_dim: int, device: torch.device,
-                 img_size: int = 224, compile: bool = False) -> tuple[nn.Module, nn.Module]:
-    """Student (drop path 0.1) and teacher (no drop path, no grad, same weights); with
-    ``compile``, both backbones go through torch.compile as in training (model.compile)."""
-    from dino_core.train import compile_backbones
+def bench_config(arch: str, patch: int, shape: StepShape, compile: bool = False,
+                 loss_impl: str = "auto") -> TrainConfig:
+    """The training config of a timed step: ``arch``/``patch``, ``shape``'s views and K, and
+    otherwise the training defaults (the DINO recipe, tau_t 0.04 without warm-up over 100
+    epochs, ``overwrite_logits`` on), with ``loss_impl``."""
+    return TrainConfig(model=ModelConfig(arch=arch, patch_size=patch, out_dim=shape.out_dim,
+                                         compile=compile),
+                       data=DataConfig(aug=AugmentationSpec(local_crops=shape.n_local)),
+                       loss=LossConfig(impl=loss_impl))
 
-    def make(drop: float) -> nn.Module:
-        vit = build_vit(arch, patch, img_size=snap(img_size, patch), drop_path_rate=drop)
-        return MultiCropWrapper(vit, DINOHead(vit.embed_dim, out_dim))
 
-    student = make(0.1).to(device)
-    teacher = make(0.0).to(device)
-    teacher.load_state_dict(student.state_dict())
-    teacher.requires_grad_(False)
-    if compile:
-        compile_backbones(student, teacher)
-    return student, teacher
+def build_models(recipe: Recipe, patch: int, device: torch.device, img_size: int = 224
+                 ) -> tuple[nn.Module, nn.Module]:
+    """The recipe's student and teacher (its one assembly, as in training) with a position
+    grid of ``img_size`` snapped to the patch, on ``device``; the recipe's state too."""
+    student, teacher = recipe.build_models(img_size=snap(img_size, patch))
+    recipe.to(device)
+    return student.to(device), teacher.to(device)
+
+
+def steady_values(cfg: TrainConfig, recipe: Recipe, epoch: int
+                  ) -> Callable[[int], StepValues]:
+    """iteration -> the values of a steady-state step in ``epoch``: fixed lr / wd / momentum,
+    and tau_t as the run's schedule gives it for that epoch."""
+    temps = recipe.teacher_temp_settings
+    tau = teacher_temp_schedule(temps.warmup_teacher_temp, temps.teacher_temp,
+                                temps.warmup_teacher_temp_epochs, cfg.epochs)[epoch]
+    return lambda iteration: StepValues(epoch, iteration, lr=1e-5, wd=0.04, momentum=0.996,
+                                        teacher_temp=tau)
+
+
+def synthetic_batch(views: list[torch.Tensor]) -> Batch:
+    """Views (globals first) as a ``Batch`` (labels 0, sample ids 0..B-1)."""
+    b = views[0].shape[0]
+    return Batch(views, torch.zeros(b, dtype=torch.long, device=views[0].device),
+                 torch.arange(b, device=views[0].device))
 
 
 def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.device,
                      precision: str = "auto", compile: bool = False
                      ) -> tuple[TrainStep, list[torch.Tensor]]:
-    """Models, optimizer, loss and step for ``arch``/``patch``; returns the step and its views.
+    """Recipe, models, optimizer and step for ``arch``/``patch``; returns the step and its views.
 
-    The step is ``dino_core.step.DINOStep`` with ``epoch`` past the last-layer freeze, so
-    every parameter is updated as in steady-state training.
+    The step is ``dino_core.train.step.TrainStep`` with ``epoch`` past the last-layer
+    freeze, so every parameter is updated as in steady-state training.
     """
-    from dino_core.config import LossConfig
-    from dino_core.loss import DINOLoss
-    from dino_core.optim import build_optimizer
-    from dino_core.step import DINOStep, resolve_precision
+    from dino_core.train.optim import build_optimizer
+    from dino_core.train.step import TrainStep as Step
+    from dino_core.train.step import resolve_precision
 
-    student, teacher = build_models(arch, patch, shape.out_dim, device, shape.global_res,
-                                    compile)
-    # recipe defaults: tau_t 0.04 without warm-up; 100 epochs bound the schedule's length
-    loss = DINOLoss(shape.out_dim, shape.n_global + shape.n_local, warmup_teacher_temp=0.04,
-                    teacher_temp=0.04, warmup_teacher_temp_epochs=0, nepochs=100,
-                    overwrite_logits=LossConfig().overwrite_logits).to(device)  # as the trainer
+    cfg = bench_config(arch, patch, shape, compile)
+    recipe = build_recipe(cfg)
+    student, teacher = build_models(recipe, patch, device, shape.global_res)
     optimizer = build_optimizer(student, "adamw", device)
     precision = resolve_precision(precision, device)
-    step = DINOStep(student=student, teacher=teacher, loss_fn=loss, optimizer=optimizer,
-                    device=device, precision=precision)
+    step = Step(recipe, student, teacher, optimizer, device, precision)
     views = shape.synthetic_views(device)
+    fixed = synthetic_batch(views)
+    values = steady_values(cfg, recipe, step.freeze_last_layer)
     counter = iter(range(1 << 62))
 
-    def run(batch: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return step(views if batch is None else batch, epoch=step.freeze_last_layer,
-                    iteration=next(counter), lr=1e-5, wd=0.04, momentum=0.996)
+    def run(batch: Batch | None = None) -> torch.Tensor:
+        return step(fixed if batch is None else batch, values(next(counter)))
 
     logits_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    probe = torch.zeros(1, shape.out_dim, device=device, dtype=logits_dtype)
-    loss_impl = f"DINOLoss {loss.resolve_impl(probe)}"
-    step_impl = "dino_core.step.DINOStep" + (" + torch.compile" if compile else "")
-    return TrainStep(run=run, student=student, teacher=teacher, loss_impl=loss_impl,
-                     step_impl=step_impl), views
+    step_impl = "dino_core.train.step.TrainStep" + (" + torch.compile" if compile else "")
+    return TrainStep(run=run, student=student, teacher=teacher,
+                     loss_impl=recipe.describe(device, logits_dtype), step_impl=step_impl), views
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """The DINO recipe's section (``loss`` in the YAML, kept from before recipes existed):
+    its loss, and the teacher temperature schedule (``train.schedules``)."""
+
     warmup_teacher_temp: float = 0.04
     teacher_temp: float = 0.04    # 0.07 in the paper's best runs; lower it if training collapses
     warmup_teacher_temp_epochs: int = 0
@@ -82,7 +85,7 @@ class LossConfig:
 class CheckpointConfig:
     # Mid-epoch checkpoints: at the first step boundary after this many minutes since the
     # last checkpoint (0: at epoch ends only). Each holds the data position and every RNG
-    # state; a resume continues inside the epoch exactly (see dino_core/run_state.py).
+    # state; a resume continues inside the epoch exactly (see dino_core/train/store.py).
     every_minutes: float = 0.0
     # The same every N steps (0: off). For tests and debugging; minutes are the user knob.
     every_steps: int = 0
@@ -95,6 +98,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # The method (dino_core.recipes): what is built, computed per step and kept. Each reads
+    # its own section (dino: loss) besides model, data, optim.
+    recipe: str = "dino"
     epochs: int = 100
     output_dir: str = "runs/dino"
     seed: int = 0
@@ -112,6 +118,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from .models import ARCHS
+        from .recipes import RECIPES
+        _check(self.recipe in RECIPES, "recipe",
+               f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
         _check(self.model.arch in ARCHS, "model.arch",
                f"unknown architecture {self.model.arch!r}; choose from {', '.join(ARCHS)}")
         _check(self.model.patch_size >= 1, "model.patch_size", "must be >= 1")
@@ -154,7 +163,7 @@ class TrainConfig:
             raise ConfigError(f"training config data.aug: {e}") from None
 
     def save_yaml(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_bytes
+        from pipelines.convert.common import atomic_write_bytes
         atomic_write_bytes(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     def replace(self, **changes) -> "TrainConfig":

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from dino_core.eval.attention import attention_pictures
-    from dino_core.train import resolve_device
+    from dino_core.train.run import resolve_device
 
     if args.image_size < 0:
         raise ValueError(f"--image-size must be >= 0, got {args.image_size}")

@@ -47,7 +47,7 @@ def resolve_eval_data(path: str | None) -> Path:
 
 def load_cli_backbone(args: argparse.Namespace, device):
     """The frozen, eval-mode backbone named by the checkpoint options, on ``device``."""
-    from dino_core.eval.official import load_backbone
+    from dino_core.formats import load_backbone
 
     backbone, ck = load_backbone(args.checkpoint, args.arch, args.patch_size,
                                  args.checkpoint_key)
@@ -59,7 +59,7 @@ def load_cli_backbone(args: argparse.Namespace, device):
 def run_cli(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
             run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """Parse ``argv`` and run; expected failures become one line on stderr and exit code 2."""
-    from dino_core.checkpoint import CheckpointError
+    from dino_core.formats.files import CheckpointError
     from pipelines.folder import DatasetError
 
     args = build_parser().parse_args(argv)

@@ -47,8 +47,8 @@ def add_dump_args(parser: argparse.ArgumentParser, files: str, load: bool = True
 @contextmanager
 def eval_session(prog: str, args: argparse.Namespace, data: str) -> Iterator[EvalSession]:
     """The backbone on this rank's device, inside the process group (left on exit)."""
-    from dino_core.distributed import detect_env, init_distributed, shutdown
-    from dino_core.train import resolve_device
+    from dino_core.parallel.env import detect_env, init_distributed, shutdown
+    from dino_core.train.run import resolve_device
 
     if not args.checkpoint:
         alternative = " (or --load-features DIR)" if hasattr(args, "load_features") else ""

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dino_core.eval.official import export_backbone
+    from dino_core.formats import export_backbone
 
     ck = export_backbone(args.checkpoint, args.output, args.checkpoint_key)
     print(f"dino-export: {ck.name} {args.checkpoint_key} backbone ({len(ck.backbone)} tensors, "

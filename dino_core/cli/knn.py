@@ -77,7 +77,7 @@ def format_results(results: dict, temperature: float) -> str:
 def _run(args: argparse.Namespace) -> int:
     from dino_core.eval.features import load_features
     from dino_core.eval.knn import knn_accuracy, knn_classify
-    from dino_core.train import resolve_device
+    from dino_core.train.run import resolve_device
 
     if min(args.nb_knn) < 1 or args.temperature <= 0:
         raise ValueError("--nb-knn values must be >= 1 and --temperature > 0")

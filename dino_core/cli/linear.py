@@ -77,12 +77,12 @@ def _loaders(args, train_ds, val_ds, device):
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from dino_core.distributed import detect_env
+    from dino_core.parallel.env import detect_env
     from dino_core.eval.datasets import ProbeTrainFolder, open_eval_splits
     from dino_core.eval.linear import (LinearClassifier, LinearProbeConfig,
                                        evaluate_classifier, probe_features, probe_recipe,
                                        train_linear)
-    from dino_core.train import resolve_device
+    from dino_core.train.run import resolve_device
 
     if detect_env().distributed:
         raise ValueError("dino-linear runs in one process; launch it without torchrun/srun")
@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{' + avgpool' if avgpool else ''} -> {dim} features, {len(classes)} classes, "
           f"{len(train_ds)} train / {len(val_ds)} val images, device {device}")
     if args.evaluate:
-        from dino_core.checkpoint import load_checkpoint, load_state
+        from dino_core.formats.files import load_checkpoint, load_state
         load_state(classifier, load_checkpoint(path)["classifier"], "the linear classifier", path)
         metrics = evaluate_classifier(classifier, featurise(val_images()))
     else:

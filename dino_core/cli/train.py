@@ -67,15 +67,19 @@ OPTION_KEYS = {
     "output_dir": "output_dir", "device": "device", "precision": "precision", "seed": "seed",
     "max_iters_per_epoch": "max_iters_per_epoch", "compile": "model.compile",
     "init_backbone": "init_backbone", "checkpoint_every_min": "checkpoint.every_minutes",
-    "keep_epoch_checkpoints": "saveckp_freq",
+    "keep_epoch_checkpoints": "saveckp_freq", "recipe": "recipe",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..recipes import RECIPES  # names only: no model is imported
+
     p = argparse.ArgumentParser(prog="dino-train", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--config", help="YAML config file, or the name of a shipped preset (quickstart)")
+    a("--recipe", choices=tuple(RECIPES),
+      help="the method: dino (default; the paper's recipe, its settings under loss.*)")
     a("--data", help="ImageFolder root (class folders), a .beton (ffcv) or a shard folder "
       "(dali); default: the embedded dataset")
     a("--backend", choices=("reference", "dali", "ffcv"),
@@ -126,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from pipelines.config_io import ConfigError
-    from ..checkpoint import CheckpointError
+    from ..formats.files import CheckpointError
     from ..config import load_config
-    from ..preemption import EXIT_PREEMPTED, Preempted
-    from ..train import TrainingDiverged, train
+    from ..train.preemption import EXIT_PREEMPTED, Preempted
+    from ..train.loop import TrainingDiverged, train
 
     overrides = [f"{key}={getattr(args, opt)}" for opt, key in OPTION_KEYS.items()
                  if getattr(args, opt) is not None]

@@ -1,5 +1,5 @@
 """Evaluation after pretraining: k-NN, linear probe, attention maps, video segmentation,
-retrieval, copy detection, checkpoint interchange.
+retrieval, copy detection.
 
 - ``features``: frozen-backbone extraction, sharded over ranks and gathered; feature dumps.
 - ``knn``: weighted k-NN with a streamed bank and a brute-force twin; ``knn_accuracy``.
@@ -9,6 +9,7 @@ retrieval, copy detection, checkpoint interchange.
   and its J and F.
 - ``retrieval``: revisited Oxford / Paris; ``copy_detection`` (+ ``whitening``): Copydays;
   ``ranking_metrics``: the average precision both use.
-- ``official``: read official DINO / backbone-only / project checkpoints; export backbones.
 - ``datasets``: the evaluation splits and the probe's training view.
+
+Weights are read through ``dino_core.formats`` (any supported file and layout).
 """

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from dino_core.checkpoint import CheckpointError, save_checkpoint
+from dino_core.formats.files import CheckpointError, save_checkpoint
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 DUMP_FILES = {("train", "features"): "trainfeat.pth", ("train", "labels"): "trainlabels.pth",

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dino_core.checkpoint import load_checkpoint, load_state, save_checkpoint
-from dino_core.schedules import cosine_schedule
+from dino_core.formats.files import load_checkpoint, load_state, save_checkpoint
+from dino_core.train.schedules import cosine_schedule
 
 from .knn import topk_accuracy
 

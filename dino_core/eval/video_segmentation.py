@@ -199,7 +199,7 @@ def segment_sequence(backbone: torch.nn.Module, seq: VideoSequence, cfg: Propaga
             write_indexed_png(Path(output_dir) / seq.name / (path.stem + ".png"), frame_labels,
                               palette)
     if dump_dir is not None:
-        from dino_core.checkpoint import save_checkpoint
+        from dino_core.formats.files import save_checkpoint
         save_checkpoint({"features": torch.stack(feats), "grid": torch.tensor(grid)},
                         Path(dump_dir) / f"{seq.name}.pth")
     return labels

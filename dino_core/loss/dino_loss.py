@@ -1,8 +1,9 @@
 """``DINOLoss``: the module the trainer calls, with a choice of implementation.
 
-    loss = DINOLoss(out_dim, ncrops, warmup_teacher_temp, teacher_temp,
-                    warmup_teacher_temp_epochs, nepochs)(student [ncrops*B, K],
-                                                         teacher [2*B, K], epoch)
+    loss = DINOLoss(out_dim, ncrops)(student [ncrops*B, K], teacher [2*B, K], teacher_temp)
+
+The teacher temperature tau_t is the caller's: the training schedules own it
+(``dino_core.train.schedules.teacher_temp_schedule``, one value per epoch).
 
 The loss is the mean over pairs (teacher global view t, student view v != t) of the batch
 mean of ``-sum_k q_t[k] log p_v[k]`` with ``q_t = softmax((t - center) / tau_t)`` (no
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -48,23 +48,6 @@ log = logging.getLogger(__name__)
 IMPLS = ("reference", "fused", "cuda", "auto")
 
 
-def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float,
-                          warmup_teacher_temp_epochs: int, nepochs: int) -> tuple[float, ...]:
-    """tau_t per epoch: linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the
-    warm-up epochs (both ends included, as the reference), then constant. Length nepochs."""
-    if nepochs < 1:
-        raise ValueError(f"nepochs must be >= 1, got {nepochs}")
-    if not 0 <= warmup_teacher_temp_epochs <= nepochs:
-        raise ValueError(f"warmup_teacher_temp_epochs must be in [0, nepochs={nepochs}], "
-                         f"got {warmup_teacher_temp_epochs}")
-    if warmup_teacher_temp <= 0 or teacher_temp <= 0:
-        raise ValueError(f"teacher temperatures must be > 0, got {warmup_teacher_temp} "
-                         f"and {teacher_temp}")
-    warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
-    steady = np.full(nepochs - warmup_teacher_temp_epochs, teacher_temp)
-    return tuple(float(t) for t in np.concatenate((warmup, steady)))
-
-
 class DINOLoss(nn.Module):
     """DINO cross-entropy between teacher and student views, with the teacher center.
 
@@ -73,9 +56,8 @@ class DINOLoss(nn.Module):
 
     center: torch.Tensor
 
-    def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float,
-                 teacher_temp: float, warmup_teacher_temp_epochs: int, nepochs: int,
-                 student_temp: float = 0.1, center_momentum: float = 0.9, impl: str = "auto",
+    def __init__(self, out_dim: int, ncrops: int, student_temp: float = 0.1,
+                 center_momentum: float = 0.9, impl: str = "auto",
                  overwrite_logits: bool = False):
         super().__init__()
         if out_dim < 1:
@@ -94,8 +76,6 @@ class DINOLoss(nn.Module):
         # turns it on (config loss.overwrite_logits) because its step never reads the logits
         # after the loss call.
         self.overwrite_logits = overwrite_logits
-        self.teacher_temp_schedule = teacher_temp_schedule(
-            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
         self.register_buffer("center", torch.zeros(1, out_dim))
         self._center_ema = CenterEMA(center_momentum)
         self._announced: set[str] = set()
@@ -104,13 +84,6 @@ class DINOLoss(nn.Module):
         return (f"out_dim={self.out_dim}, ncrops={self.ncrops}, "
                 f"student_temp={self.student_temp}, impl={self.impl!r}, "
                 f"overwrite_logits={self.overwrite_logits}")
-
-    def teacher_temp(self, epoch: int) -> float:
-        """tau_t of ``epoch`` (0-based) from the precomputed schedule."""
-        if not 0 <= epoch < len(self.teacher_temp_schedule):
-            raise ValueError(f"epoch {epoch} is outside the teacher temperature schedule "
-                             f"(nepochs={len(self.teacher_temp_schedule)})")
-        return self.teacher_temp_schedule[epoch]
 
     def resolve_impl(self, student_output: torch.Tensor,
                      teacher_output: torch.Tensor | None = None) -> str:
@@ -173,14 +146,17 @@ class DINOLoss(nn.Module):
                              f"{teacher_output.device}: move the loss with .to(device)")
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
-                epoch: int) -> torch.Tensor:
+                teacher_temp: float) -> torch.Tensor:
         """Scalar loss (float32, float64 for float64 inputs); updates the center after it.
 
-        ``student_output [ncrops*B, K]``, ``teacher_output [2*B, K]``, view-major rows.
+        ``student_output [ncrops*B, K]``, ``teacher_output [2*B, K]``, view-major rows;
+        ``teacher_temp`` tau_t (> 0), a host float: this step's value of the schedule.
         """
         self._check_inputs(student_output, teacher_output)
+        if not teacher_temp > 0:
+            raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")
         self._center_ema.apply(self.center)  # a pending all-reduce lands before its use
-        temp = self.teacher_temp(epoch)
+        temp = float(teacher_temp)
         impl = self.resolve_impl(student_output, teacher_output)
         # Autocast off: the kernels accumulate in float32 by themselves, and autocast would
         # run the fused path's matmuls in bf16.

@@ -5,6 +5,13 @@
 ``norm``), so a backbone-only file loads with ``strict=True``. Attention runs through
 ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where available); the
 explicit softmax path is used only when the attention map itself is asked for.
+
+Tokens: ``forward`` returns the CLS output (what the DINO head and evaluation read);
+``forward_tokens`` returns every output token by kind (CLS, register tokens, patch tokens),
+for recipes with patch-level losses. A model built with ``mask_token=True`` also takes a
+boolean patch mask: masked patch embeddings are replaced by a learned ``mask_token`` before
+the position embeddings are added (the masked-image-modelling input of iBOT / DINOv2). The
+token exists only in such models, so the official DINO ``state_dict`` layout is unchanged.
 """
 from __future__ import annotations
 
@@ -99,11 +106,18 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT whose ``forward`` returns the CLS token after the final norm, shape (B, D)."""
+    """ViT whose ``forward`` returns the CLS token after the final norm, shape (B, D).
+
+    ``mask_token``: build with a learned mask token ``[1, D]`` (zeros at init), so that
+    ``forward_tokens(x, masks)`` can mask patches; off, the model has no such parameter.
+    """
+
+    num_registers = 0  # register tokens between CLS and the patches (none yet)
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0):
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
+                 mask_token: bool = False):
         super().__init__()
         if patch_size < 1 or img_size % patch_size:
             raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
@@ -119,6 +133,10 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._init_weights()
+        # After the random init: a model with a mask token draws the same weights as one
+        # without. None registers no parameter (no state_dict key).
+        self.register_parameter(
+            "mask_token", nn.Parameter(torch.zeros(1, embed_dim)) if mask_token else None)
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -164,13 +182,29 @@ class VisionTransformer(nn.Module):
         patch_pos = grid.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
         return torch.cat((cls_pos, patch_pos), dim=1)
 
-    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare_tokens(self, x: torch.Tensor, masks: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Input tokens (B, 1 + N, D): CLS, then the patch embeddings (masked ones replaced by
+        ``mask_token``), plus position embeddings. ``masks``: bool (B, N) or (B, gh, gw),
+        True = masked."""
         B, _, h, w = x.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"input {h}x{w} is not a multiple of patch size {self.patch_size}")
-        tokens = self.patch_embed(x)
+        tokens = self.patch_embed(x)                                  # (B, N, D)
+        if masks is not None:
+            tokens = self._mask(tokens, masks)
         tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)
         return tokens + self.interpolate_pos_encoding(h, w)
+
+    def _mask(self, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (B, N, D) with the rows where ``masks`` is True set to the mask token."""
+        if self.mask_token is None:
+            raise ValueError("patch masks need a model built with mask_token=True")
+        B, N, _ = tokens.shape
+        if masks.dtype != torch.bool or masks.shape[0] != B or masks[0].numel() != N:
+            raise ValueError(f"masks must be bool [{B}, {N}] (or [{B}, gh, gw]) for this "
+                             f"input, got {masks.dtype} {tuple(masks.shape)}")
+        return torch.where(masks.reshape(B, N, 1), self.mask_token.to(tokens.dtype), tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prepare_tokens(x)
@@ -178,12 +212,23 @@ class VisionTransformer(nn.Module):
             x = blk(x)
         return self.norm(x)[:, 0]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens after the final norm, (B, 1 + N, D)."""
-        x = self.prepare_tokens(x)
+    def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """All tokens after the final norm, (B, 1 + N, D); ``masks`` as ``prepare_tokens``."""
+        x = self.prepare_tokens(x, masks)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
+
+    def forward_tokens(self, x: torch.Tensor, masks: torch.Tensor | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """The output tokens by kind, after the final norm: ``cls`` (B, D), ``registers``
+        (B, R, D) (R = ``num_registers``, 0 for now), ``patches`` (B, N, D) in row-major grid
+        order. ``masks``: None, or bool (B, N) / (B, gh, gw), True where the patch is
+        replaced by ``mask_token`` (a model built with ``mask_token=True``)."""
+        out = self.forward_features(x, masks)
+        r = 1 + self.num_registers
+        return {"cls": out[:, 0], "registers": out[:, 1:r], "patches": out[:, r:]}
 
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention weights of the last block, (B, heads, 1 + N, 1 + N)."""

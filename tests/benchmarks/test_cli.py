@@ -151,7 +151,7 @@ def test_e2e_trainer_stopped_by_seconds(tmp_path, folder):
                    "--workers", "0", "--time-budget", "240", "--output-dir", str(tmp_path)])
     assert rc == 0
     (row,) = _rows(tmp_path, "e2e")[0]
-    assert row["status"] == "ok" and row["engine"] == "dino_core.train.train"
+    assert row["status"] == "ok" and row["engine"] == "dino_core.train.loop.train"
     assert row["stopped"].startswith("after") and row["wall_s"] >= 1
     assert row["steps"] >= 4 and row["steps"] % 2 == 0  # logged every 2 steps (quick)
     assert 0.0 <= row["data_wait_share"] <= 1.0 and row["cores_used"] > 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipelines.loader import build_loader
-from tests.dino_core.train_helpers import TINY_AUG
+from tests.dino_core.train.train_helpers import TINY_AUG
 from tests.pipelines.images import write_image_folder
 from dino_core.config import load_config
 

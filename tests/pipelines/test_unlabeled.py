@@ -68,7 +68,7 @@ def test_ffcv_backend_over_the_converted_beton(photos, tmp_path):
 def test_knn_at_the_end_is_skipped_with_a_reason():
     from types import SimpleNamespace
 
-    from dino_core.train import knn_skip_reason
+    from dino_core.train.loop import knn_skip_reason
     unlabeled = SimpleNamespace(loader=SimpleNamespace(classes=[]), knn_root=Path("/x"))
     assert "unlabeled" in knn_skip_reason(unlabeled)
     labelled = SimpleNamespace(loader=SimpleNamespace(classes=["a"]), knn_root=None)
@@ -81,8 +81,8 @@ def test_dino_train_on_an_unlabeled_folder_skips_knn_with_a_reason(photos, tmp_p
     """A real (tiny) training run with knn_eval on: it trains, then says why no k-NN."""
     import logging
 
-    from dino_core.train import train
-    from tests.dino_core.train_helpers import tiny_config
+    from dino_core.train.loop import train
+    from tests.dino_core.train.train_helpers import tiny_config
 
     cfg = tiny_config(photos, tmp_path / "run", epochs=1, iters=1, extra=["knn_eval=true"])
     with caplog.at_level(logging.INFO, logger="dino_core.train"):

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from dino_core.checkpoint import save_checkpoint
+from dino_core.formats.files import save_checkpoint
 from dino_core.cli.knn import main as knn_main
 from dino_core.cli.train import main as train_main
 from dino_core.models import build_vit
@@ -22,7 +22,7 @@ from pipelines.convert.wds import convert as wds_convert, parse_index
 from pipelines.dali_backend.readers import ShardDataset
 from pipelines.folder import DatasetError
 from pipelines.spec import AugmentationSpec, SpecError
-from tests.dino_core.train_helpers import tiny_overrides
+from tests.dino_core.train.train_helpers import tiny_overrides
 from tests.pipelines.images import write_image_folder
 from tests.reliability.checks import error_lines, ffcv_epochs, has_traceback, run_module
 

@@ -13,7 +13,7 @@ import pytest
 from pipelines.convert.common import Manifest, sha256_file
 from pipelines.convert.wds import IndexEntry, format_index
 from pipelines.dali_backend.readers import ShardDataset
-from tests.dino_core.train_helpers import tiny_overrides
+from tests.dino_core.train.train_helpers import tiny_overrides
 from tests.pipelines.images import photo_crop, write_image_folder
 from tests.reliability.checks import REPO, error_lines, run_module
 from tests.reliability.code_scan import archive_extractions, python_files, unsafe_torch_loads

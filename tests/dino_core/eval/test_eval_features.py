@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from dino_core.checkpoint import CheckpointError
+from dino_core.formats.files import CheckpointError
 from dino_core.eval import features as feat_mod
 from dino_core.eval.datasets import open_eval_splits
 from dino_core.eval.features import (FeatureSet, extract_features, load_features,

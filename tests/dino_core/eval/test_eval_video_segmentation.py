@@ -136,7 +136,7 @@ def test_propagation_tracks_the_moving_object(tmp_path, random_vit):
 def _rank_worker(rank, world, init_file, root, out_dir):
     import torch.distributed as dist
 
-    from dino_core.eval.official import load_backbone
+    from dino_core.formats import load_backbone
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
@@ -179,7 +179,7 @@ def test_a_quickstart_backbone_propagates_better_than_random_weights(tmp_path):
     import sys
     from pathlib import Path
 
-    from dino_core.eval.official import load_backbone
+    from dino_core.formats import load_backbone
 
     ckpt = os.environ.get("DINO_FAST_QUICKSTART_CHECKPOINT")
     if not ckpt:

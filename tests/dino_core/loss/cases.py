@@ -2,9 +2,11 @@
 import torch
 
 from dino_core.loss import DINOLoss
+from dino_core.train.schedules import teacher_temp_schedule
 
 SCHEDULE = dict(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=4,
                 nepochs=6)
+TEMPS = teacher_temp_schedule(**SCHEDULE)  # tau_t per epoch, as the training schedules give it
 
 
 def make_logits(batch, ncrops, dim, seed, dtype=torch.float64, scale=2.0, device="cpu"):
@@ -23,12 +25,12 @@ def loss_and_grad(impl, student, teacher, center, ncrops, epoch, student_temp=0.
     center after the update). The logits it is given are a non-leaf copy of ``student``
     (``student`` itself survives ``overwrite_logits=True``)."""
     loss_fn = DINOLoss(student.shape[1], ncrops, student_temp=student_temp, impl=impl,
-                       overwrite_logits=overwrite_logits, **SCHEDULE).to(student.device)
+                       overwrite_logits=overwrite_logits).to(student.device)
     if student.dtype == torch.float64:
         loss_fn = loss_fn.double()
     loss_fn.center.copy_(center)
     s = student.clone().requires_grad_()
-    loss = loss_fn(s * 1.0, teacher, epoch)
+    loss = loss_fn(s * 1.0, teacher, TEMPS[epoch])
     (loss * upstream).backward()
     return loss.detach(), s.grad, loss_fn.center.clone()
 

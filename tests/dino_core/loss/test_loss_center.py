@@ -36,13 +36,13 @@ def _worker(rank, world, tmp):
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank,
                             world_size=world)
     try:
-        loss_fn = DINOLoss(DIM, NCROPS, 0.04, 0.04, 0, 3, center_momentum=MOMENTUM)
+        loss_fn = DINOLoss(DIM, NCROPS, center_momentum=MOMENTUM)
         student = torch.zeros(NCROPS * BATCH, DIM)
-        loss_fn(student, rank_teacher(rank, 0), 0)
+        loss_fn(student, rank_teacher(rank, 0), 0.04)
         deferred = loss_fn._center_ema.pending and loss_fn.center.abs().sum().item() == 0
-        loss_fn(student, rank_teacher(rank, 1), 1)  # applies step 0's update first
+        loss_fn(student, rank_teacher(rank, 1), 0.04)  # applies step 0's update first
         after_two = loss_fn.state_dict()["center"].clone()  # flushes step 1's update
-        loss_fn(student, rank_teacher(rank, 2), 2)
+        loss_fn(student, rank_teacher(rank, 2), 0.04)
         loss_fn.load_state_dict({"center": torch.full((1, DIM), 5.0)})  # drops step 2's
         after_load = loss_fn.state_dict()["center"].clone()
         torch.save({"deferred": deferred, "center": after_two, "after_load": after_load},

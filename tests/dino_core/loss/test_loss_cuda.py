@@ -13,7 +13,7 @@ from pipelines.kernels import build, library
 from dino_core.loss import DINOLoss
 from dino_core.loss import cuda as cuda_ext
 from dino_core.loss.cuda import KernelOptions
-from tests.dino_core.loss.cases import SCHEDULE, loss_and_grad, make_logits, rel_err
+from tests.dino_core.loss.cases import TEMPS, loss_and_grad, make_logits, rel_err
 
 CSRC = build.ROOT / "dino_core" / "loss" / "csrc"
 TEACHER_TEMP = 0.04
@@ -297,10 +297,10 @@ def test_loss_and_backward_replay_under_cuda_graph_capture():
 @pytest.mark.gpu
 def test_auto_picks_cuda_and_logs_the_library_once(caplog):
     student, teacher, _ = gpu_logits(2, 4, 64, torch.float32)
-    loss_fn = DINOLoss(64, 4, impl="auto", **SCHEDULE).cuda()
+    loss_fn = DINOLoss(64, 4, impl="auto").cuda()
     with caplog.at_level(logging.INFO, logger="dino_core.loss"):
-        loss_fn(student, teacher, 0)
-        loss_fn(student, teacher, 1)
+        loss_fn(student, teacher, TEMPS[0])
+        loss_fn(student, teacher, TEMPS[1])
     lines = [r.getMessage() for r in caplog.records if "DINO loss: using" in r.getMessage()]
     assert len(lines) == 1 and "using the cuda implementation" in lines[0], lines
     assert str(library.library_path()) in lines[0]
@@ -315,12 +315,12 @@ def test_without_the_library_auto_falls_back_and_cuda_says_what_to_do(monkeypatc
     try:
         student, teacher, _ = gpu_logits(2, 4, 64, torch.float32)
         with caplog.at_level(logging.INFO, logger="dino_core.loss"):
-            DINOLoss(64, 4, impl="auto", **SCHEDULE).cuda()(student, teacher, 0)
+            DINOLoss(64, 4, impl="auto").cuda()(student, teacher, TEMPS[0])
         lines = [r.getMessage() for r in caplog.records if "DINO loss: using" in r.getMessage()]
         assert len(lines) == 1 and "using the fused implementation" in lines[0]
         assert f"no kernel library at {missing}" in lines[0] and "dino-build-kernels" in lines[0]
         with pytest.raises(RuntimeError, match="impl='cuda': the CUDA kernels are unavailable"):
-            DINOLoss(64, 4, impl="cuda", **SCHEDULE).cuda()(student, teacher, 0)
+            DINOLoss(64, 4, impl="cuda").cuda()(student, teacher, TEMPS[0])
     finally:
         monkeypatch.undo()
         library.clear_cache()

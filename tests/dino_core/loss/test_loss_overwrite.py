@@ -8,9 +8,9 @@ import torch
 
 from dino_core.config import TrainConfig, load_config
 from dino_core.loss import DINOLoss, fused_dino_loss, teacher_probs
-from dino_core.train import build_loss
+from dino_core.recipes.dino import DINORecipe
 from pipelines.config_io import ConfigError
-from tests.dino_core.loss.cases import SCHEDULE, loss_and_grad, make_logits, rel_err
+from tests.dino_core.loss.cases import TEMPS, loss_and_grad, make_logits, rel_err
 
 # (B, ncrops, K): two globals only, one local, the recipe's 12 views.
 SHAPES = [(3, 2, 17), (2, 3, 64), (4, 12, 100)]
@@ -91,11 +91,11 @@ def test_dino_loss_module_passes_the_flag(impl):
     student, teacher, center = make_logits(batch, ncrops, dim, seed=3, dtype=torch.float32)
     results = []
     for inplace in (False, True):
-        loss_fn = DINOLoss(dim, ncrops, impl=impl, overwrite_logits=inplace, **SCHEDULE)
+        loss_fn = DINOLoss(dim, ncrops, impl=impl, overwrite_logits=inplace)
         loss_fn.center.copy_(center)
         base = student.clone().requires_grad_()
         logits = base * 1.0
-        loss = loss_fn(logits, teacher, 2)
+        loss = loss_fn(logits, teacher, TEMPS[2])
         loss.backward()
         results.append((loss.detach(), base.grad, logits.detach(), loss_fn.center.clone()))
     (loss_a, grad_a, logits_a, center_a), (loss_b, grad_b, logits_b, center_b) = results
@@ -153,11 +153,11 @@ def test_non_contiguous_logits_are_copied_and_left_alone():
 def test_reference_impl_ignores_the_flag_and_says_so(caplog):
     ncrops, batch, dim = 4, 2, 16
     student, teacher, _ = make_logits(batch, ncrops, dim, seed=8, dtype=torch.float32)
-    loss_fn = DINOLoss(dim, ncrops, impl="reference", overwrite_logits=True, **SCHEDULE)
+    loss_fn = DINOLoss(dim, ncrops, impl="reference", overwrite_logits=True)
     logits = student.clone().requires_grad_().mul(1.0)
     with caplog.at_level(logging.INFO, logger="dino_core.loss"):
-        loss_fn(logits, teacher, 0).backward()
-        loss_fn(logits, teacher, 0)
+        loss_fn(logits, teacher, TEMPS[0]).backward()
+        loss_fn(logits, teacher, TEMPS[0])
     notes = [r.getMessage() for r in caplog.records if "overwrite_logits" in r.getMessage()]
     assert len(notes) == 1 and "no effect on impl='reference'" in notes[0]
     assert torch.equal(logits.detach(), student)
@@ -165,7 +165,7 @@ def test_reference_impl_ignores_the_flag_and_says_so(caplog):
 
 def test_bad_flag_value_is_refused():
     with pytest.raises(ValueError, match="overwrite_logits must be a bool"):
-        DINOLoss(8, 2, overwrite_logits="yes", **SCHEDULE)
+        DINOLoss(8, 2, overwrite_logits="yes")
 
 
 # ----------------------------------------------------------------------------- config
@@ -176,32 +176,33 @@ def test_config_default_round_trip_and_trainer_wiring(tmp_path):
     cfg.save_yaml(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert build_loss(cfg).overwrite_logits is False
-    assert build_loss(load_config(None, ["model.out_dim=64"])).overwrite_logits is True
+    assert DINORecipe.from_config(cfg).loss.overwrite_logits is False
+    assert DINORecipe.from_config(load_config(None, ["model.out_dim=64"])).loss.overwrite_logits \
+        is True
     with pytest.raises(ConfigError, match=r"loss\.overwrite_logits"):
         load_config(None, ["loss.overwrite_logits=maybe"])
 
 
 # ----------------------------------------------------------------------------- training
 def tiny_training(inplace: bool, steps: int = 3) -> tuple[dict, list[torch.Tensor], list[int]]:
-    """``steps`` DINOSteps of a ViT-tiny with synthetic views; returns the student and
+    """``steps`` training steps of a ViT-tiny with synthetic views; returns the student and
     teacher parameters, the losses, and the version of each step's student logits after it
     (bumped when the backward wrote the gradient over them)."""
-    from dino_core.optim import build_optimizer
-    from dino_core.step import DINOStep
-    from dino_core.train import build_models
-    from tests.dino_core.train_helpers import tiny_overrides
+    from dino_core.train.optim import build_optimizer
+    from dino_core.train.step import TrainStep
+    from tests.dino_core.train.train_helpers import step_inputs, tiny_overrides
 
     unused = Path("/nonexistent")
     cfg = load_config(None, tiny_overrides(unused, unused) +
                       [f"loss.overwrite_logits={str(inplace).lower()}"])
     torch.manual_seed(0)
-    student, teacher = build_models(cfg)
-    loss_fn = build_loss(cfg)
+    recipe = DINORecipe.from_config(cfg)
+    student, teacher = recipe.build_models()
+    loss_fn = recipe.loss
     assert loss_fn.overwrite_logits is inplace
-    step = DINOStep(student, teacher, loss_fn, build_optimizer(student, "adamw",
+    step = TrainStep(recipe, student, teacher, build_optimizer(student, "adamw",
                                                                torch.device("cpu")),
-                    torch.device("cpu"), "fp32", clip_grad=3.0, freeze_last_layer=1)
+                     torch.device("cpu"), "fp32", clip_grad=3.0, freeze_last_layer=1)
     outputs = []
     student.register_forward_hook(lambda module, args, out: outputs.append(out))
     g = torch.Generator().manual_seed(1)
@@ -209,7 +210,8 @@ def tiny_training(inplace: bool, steps: int = 3) -> tuple[dict, list[torch.Tenso
     for i in range(steps):
         views = [torch.randn(batch, 3, 32, 32, generator=g) for _ in range(2)]
         views += [torch.randn(batch, 3, 16, 16, generator=g) for _ in range(2)]
-        losses.append(step(views, epoch=1, iteration=i, lr=1e-3, wd=0.04, momentum=0.99))
+        losses.append(step(*step_inputs(views, epoch=1, iteration=i, lr=1e-3, wd=0.04,
+                                        momentum=0.99)))
         versions.append(outputs[-1]._version)
     params = {f"student.{k}": v for k, v in student.state_dict().items()}
     params.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})

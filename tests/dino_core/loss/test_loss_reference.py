@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_core.loss import einsum_dino_loss, reference_dino_loss, teacher_temp_schedule
+from dino_core.loss import einsum_dino_loss, reference_dino_loss
 
 
 def per_sample_loss(student, teacher, center, teacher_temp, ncrops, student_temp):
@@ -77,25 +77,3 @@ def test_einsum_formulation_matches_reference(batch, ncrops, dim):
     ein.backward()
     torch.testing.assert_close(ein, ref, rtol=1e-12, atol=0)
     torch.testing.assert_close(s2.grad, s1.grad, rtol=1e-10, atol=1e-14)
-
-
-def test_teacher_temp_schedule_warms_up_linearly_then_stays():
-    sched = teacher_temp_schedule(0.04, 0.07, 30, 100)
-    assert len(sched) == 100
-    assert sched[0] == pytest.approx(0.04)
-    assert sched[29] == pytest.approx(0.07)  # the reference includes both ends
-    assert sched[15] == pytest.approx(0.04 + 0.03 * 15 / 29)
-    assert all(t == pytest.approx(0.07) for t in sched[30:])
-    assert all(a <= b for a, b in zip(sched, sched[1:]))
-
-
-def test_teacher_temp_schedule_without_warmup_is_constant():
-    assert teacher_temp_schedule(0.04, 0.04, 0, 5) == (0.04,) * 5
-
-
-@pytest.mark.parametrize("args,match", [((0.04, 0.07, 11, 10), "warmup_teacher_temp_epochs"),
-                                        ((0.04, 0.07, 0, 0), "nepochs"),
-                                        ((0.0, 0.07, 1, 10), "temperatures")])
-def test_teacher_temp_schedule_rejects_bad_arguments(args, match):
-    with pytest.raises(ValueError, match=match):
-        teacher_temp_schedule(*args)

@@ -101,3 +101,76 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="not a multiple of patch size"):
         vit_tiny()(torch.randn(1, 3, 30, 32))
     assert set(ARCHS) == {"vit_tiny", "vit_small", "vit_base", "vit_large"}
+
+
+def test_forward_tokens_split_the_normed_tokens_and_cls_equals_forward():
+    torch.manual_seed(0)
+    m = vit_tiny(patch_size=16).eval()
+    x = torch.randn(2, 3, 64, 48)
+    tokens = m.forward_tokens(x)
+    assert set(tokens) == {"cls", "registers", "patches"}
+    assert tokens["cls"].shape == (2, 192) and tokens["registers"].shape == (2, 0, 192)
+    assert tokens["patches"].shape == (2, 4 * 3, 192)
+    assert torch.equal(tokens["cls"], m(x))
+    assert torch.equal(tokens["patches"], m.forward_features(x)[:, 1:])
+
+
+def test_mask_token_exists_only_when_asked_for():
+    with torch.device("meta"):
+        plain, masked = vit_tiny(), vit_tiny(mask_token=True)
+    assert "mask_token" not in plain.state_dict() and plain.mask_token is None
+    assert masked.state_dict()["mask_token"].shape == (1, 192)
+    assert set(masked.state_dict()) - set(plain.state_dict()) == {"mask_token"}
+    torch.manual_seed(0)
+    a = vit_tiny()
+    torch.manual_seed(0)
+    b = vit_tiny(mask_token=True)  # the same random weights besides the (zero) token
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert torch.equal(b.mask_token, torch.zeros(1, 192))
+
+
+def masked_tokens_by_hand(m, x, masks):
+    """The masked forward written out: patch embeddings, masked rows replaced one by one by
+    the mask token, CLS in front, position embeddings added, blocks, norm."""
+    patches = m.patch_embed(x).clone()
+    flat = masks.reshape(masks.shape[0], -1)
+    for b in range(flat.shape[0]):
+        for n in range(flat.shape[1]):
+            if flat[b, n]:
+                patches[b, n] = m.mask_token[0]
+    cls = m.cls_token.expand(x.shape[0], -1, -1)
+    tokens = torch.cat((cls, patches), dim=1) + m.interpolate_pos_encoding(*x.shape[-2:])
+    for blk in m.blocks:
+        tokens = blk(tokens)
+    return m.norm(tokens)
+
+
+def test_masked_patches_take_the_mask_token_as_written_out():
+    torch.manual_seed(0)
+    m = vit_tiny(patch_size=16, mask_token=True).eval()
+    with torch.no_grad():
+        m.mask_token.normal_()  # a trained token, not the zero init
+    x = torch.randn(2, 3, 48, 64)  # a 3 x 4 grid
+    masks = torch.zeros(2, 3, 4, dtype=torch.bool)
+    masks[0, 1, 2] = masks[0, 0, 0] = masks[1, 2, 3] = True
+    with torch.no_grad():
+        got = m.forward_tokens(x, masks)
+        want = masked_tokens_by_hand(m, x, masks)
+        assert torch.allclose(got["cls"], want[:, 0], atol=1e-5)
+        assert torch.allclose(got["patches"], want[:, 1:], atol=1e-5)
+        assert torch.equal(m.forward_tokens(x, masks.reshape(2, 12))["patches"], got["patches"])
+        unmasked = m.forward_tokens(x)
+        assert not torch.allclose(got["cls"], unmasked["cls"])  # the mask reached the output
+        nothing = m.forward_tokens(x, torch.zeros(2, 12, dtype=torch.bool))
+        assert torch.equal(nothing["cls"], unmasked["cls"])
+
+
+def test_masks_are_refused_without_a_mask_token_or_in_the_wrong_shape():
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="mask_token=True"):
+        vit_tiny().forward_tokens(x, torch.zeros(1, 4, dtype=torch.bool))
+    m = vit_tiny(mask_token=True)
+    with pytest.raises(ValueError, match=r"bool \[1, 4\]"):
+        m.forward_tokens(x, torch.zeros(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"bool \[1, 4\]"):
+        m.forward_tokens(x, torch.zeros(1, 4))

@@ -1,0 +1,154 @@
+"""Weight files in, weight files out: this project's checkpoints, the official DINO ones,
+backbone-only files.
+
+A file is a container around a state dict; three kinds of container are recognised by their
+content, never by their name:
+
+- ``project``: a dino-train checkpoint (``teacher`` / ``student`` entries,
+  ``config["model"]`` with ``arch`` / ``patch_size`` / ``out_dim``; layout in
+  ``dino_core/train/checkpoint.py``);
+- ``official``: a full checkpoint of the reference code (``student``, ``teacher``,
+  ``dino_loss``, and ``args`` saved as a plain dict);
+- ``backbone``: a bare state dict as released, possibly under ``state_dict`` / ``model``.
+
+The state dict's layout is detected from its keys by the format registry (``registry.py``;
+the official DINO layout, ``dino.py``, is its first entry) and converted to the canonical
+layout; the architecture is read from the weights themselves (``canonical.py``). A declared
+architecture (the file's config, or the caller's ``arch``) that disagrees is one clear error
+naming both.
+
+Every read uses ``torch.load(weights_only=True)``. Files that pickle Python objects (the
+reference pickles an ``argparse.Namespace`` in ``args``) are refused with instructions to
+convert them once, in a trusted environment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..models import DINOHead, VisionTransformer
+from .canonical import head_from_state, infer_backbone, vit_from_state
+from .dino import DINO
+from .files import CheckpointError, load_checkpoint, save_checkpoint
+from .registry import FORMATS, detect_format
+
+# Old DINO releases named the small models after DeiT.
+ARCH_ALIASES = {"deit_tiny": "vit_tiny", "deit_small": "vit_small"}
+
+
+@dataclass(frozen=True)
+class ImportedCheckpoint:
+    """Backbone (and head) weights found in one file, in the canonical layout.
+
+    backbone: keys as ``VisionTransformer.state_dict()`` (``cls_token`` [1, 1, D] ...).
+    head: keys as ``DINOHead.state_dict()`` or None for backbone-only files.
+    center: the DINO loss center [1, K] when the file holds one.
+    """
+
+    source: str
+    kind: str  # "project" | "official" | "backbone"
+    arch: str
+    patch_size: int
+    backbone: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] | None = None
+    center: torch.Tensor | None = None
+    layout: str = DINO.name  # the registered format the state dict was in
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}/{self.patch_size}"
+
+
+# ----------------------------------------------------------------------------- reading
+def _declared(obj: dict) -> tuple[str | None, int | None]:
+    """The (arch, patch_size) a full checkpoint declares in its config / args, if any."""
+    cfg = obj.get("config")
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    decl = model if isinstance(model, dict) else obj.get("args")
+    if not isinstance(decl, dict):
+        return None, None
+    arch = decl.get("arch")
+    arch = ARCH_ALIASES.get(arch, arch) if isinstance(arch, str) else None
+    patch = decl.get("patch_size")
+    return arch, patch if isinstance(patch, int) else None
+
+
+def _check_arch(source: str, found: tuple[str, int], wanted: tuple[str | None, int | None],
+                who: str) -> None:
+    arch, patch = wanted
+    if (arch is not None and arch != found[0]) or (patch is not None and patch != found[1]):
+        raise CheckpointError(
+            f"checkpoint {source} holds a {found[0]}/{found[1]} backbone, but {who} "
+            f"{arch or found[0]}/{patch or found[1]}; use a checkpoint of that architecture, "
+            f"or {found[0]} with patch size {found[1]}")
+
+
+def read_checkpoint(path: str | Path, checkpoint_key: str = "teacher", arch: str | None = None,
+                    patch_size: int | None = None) -> ImportedCheckpoint:
+    """Read any supported file and return its backbone (and head) weights with bare keys.
+
+    checkpoint_key: which network of a full checkpoint to take ("teacher" or "student").
+    arch / patch_size: what the caller expects; a different architecture in the file is an
+        error naming both.
+    """
+    source = str(path)
+    obj = load_checkpoint(path)
+    center = None
+    if checkpoint_key in obj and isinstance(obj[checkpoint_key], dict):
+        state = obj[checkpoint_key]
+        kind = "project" if isinstance(obj.get("config"), dict) else "official"
+        loss = obj.get("dino_loss")
+        center = loss.get("center") if isinstance(loss, dict) else None
+    elif any(isinstance(obj.get(k), dict) for k in ("state_dict", "model")):
+        wrapper = "state_dict" if isinstance(obj.get("state_dict"), dict) else "model"
+        state, kind = obj[wrapper], "backbone"
+    elif {"teacher", "student"} & set(obj):
+        raise CheckpointError(f"checkpoint {source} has no {checkpoint_key!r} entry "
+                              f"(it has {', '.join(map(str, obj))})")
+    else:
+        state, kind = obj, "backbone"
+    fmt = detect_format(state, source)
+    canonical = fmt.to_canonical(state, source)
+    found_arch, found_patch, _ = infer_backbone(canonical.backbone, source)
+    _check_arch(source, (found_arch, found_patch), _declared(obj), "its own config declares")
+    _check_arch(source, (found_arch, found_patch), (arch, patch_size),
+                "the requested architecture (--arch / --patch-size) is")
+    return ImportedCheckpoint(source, kind, found_arch, found_patch, canonical.backbone,
+                              canonical.head, center, fmt.name)
+
+
+# ----------------------------------------------------------------------------- building
+def build_backbone(ck: ImportedCheckpoint) -> VisionTransformer:
+    """A ViT of the file's architecture with its weights loaded strictly (eval mode)."""
+    return vit_from_state(ck.backbone, ck.source)
+
+
+def build_head(ck: ImportedCheckpoint) -> DINOHead:
+    """The DINO head of the file, its structure read from the weight shapes, loaded strictly."""
+    return head_from_state(ck.head, ck.source)
+
+
+def load_backbone(path: str | Path, arch: str | None = None, patch_size: int | None = None,
+                  checkpoint_key: str = "teacher") -> tuple[VisionTransformer, ImportedCheckpoint]:
+    """Read ``path`` (any supported kind) and return (ViT with its weights, what was read)."""
+    ck = read_checkpoint(path, checkpoint_key, arch, patch_size)
+    return build_backbone(ck), ck
+
+
+# ----------------------------------------------------------------------------- writing
+def export_backbone(checkpoint: str | Path, output: str | Path,
+                    checkpoint_key: str = "teacher", layout: str = "dino") -> ImportedCheckpoint:
+    """Write the ``checkpoint_key`` backbone of ``checkpoint`` in the registered ``layout``.
+
+    ``dino`` (the default): a plain dict of tensors with bare ViT keys (as the released
+    ``dino_deitsmall16_pretrain.pth``), which the reference code and this project both load
+    strictly. Tensors are written exactly as stored (no dtype change).
+    """
+    if layout not in FORMATS:
+        raise ValueError(f"unknown backbone layout {layout!r}; choose from {', '.join(FORMATS)}")
+    ck = read_checkpoint(checkpoint, checkpoint_key)
+    build_backbone(ck)  # refuse to write a file that would not load strictly
+    save_checkpoint(FORMATS[layout].from_canonical(ck.backbone), output)
+    return ck

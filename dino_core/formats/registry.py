@@ -1,0 +1,76 @@
+"""The registry of backbone layouts: which one a state dict uses, and conversions to and from
+the canonical layout.
+
+The canonical layout is this project's ``VisionTransformer.state_dict()`` (bare keys
+``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*``) and, for
+a head, ``DINOHead.state_dict()``. Every other layout a file may hold (the official DINO
+checkpoints' prefixes today; Hugging Face or timm names later) is a ``BackboneFormat``:
+``detect`` says from the keys whether a state dict uses it, ``to_canonical`` converts it
+(placing every tensor, or failing with one clear error), ``from_canonical`` writes it.
+Readers (``checkpoints.read_checkpoint``) take the first registered format that detects
+the state; a state no format detects is one error naming what was found.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from .files import CheckpointError
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """Tensors in the canonical layout: a backbone, and a DINO head when the file has one."""
+
+    backbone: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class BackboneFormat:
+    """A layout of backbone (and head) tensors, and how to convert it (module docstring).
+
+    name: the registry key (``dino-export --format`` names it).
+    summary: one line saying what the layout looks like, for errors.
+    detect(state) -> bool, from the keys only.
+    to_canonical(state, source) -> Canonical; ``source`` names the file in errors.
+    from_canonical(backbone) -> the layout's backbone state dict.
+    """
+
+    name: str
+    summary: str
+    detect: Callable[[Mapping[str, object]], bool]
+    to_canonical: Callable[[dict, str], Canonical]
+    from_canonical: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+FORMATS: dict[str, BackboneFormat] = {}
+
+
+def register_format(fmt: BackboneFormat) -> BackboneFormat:
+    """Add ``fmt`` to the registry (detection tries formats in registration order)."""
+    if fmt.name in FORMATS:
+        raise ValueError(f"a backbone format named {fmt.name!r} is already registered")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def found_keys(state: Mapping[str, object], n: int = 5) -> str:
+    """The first ``n`` keys of ``state`` with their shapes, for an error message."""
+    def shape(v: object) -> str:
+        return str(list(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__
+    first = ", ".join(f"{k} {shape(v)}" for k, v in list(state.items())[:n])
+    more = f" ... ({len(state)} entries)" if len(state) > n else ""
+    return (first + more) or "nothing"
+
+
+def detect_format(state: Mapping[str, object], source: str) -> BackboneFormat:
+    """The first registered format whose ``detect`` accepts ``state``."""
+    for fmt in FORMATS.values():
+        if fmt.detect(state):
+            return fmt
+    known = "; ".join(f"{f.name}: {f.summary}" for f in FORMATS.values())
+    raise CheckpointError(f"checkpoint {source} holds no ViT backbone in a known layout "
+                          f"({known}); found {found_keys(state)}")
