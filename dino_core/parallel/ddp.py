@@ -69,8 +69,8 @@ class DDPStrategy:
         # (None) would make autograd allocate fresh ones and DDP copy them over.
         return not getattr(student, "gradient_as_bucket_view", False)
 
-    def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor | None:
-        return clip_per_tensor(params, max_norm)
+    def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> None:
+        clip_per_tensor(params, max_norm)
 
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return self.unwrap(model).state_dict()

@@ -49,7 +49,7 @@ class ParallelStrategy(Protocol):
     def grads_to_none(self, student: nn.Module) -> bool:
         """Whether ``zero_grad`` may drop the wrapped student's gradients."""
 
-    def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor | None:
+    def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> None:
         """Scale each gradient whose norm exceeds ``max_norm`` down to it; no host sync."""
 
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:

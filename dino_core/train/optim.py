@@ -50,21 +50,18 @@ def set_hyperparams(opt: torch.optim.Optimizer, lr: float, wd: float) -> None:
 
 
 @torch.no_grad()
-def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> torch.Tensor | None:
-    """Scale each gradient whose L2 norm exceeds ``max_norm`` down to ``max_norm``.
-
-    Returns the pre-clip norms stacked in one tensor (for logging) without a host sync.
-    """
+def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each gradient whose L2 norm exceeds ``max_norm`` down to ``max_norm``, with
+    foreach kernels and no host sync."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return None
-    norms = torch._foreach_norm(grads)
-    coefs = torch._foreach_add(norms, 1e-6)
+        return
+    coefs = torch._foreach_norm(grads)
+    torch._foreach_add_(coefs, 1e-6)
     torch._foreach_reciprocal_(coefs)
     torch._foreach_mul_(coefs, max_norm)
     torch._foreach_clamp_max_(coefs, 1.0)
     torch._foreach_mul_(grads, coefs)
-    return torch.stack(norms)
 
 
 @torch.no_grad()
