@@ -113,16 +113,16 @@ def train_and_account(loader, step, steps: int, warmup: int, device: torch.devic
                 and time.perf_counter() - t_begin >= seconds):
             break
         t0 = time.perf_counter()
-        views, labels = next(batches)
+        batch = next(batches)
         t1 = time.perf_counter()
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-        step.run(views)
+        step.run(batch.views)
         if cuda:
             end.record()
         if i >= warmup:
-            images += labels.shape[0]
+            images += batch.size
             waits.append(t1 - t0)
             totals.append(time.perf_counter() - t0)
             if cuda:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.convert.common import atomic_write_bytes, fsync_path
+from pipelines.files import atomic_write_bytes, fsync_path
 
 from .checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 

@@ -185,13 +185,9 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     loader = build_loader(data, backend=cfg.data.backend, batch_size=cfg.data.batch_size,
                           spec=cfg.data.aug, device=device, num_workers=cfg.data.num_workers,
                           seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-    iters = len(loader)
+    iters = len(loader)  # >= 1: build_loader refuses data that gives no batch
     if cfg.max_iters_per_epoch:
         iters = min(iters, cfg.max_iters_per_epoch)
-    if iters < 1:
-        raise ValueError(f"dataset {data} yields no full batch of {cfg.data.batch_size} per rank "
-                         f"({loader.num_samples} images, {env.world_size} ranks): lower "
-                         "--batch-size")
     resuming = resume_from is not None or run_state.has_checkpoint(Path(cfg.output_dir))
     student, teacher = build_models(cfg, init_backbone=not resuming)
     if cfg.model.use_bn_in_head and env.distributed:
@@ -284,12 +280,12 @@ def _train_epochs(run: Run, out: Path) -> dict:
             for i in range(first, n):
                 # fetch
                 try:
-                    views, _labels = next(batches)
+                    batch = next(batches)
                 except StopIteration:
                     raise RuntimeError(f"loader ended after {i} of {n} batches in epoch {epoch}") from None
                 clock.batch_ready()
                 it = it0 + i
-                run.step(views, epoch, it, float(run.schedules.lr[it]), float(run.schedules.wd[it]),
+                run.step(batch.views, epoch, it, float(run.schedules.lr[it]), float(run.schedules.wd[it]),
                          float(run.schedules.momentum[it]))
                 clock.step_enqueued()
                 images += batch_images

@@ -72,13 +72,14 @@ OPTION_KEYS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines import BACKENDS
     p = argparse.ArgumentParser(prog="dino-train", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--config", help="YAML config file, or the name of a shipped preset (quickstart)")
     a("--data", help="ImageFolder root (class folders), a .beton (ffcv) or a shard folder "
       "(dali); default: the embedded dataset")
-    a("--backend", choices=("reference", "dali", "ffcv"),
+    a("--backend", choices=tuple(BACKENDS),
       help="data pipeline: reference (PIL, CPU workers), dali (GPU decode + augment), ffcv")
     a("--arch", choices=("vit_tiny", "vit_small", "vit_base", "vit_large"))
     a("--patch-size", type=int, help="ViT patch size (16, 14, 8, 5 ...)")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from typing import NamedTuple, Protocol, Sequence
 
+import numpy as np
 from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
@@ -92,7 +93,11 @@ class SlotGuard:
 
 
 class GuardedEpochIterator(EpochIterator):
-    """FFCV's epoch thread, calling ``guard.before_fill`` before each batch's pipeline."""
+    """FFCV's epoch thread, calling ``guard.before_fill`` before each batch's pipeline.
+
+    Each batch it yields is FFCV's outputs followed by the batch's sample ids (int64 [n],
+    the dataset indices FFCV ran the pipeline on, a copy: FFCV's are a view of its order).
+    """
 
     def __init__(self, loader: Loader, order, guard: SlotGuard) -> None:
         self.guard = guard  # before FFCV's __init__, which starts the thread
@@ -100,7 +105,8 @@ class GuardedEpochIterator(EpochIterator):
 
     def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
         self.guard.before_fill(b_ix, batch_slot)
-        return super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+        outputs = super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+        return (*outputs, np.array(batch_indices, dtype=np.int64))
 
 
 class GuardedLoader(Loader):

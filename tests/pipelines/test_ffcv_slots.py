@@ -124,9 +124,9 @@ def test_ffcv_refills_a_buffer_only_after_the_copies_out_of_it(device_loader, mo
     the copies of batch b before it writes batch b + slots into the same buffer, and for the
     last epoch's pending copies before its first fill; the consumer never waits, except once
     in ``close``."""
-    loader = device_loader
+    loader, backend = device_loader, device_loader.backend
     loader.close()
-    slots, batches = loader._loader.slots, len(loader)
+    slots, batches = backend._loader.slots, len(loader)
     assert batches > slots
     log, now = [], {}
     before_fill = SlotGuard.before_fill
@@ -137,7 +137,7 @@ def test_ffcv_refills_a_buffer_only_after_the_copies_out_of_it(device_loader, mo
                     threading.main_thread()))
 
     monkeypatch.setattr(SlotGuard, "before_fill", logged_fill)
-    monkeypatch.setattr(loader, "_copies_event",
+    monkeypatch.setattr(backend, "_copies_event",
                         lambda: FakeEvent((now["epoch"], next(now["batch"])), log))
     for epoch in (0, 1):
         now["epoch"], now["batch"] = epoch, itertools.count()
@@ -163,7 +163,7 @@ def test_no_host_data_becomes_a_tensor_and_two_copies_leave_each_buffer(device_l
     from host data (lists, numbers, numpy: ``torch.tensor(list, device=cuda)`` copies and
     waits), and copies out of FFCV's buffer that are not non_blocking; the consumer waits
     on no event. The previous tensor finish failed this: 8 tensors from lists per batch."""
-    loader = device_loader
+    loader, backend = device_loader, device_loader.backend
     loader.set_epoch(0)
     assert sum(1 for _ in loader) == len(loader)  # warm-up: constants are built once
     made, copies, log, buffers = [], [], [], []
@@ -185,7 +185,7 @@ def test_no_host_data_becomes_a_tensor_and_two_copies_leave_each_buffer(device_l
             copies.append((src.numel(), non_blocking))
         return copy_(dst, src, non_blocking)
 
-    assemble = loader._assemble
+    assemble = backend._assemble
 
     def noting_buffers(out, labels, *args):
         buffers.append([(a.ctypes.data, a.ctypes.data + a.nbytes) for a in (out, labels)])
@@ -194,11 +194,11 @@ def test_no_host_data_becomes_a_tensor_and_two_copies_leave_each_buffer(device_l
     monkeypatch.setattr(torch, "tensor", recording(torch.tensor))
     monkeypatch.setattr(torch, "as_tensor", recording(torch.as_tensor))
     monkeypatch.setattr(torch.Tensor, "copy_", recorded_copy)
-    monkeypatch.setattr(loader, "_assemble", noting_buffers)
+    monkeypatch.setattr(backend, "_assemble", noting_buffers)
     batch = itertools.count()
-    monkeypatch.setattr(loader, "_copies_event", lambda: FakeEvent(next(batch), log))
+    monkeypatch.setattr(backend, "_copies_event", lambda: FakeEvent(next(batch), log))
     loader.set_epoch(1)
     assert sum(1 for _ in loader) == len(loader) == len(buffers)
     assert made == []
-    assert copies == [(loader.decoder.layout.counts_at, True), (1, True)] * len(loader)
+    assert copies == [(backend.decoder.layout.counts_at, True), (1, True)] * len(loader)
     assert log and not any(main for _, _, main in log)
