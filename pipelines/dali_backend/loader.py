@@ -2,8 +2,8 @@
 
     EpochFeed (host: order, bytes, boxes, parameter rows)  ->  external_source
         ->  multicrop_graph (decode once, every view's resized, flipped crop; uint8)
-        ->  torch: views of one size stacked, ``finish_views`` (photometric ops, normalise)
-            with the batch's parameter rows, on ``device``
+        ->  torch: views of one size stacked, all sizes finished by one ``finish_many`` call
+            (photometric ops, normalise) with the batch's parameter rows, on ``device``
 
 Wrapped by ``pipelines.loader.MultiCropLoader`` like every backend: the same epoch order
 (``pipelines.order``; each batch's sample ids come out of the pipeline with it), the same
@@ -37,7 +37,7 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from ..folder import report_skipped
 from ..order import EpochPlan, PlanFor
-from ..photometric.finish import IMPLS, finish_views
+from ..photometric.finish import IMPLS, finish_many
 from ..spec import AugmentationSpec
 from .feed import EpochFeed, decode_problem
 from .graph import DecoderOptions, multicrop_graph
@@ -74,7 +74,7 @@ class DaliOptions:
         dataset indices actually read (a replaced bad file shows its replacement), "rows":
         float64 [B, num_views, param_row.WIDTH] the views' parameters, "boxes": float32
         [B, num_views, 4] the graph's crop boxes (``boxes.py``)}``, on the CPU.
-    photometric: ``finish_views``' implementation: "auto" (the CUDA kernel or torch ops on
+    photometric: ``finish_many``'s implementation: "auto" (the CUDA kernel or torch ops on
         a GPU, the numba kernel on the CPU), or one of "cuda", "cpu_kernel", "torch".
     decoder: ``DecoderOptions`` (hw_decoder_load, memory paddings, size hints).
     """
@@ -213,8 +213,9 @@ class DaliLoader:
 
     def _batch(self, out) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Pipeline outputs -> (views, labels, sample ids): each run of same-size views is
-        copied into one uint8 [k * B, S, S, 3] tensor (view-major, as the rows are ordered)
-        and finished in one call; ``views`` are its [B, 3, S, S] slices."""
+        copied into one uint8 [k * B, S, S, 3] tensor (view-major, as the rows are ordered),
+        and all runs are finished in one ``finish_many`` call; ``views`` are [B, 3, S, S]
+        slices of its results."""
         n = self.spec.num_views
         stream = self._stream()
         host_rows = _host_copy(out[n], torch.float64, stream is not None)  # [B, views, W]
@@ -224,18 +225,20 @@ class DaliLoader:
         rows = host_rows.to(self.device, non_blocking=True).transpose(0, 1)  # [views, B, W]
         labels = host_meta.to(self.device, non_blocking=True)[:, 0].contiguous()
         b = host_meta.shape[0]
-        views: list[torch.Tensor] = []
-        for first, k, size in self.spec.size_runs():
-            crops = torch.empty((k, b, size, size, 3), dtype=torch.uint8, device=self.device)
+        runs = self.spec.size_runs()
+        crops = [torch.empty((k, b, size, size, 3), dtype=torch.uint8, device=self.device)
+                 for _, k, size in runs]
+        for (first, k, _), run in zip(runs, crops):
             for j in range(k):
                 # Device-to-device on a GPU, queued on ``stream``. ``out`` is bound to that
                 # stream (``run(stream)``): DALI made its data ready there and frees its
                 # buffers in that stream's order, so not before these copies have run.
-                feed_ndarray(out[first + j].as_tensor(), crops[j], cuda_stream=stream)
-            group_rows = rows[first:first + k].reshape(k * b, rows.shape[-1])
-            finished = finish_views(crops.view(k * b, size, size, 3), group_rows, self.spec,
-                                    self.options.photometric)
-            views.extend(finished.split(b))
+                feed_ndarray(out[first + j].as_tensor(), run[j], cuda_stream=stream)
+        finished = finish_many(
+            [(run.view(k * b, size, size, 3), rows[first:first + k].reshape(k * b, -1))
+             for (first, k, size), run in zip(runs, crops)],
+            self.spec, self.options.photometric)
+        views = [v for views in finished for v in views.split(b)]
         if self.options.debug:
             self.last_info = {"index": _host_copy(out[n + 2], torch.int64, False).view(-1),
                               "rows": host_rows,

@@ -1,5 +1,5 @@
 """The FFCV executor: .beton -> one JPEG decode per image -> every multi-crop view -> the
-photometric finish, in the op on the CPU or by ``finish_views`` on the device.
+photometric finish, in the op on the CPU or by ``finish_many`` on the device.
 
 - ``loader.build_ffcv_loader``: what ``pipelines.build_loader(..., backend="ffcv")`` calls.
 - ``decode_once.MultiCropDecoder``: the FFCV operation (decode once, cut all views).

@@ -11,7 +11,7 @@ the spec's interpolation). Then, by ``finish``:
   photometric columns of the same rows, and the op writes finished, normalised float32 CHW
   views.
 - False (the device finish): the op writes the uint8 crops AND the rows, so that the loader
-  can finish the views elsewhere (``photometric.finish.finish_views`` on its device) with
+  can finish the views elsewhere (``photometric.finish.finish_many`` on its device) with
   the very parameters the CPU finish applies.
 Samples run in parallel (numba prange over FFCV's worker threads). Every parameter is the
 one the reference and DALI executors draw for the same sample.

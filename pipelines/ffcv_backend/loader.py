@@ -11,11 +11,11 @@ reference executor draws:
   FFCV's buffer.
 - device (the GPU default): the op writes uint8 crops and every view's parameter row; here
   the batch goes from FFCV's (pinned) buffer to the device in one non-blocking copy, and
-  each run of same-size views, ``[k * B, S, S, 3]`` uint8 with its rows ``[k * B, WIDTH]``,
-  is finished by ``pipelines.photometric.finish.finish_views`` on the device (the CUDA
-  kernel, else torch ops). No host sync per batch: the copies are queued on the current
-  stream, and FFCV's thread, not the consumer, waits for them before it refills the buffer
-  (``slots.py``).
+  every run of same-size views, ``[k * B, S, S, 3]`` uint8 with its rows ``[k * B, WIDTH]``,
+  is finished in one ``pipelines.photometric.finish.finish_many`` call on the device (the
+  CUDA kernel: two launches for all sizes; else torch ops). No host sync per batch: the
+  copies are queued on the current stream, and FFCV's thread, not the consumer, waits for
+  them before it refills the buffer (``slots.py``).
 
 Order: FFCV traverses this rank's share of the epoch order every backend uses
 (``pipelines.order``: strided by GLOBAL rank, padded to equal length; no process group
@@ -45,7 +45,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from ..folder import DatasetError
 from ..formats.manifest import Manifest
 from ..order import EpochPlan, PlanFor
-from ..photometric.finish import IMPLS, finish_views
+from ..photometric.finish import IMPLS, finish_many
 from ..sampling.param_row import WIDTH
 from ..spec import AugmentationSpec
 from . import reader_fix
@@ -74,11 +74,11 @@ class FFCVOptions:
         "compiled": inside the decode op, per view, in FFCV's worker threads
             (``cpu_kernel``); CPU only.
         "device": after the op, on the loader's device: the op writes uint8 crops and the
-            views' parameter rows, ``finish_views`` finishes them there (on a GPU the CUDA
+            views' parameter rows, ``finish_many`` finishes them there (on a GPU the CUDA
             kernel, else torch ops; on the CPU the numba kernel, in the consumer's thread:
             the CPU twin of the GPU path).
         "auto": compiled on the CPU, device on a GPU.
-    finish_impl: ``finish_views``' implementation for "device" ("auto", "cuda",
+    finish_impl: ``finish_many``'s implementation for "device" ("auto", "cuda",
         "cpu_kernel" or "torch"; see ``pipelines.photometric.finish``).
     """
 
@@ -252,11 +252,11 @@ class FFCVMultiCropLoader:
         label.copy_(torch.from_numpy(labels).view(-1), non_blocking=True)
         guard.copied(batch, self._copies_event())
         part = layout.split(data, n)
-        views: list[torch.Tensor] = []
-        for (first, k, _), crops in zip(layout.groups(), part.groups):
-            rows = part.rows[first:first + k].reshape(k * n, WIDTH)
-            views.extend(finish_views(crops, rows, self.spec, self.finish_impl).split(n))
-        return views, label, sample_ids
+        runs = layout.groups()
+        finished = finish_many([(crops, part.rows[first:first + k].reshape(k * n, WIDTH))
+                                for (first, k, _), crops in zip(runs, part.groups)],
+                               self.spec, self.finish_impl)
+        return [v for views in finished for v in views.split(n)], label, sample_ids
 
     def _copies_event(self) -> torch.cuda.Event | None:
         """An event completing with the copies just queued (None on the CPU: done)."""

@@ -8,14 +8,14 @@ Loaders compiled once for the whole module (numba compilation costs seconds):
   sample per batch (more batches than FFCV has buffers), the CPU default (photometric ops
   compiled into the op).
 - ``recipe_device``: the same with photometric="device": the GPU path (uint8 crops +
-  parameter rows out of the op, ``finish_views`` after it), run on the CPU.
+  parameter rows out of the op, ``finish_many`` after it), run on the CPU.
   test_ffcv_slots.py holds its buffer handling and host syncs.
 Crops must equal the compiled resize applied to one decode of the stored JPEG with the
 boxes and flips the REFERENCE draws for the sample (``sample_image_params`` on
 ``sample_rng(seed, rank, epoch, index)``), and be within mean 0.3 / p99 2 levels of the
 reference's PIL crop + resize (test_ffcv_crops.py). Compiled views must equal the fused
 kernel on those crops with the reference's parameters bitwise, and the tensor ops within
-float32 noise; the device path must hand ``finish_views`` exactly those crops and the
+float32 noise; the device path must hand ``finish_many`` exactly those crops and the
 reference's rows, and so give the compiled views bitwise.
 Every compiled function sets fastmath explicitly, so FFCV's fastmath does not leak in.
 """
@@ -239,7 +239,7 @@ def test_batches_kept_by_the_caller_stay_intact(recipe, recipe_device, raw):
 
 def test_device_path_finishes_the_reference_crops_with_the_reference_rows(recipe_device, raw,
                                                                           monkeypatch):
-    """The GPU path, run on the CPU: ``finish_views`` gets each view's crops as cut from one
+    """The GPU path, run on the CPU: ``finish_many`` gets each view's crops as cut from one
     decode with the reference's boxes, and the very rows the reference draws (bitwise: the
     parameters of the sample's counter stream, as the compiled CPU finish uses them); its
     views then equal the compiled path's bitwise (test above) and grayscale hits exactly
@@ -248,13 +248,14 @@ def test_device_path_finishes_the_reference_crops_with_the_reference_rows(recipe
     assert not loader.backend.compiled
     calls = []
 
-    def recording(crops, rows, spec, impl="auto"):
-        out = finish(crops, rows, spec, impl)
-        calls.append((crops.clone(), rows.clone(), out.clone()))
-        return out
+    def recording(batches, spec, impl="auto"):  # one call per batch, every size in it
+        outs = finish(batches, spec, impl)
+        calls.extend((crops.clone(), rows.clone(), out.clone())
+                     for (crops, rows), out in zip(batches, outs))
+        return outs
 
-    finish = L.finish_views
-    monkeypatch.setattr(L, "finish_views", recording)
+    finish = L.finish_many
+    monkeypatch.setattr(L, "finish_many", recording)
     images, _ = stored_images(raw)
     epoch = 2
     order = loader.plan.order(epoch)
