@@ -18,10 +18,12 @@ loader does, and resumes the epoch at the failed batch, so one bad file never st
 
 Devices: ``cpu`` runs DALI without CUDA (``device_id=None``) and the finish in the numba
 kernel. ``cuda[:k]`` decodes with ``mixed`` and leaves every view in GPU memory; DALI hands
-its outputs over on torch's current stream (``run(stream)``: no host wait for the GPU work),
-where they are copied device-to-device into one uint8 tensor per view size and finished
-(the CUDA kernel, else torch ops). The parameter rows and labels, drawn on the host, go up
-once per batch through pinned memory, non-blocking. Nothing in a batch waits for the GPU.
+its outputs over on the loader's side stream (``run(stream)``: no host wait for the GPU
+work; ``pipelines.copy_stream``), where they are copied device-to-device into one uint8
+tensor per view size, and the parameter rows and labels, drawn on the host, go up through
+pinned memory, non-blocking; the compute stream waits for those copies on the device (an
+event) and finishes every size in one call (the CUDA kernel, else torch ops). The copies
+run while the step runs. Nothing in a batch waits for the GPU.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import torch
 from nvidia.dali import Pipeline, fn, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from ..copy_stream import CopyStream
 from ..folder import report_skipped
 from ..order import EpochPlan, PlanFor
 from ..photometric.finish import IMPLS, finish_many
@@ -158,6 +161,7 @@ class DaliLoader:
         self.spec, self.options = spec, options
         self.device = torch.device(device)
         self.device_id = _device_id(self.device)
+        self._copies = CopyStream(self.device)  # DALI hands its outputs over on this stream
         self.num_threads = max(1, num_workers)
         self._pipe = None
         self._next_epoch: int | None = None  # the epoch the live pipeline will run next
@@ -191,9 +195,9 @@ class DaliLoader:
         while t < self.plan.batches_per_epoch:
             try:
                 # The host waits here until DALI has the batch's CPU work done (prefetched
-                # ahead); its GPU work is only ordered before torch's current stream, not
-                # waited for: the copies and the finish below queue behind it.
-                out = self._pipe.run(self._stream())
+                # ahead); its GPU work is only ordered before the loader's side stream, not
+                # waited for: the copies below queue behind it there.
+                out = self._pipe.run(self._copies.stream)
             except StopIteration:
                 return  # the wrapper reports the short epoch
             except RuntimeError as e:
@@ -202,14 +206,10 @@ class DaliLoader:
             yield self._batch(out)
             t += 1
         try:  # the feed ends DALI's epoch after the last batch; start the next one
-            self._pipe.run(self._stream())
+            self._pipe.run(self._copies.stream)
         except StopIteration:
             self._pipe.reset()
             self._next_epoch = epoch + 1
-
-    def _stream(self) -> torch.cuda.Stream | None:
-        """torch's current stream on the loader's GPU (None on the CPU)."""
-        return torch.cuda.current_stream(self.device) if self.device_id is not None else None
 
     def _batch(self, out) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Pipeline outputs -> (views, labels, sample ids): each run of same-size views is
@@ -217,23 +217,27 @@ class DaliLoader:
         and all runs are finished in one ``finish_many`` call; ``views`` are [B, 3, S, S]
         slices of its results."""
         n = self.spec.num_views
-        stream = self._stream()
-        host_rows = _host_copy(out[n], torch.float64, stream is not None)  # [B, views, W]
-        host_meta = _host_copy(out[n + 1], torch.int64, stream is not None)  # label, sample id
+        pinned = self._copies.stream is not None
+        host_rows = _host_copy(out[n], torch.float64, pinned)  # [B, views, W]
+        host_meta = _host_copy(out[n + 1], torch.int64, pinned)  # [B, 2]: label, sample id
         ids = host_meta[:, 1].clone()  # sample ids stay on the host
-        # Pinned host memory -> device, queued on the current stream: no host wait.
-        rows = host_rows.to(self.device, non_blocking=True).transpose(0, 1)  # [views, B, W]
-        labels = host_meta.to(self.device, non_blocking=True)[:, 0].contiguous()
         b = host_meta.shape[0]
         runs = self.spec.size_runs()
-        crops = [torch.empty((k, b, size, size, 3), dtype=torch.uint8, device=self.device)
-                 for _, k, size in runs]
-        for (first, k, _), run in zip(runs, crops):
-            for j in range(k):
-                # Device-to-device on a GPU, queued on ``stream``. ``out`` is bound to that
-                # stream (``run(stream)``): DALI made its data ready there and frees its
-                # buffers in that stream's order, so not before these copies have run.
-                feed_ndarray(out[first + j].as_tensor(), run[j], cuda_stream=stream)
+        # Every copy on the loader's side stream, where ``out`` is bound (``run(stream)``:
+        # DALI made its data ready there and frees its buffers in that stream's order, so
+        # not before these copies have run): pinned host memory -> device and DALI's views
+        # device-to-device, all queued, no host wait; they run while the step runs.
+        with self._copies.queue():
+            rows = host_rows.to(self.device, non_blocking=True)
+            meta = host_meta.to(self.device, non_blocking=True)
+            crops = [torch.empty((k, b, size, size, 3), dtype=torch.uint8, device=self.device)
+                     for _, k, size in runs]
+            for (first, k, _), run in zip(runs, crops):
+                for j in range(k):
+                    feed_ndarray(out[first + j].as_tensor(), run[j],
+                                 cuda_stream=self._copies.stream)
+        self._copies.hand_over(rows, meta, *crops)  # the compute stream waits for them
+        rows = rows.transpose(0, 1)  # [views, B, W]
         finished = finish_many(
             [(run.view(k * b, size, size, 3), rows[first:first + k].reshape(k * b, -1))
              for (first, k, size), run in zip(runs, crops)],
@@ -243,7 +247,7 @@ class DaliLoader:
             self.last_info = {"index": _host_copy(out[n + 2], torch.int64, False).view(-1),
                               "rows": host_rows,
                               "boxes": _host_copy(out[n + 3], torch.float32, False)}
-        return views, labels, ids
+        return views, meta[:, 0].contiguous(), ids
 
     def _recover(self, epoch: int, t: int, err: RuntimeError) -> None:
         """After a pipeline failure at batch ``t``: replace the files that do not decode and

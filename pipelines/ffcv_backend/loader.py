@@ -10,12 +10,13 @@ reference executor draws:
   run of same-size views is one finished ``[k * B, 3, S, S]`` float32 array, copied out of
   FFCV's buffer.
 - device (the GPU default): the op writes uint8 crops and every view's parameter row; here
-  the batch goes from FFCV's (pinned) buffer to the device in one non-blocking copy, and
-  every run of same-size views, ``[k * B, S, S, 3]`` uint8 with its rows ``[k * B, WIDTH]``,
-  is finished in one ``pipelines.photometric.finish.finish_many`` call on the device (the
-  CUDA kernel: two launches for all sizes; else torch ops). No host sync per batch: the
-  copies are queued on the current stream, and FFCV's thread, not the consumer, waits for
-  them before it refills the buffer (``slots.py``).
+  the batch goes from FFCV's (pinned) buffer to the device in one non-blocking copy on the
+  loader's side stream (``pipelines.copy_stream``: it runs while the step runs), and every
+  run of same-size views, ``[k * B, S, S, 3]`` uint8 with its rows ``[k * B, WIDTH]``, is
+  finished in one ``pipelines.photometric.finish.finish_many`` call on the device (the CUDA
+  kernel: two launches for all sizes; else torch ops). No host sync per batch: the compute
+  stream waits for the copies' event on the device, and FFCV's thread, not the consumer,
+  waits for the same event before it refills the buffer (``slots.py``).
 
 Order: FFCV traverses this rank's share of the epoch order every backend uses
 (``pipelines.order``: strided by GLOBAL rank, padded to equal length; no process group
@@ -44,6 +45,7 @@ from ffcv.traversal_order.base import TraversalOrder
 
 from ..folder import DatasetError
 from ..formats.manifest import Manifest
+from ..copy_stream import CopyStream
 from ..order import EpochPlan, PlanFor
 from ..photometric.finish import IMPLS, finish_many
 from ..sampling.param_row import WIDTH
@@ -169,6 +171,7 @@ class FFCVMultiCropLoader:
             raise ValueError("ffcv option photometric='compiled' runs on the CPU; use 'device' "
                              f"(or 'auto') for device {device}")
         self.finish_impl = options.finish_impl
+        self._copies = CopyStream(device)  # the side stream of the device path's copies
         self.decoder = MultiCropDecoder(spec, self.plan.seed, self.plan.rank,
                                         finish=self.compiled)
         self._loader = GuardedLoader(
@@ -242,15 +245,18 @@ class FFCVMultiCropLoader:
             label = torch.from_numpy(labels).view(-1).clone()
             guard.copied(batch, None)
             return views, label, sample_ids
-        data = torch.empty(n * layout.counts_at, dtype=torch.uint8, device=self.device)
-        label = torch.empty(n, dtype=torch.int64, device=self.device)
         if self.buffers_pinned is None:
             self._check_pinned(flat)
-        # The slot's crops + rows, and its labels, queued on the current stream (from pinned
-        # memory on a GPU: no host wait); FFCV refills the slot after ``event`` (slots.py).
-        data.copy_(flat[:data.numel()], non_blocking=True)
-        label.copy_(torch.from_numpy(labels).view(-1), non_blocking=True)
-        guard.copied(batch, self._copies_event())
+        # The slot's crops + rows, and its labels, queued on the loader's side stream (from
+        # pinned memory on a GPU: no host wait), so they run while the step runs; the
+        # compute stream waits for them on the device, and FFCV refills the slot only after
+        # the same event (slots.py).
+        with self._copies.queue():
+            data = torch.empty(n * layout.counts_at, dtype=torch.uint8, device=self.device)
+            label = torch.empty(n, dtype=torch.int64, device=self.device)
+            data.copy_(flat[:data.numel()], non_blocking=True)
+            label.copy_(torch.from_numpy(labels).view(-1), non_blocking=True)
+        guard.copied(batch, self._copies_event(data, label))
         part = layout.split(data, n)
         runs = layout.groups()
         finished = finish_many([(crops, part.rows[first:first + k].reshape(k * n, WIDTH))
@@ -258,13 +264,10 @@ class FFCVMultiCropLoader:
                                self.spec, self.finish_impl)
         return [v for views in finished for v in views.split(n)], label, sample_ids
 
-    def _copies_event(self) -> torch.cuda.Event | None:
-        """An event completing with the copies just queued (None on the CPU: done)."""
-        if self.device.type != "cuda":
-            return None
-        event = torch.cuda.Event(blocking=True)  # FFCV's thread sleeps in synchronize()
-        event.record(torch.cuda.current_stream(self.device))
-        return event
+    def _copies_event(self, *copied: torch.Tensor) -> torch.cuda.Event | None:
+        """An event completing with the copies just queued into ``copied``, which the
+        compute stream waits on (``CopyStream.hand_over``; None on the CPU: done)."""
+        return self._copies.hand_over(*copied)
 
     def _check_pinned(self, flat: torch.Tensor) -> None:
         """Once: warn when FFCV's buffers are not pinned (a CUDA copy from them would then

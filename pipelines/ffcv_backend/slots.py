@@ -4,11 +4,13 @@ FFCV 1.0.2 decodes batch ``b`` of an epoch into slot ``b % (batches_ahead + 2)``
 it allocates (and pins, on a CUDA machine) per epoch, and hands the consumer views of that
 slot (``EpochIterator``). Its own guard, a CUDA event waited on by the slot's stream, orders
 GPU work that FFCV's pipeline queues on that stream; our decoder writes the slot from the
-host, and the loader copies it to the device with ``non_blocking`` copies on the consumer's
-stream, which nothing orders before the host's next write into that slot.
+host, and the loader copies it to the device with ``non_blocking`` copies on its side
+stream (``pipelines.copy_stream``), which nothing orders before the host's next write into
+that slot.
 
-``SlotGuard`` does: after queueing the copies out of a batch the loader records an event
-(``copied``), and FFCV's thread waits for it on the host (``before_fill``, called by
+``SlotGuard`` does: after queueing the copies out of a batch the loader records an event on
+its side stream (``copied``; the compute stream waits on the same event before it reads the
+copies), and FFCV's thread waits for it on the host (``before_fill``, called by
 ``GuardedEpochIterator`` before its pipeline writes the slot again). The consumer never
 waits. The event is always there in time: FFCV refills the slot of batch ``b`` (for batch
 ``b + slots``) only after putting batch ``b + slots - 1`` into its queue of

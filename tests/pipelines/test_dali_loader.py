@@ -17,6 +17,7 @@ from pipelines.convert.wds import convert  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipelines import reference as ref  # noqa: E402
+from pipelines.dali_backend import loader as L  # noqa: E402
 from pipelines.dali_backend.loader import DaliLoader  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import build_loader  # noqa: E402
@@ -29,6 +30,7 @@ from tests.pipelines.fidelity import (assert_crop_boxes, assert_images_close,  #
                                       is_gray, to_pixels)
 from tests.pipelines.images import write_bad_files, write_image_folder  # noqa: E402
 from tests.pipelines.photometric.test_cpu_kernel import ATOL  # noqa: E402
+from tests.pipelines.test_copy_stream import LoggedCopies  # noqa: E402
 from tests.pipelines.test_dali_graph import graph_crops  # noqa: E402
 
 # Small views keep CPU runs fast; probabilities are the recipe's.
@@ -341,6 +343,34 @@ def test_parallel_feed_workers_give_the_same_batches(folder):
             for (va, la), (vb, lb) in pairs:
                 assert torch.equal(la, lb)
                 assert all(torch.equal(x, y) for x, y in zip(va, vb))
+
+
+def test_copies_on_the_side_stream_then_the_hand_over_then_one_finish(folder, monkeypatch):
+    """Per batch, in order: every view's copy out of DALI's outputs while the side stream
+    is current (where the pipeline's outputs are bound), then the hand-over of the rows,
+    the labels and one tensor per run of same-size views (the compute stream waits for
+    them), then one ``finish_many`` call for every size."""
+    log = []
+    feed_ndarray, finish_many = L.feed_ndarray, L.finish_many
+
+    def logged_feed(tl, dst, cuda_stream=None):
+        log.append("copy")
+        return feed_ndarray(tl, dst, cuda_stream=cuda_stream)
+
+    def logged_finish(batches, spec, impl="auto"):
+        log.append(("finish", len(batches)))
+        return finish_many(batches, spec, impl)
+
+    with dali(folder) as ld:
+        monkeypatch.setattr(ld.backend, "_copies", LoggedCopies(log))
+        monkeypatch.setattr(L, "feed_ndarray", logged_feed)
+        monkeypatch.setattr(L, "finish_many", logged_finish)
+        assert len(epoch_batches(ld, 0)) == len(ld) == 3
+    runs = len(SPEC.size_runs())
+    host_copies = ["copy", "copy"]  # rows and labels out of DALI's CPU outputs
+    assert log == [entry for b in range(3) for entry in (
+        *host_copies, "side stream on", *["copy"] * SPEC.num_views, "side stream off",
+        ("hand over", 2 + runs, f"done{b}"), ("finish", runs))]
 
 
 # ----------------------------------------------------------------------------- GPU
