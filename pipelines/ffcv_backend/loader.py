@@ -43,9 +43,9 @@ from ffcv.pipeline import PipelineSpec
 from ffcv.reader import Reader
 from ffcv.traversal_order.base import TraversalOrder
 
+from ..copy_stream import CopyStream
 from ..folder import DatasetError
 from ..formats.manifest import Manifest
-from ..copy_stream import CopyStream
 from ..order import EpochPlan, PlanFor
 from ..photometric.finish import IMPLS, finish_many
 from ..sampling.param_row import WIDTH
@@ -194,7 +194,7 @@ class FFCVMultiCropLoader:
         given the rest of the order, nothing earlier is read."""
         self._stop()
         self.decoder.set_epoch(epoch)  # safe: no epoch thread is running
-        self.order.first_sample = first_batch * self.plan.batch_size  # read by FFCV's next order
+        self.order.first_sample = first_batch * self.plan.batch_size  # FFCV's next order
         self._loader.next_epoch = epoch
         guard = SlotGuard(self._loader.slots, previous=self._retired)
         self._retired = None  # now kept by ``guard`` until the new thread has waited for it

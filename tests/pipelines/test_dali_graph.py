@@ -196,8 +196,8 @@ def test_gpu_graph_is_three_operators_per_view_plus_the_inputs(tmp_path, local_c
     (DALI 2.4 internals ``_build_graph`` and ``_ops``, see the environment notes): one
     external source per input (bytes, boxes, rows, labels with sample ids; index in debug
     mode; the boxes are an output already), one ``mixed`` decoder, and per view two CPU
-    slices of the box array and one GPU resize. The recipe (12 views): 41 operators per batch, where the
-    graph with the photometric ops in it had about 1,270."""
+    slices of the box array and one GPU resize. The recipe (12 views): 41 operators per
+    batch, where the graph with the photometric ops in it had about 1,270."""
     spec = AugmentationSpec(local_crops=local_crops)
     dataset = FolderDataset(write_image_folder(tmp_path / "data", 1, 2))
     plan = EpochPlan(len(dataset), 2, seed=0, rank=0, world_size=1, mode="random",

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.convert.common import sha256_file
-from pipelines.formats.manifest import Manifest
-from pipelines.convert.wds import IndexEntry, format_index
 from pipelines.dali_backend.readers import ShardDataset
+from pipelines.formats.manifest import Manifest
+from pipelines.formats.wds_index import IndexEntry, format_index
 from tests.dino_core.train_helpers import tiny_overrides
 from tests.pipelines.images import photo_crop, write_image_folder
 from tests.reliability.checks import REPO, error_lines, run_module
