@@ -264,7 +264,8 @@ def converted(corpus: Corpus, fmt: str, workers: int | None = None,
               progress: bool = False) -> Path:
     """The corpus converted by ``dino-convert --format fmt`` (default options), cached in
     ``<root>/<fmt>``: the shard folder for ``wds``, the ``.beton`` for ``ffcv``."""
-    from pipelines.convert.common import ConvertConfig, Manifest
+    from pipelines.convert.common import ConvertConfig
+    from pipelines.formats.manifest import Manifest
 
     if fmt not in ("wds", "ffcv"):
         raise ValueError(f"unknown format {fmt!r}; choose wds or ffcv")

@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 from dino_core.train.data_wait import DataWaitClock
-from dino_core.train.loop import as_batch
 
 from .backend_runs import (BackendUnavailable, RunLimits, add_ratios, for_each_backend,
                            tree_cpu_seconds)
@@ -120,7 +119,7 @@ def train_and_account(loader, step, steps: int, warmup: int, device: torch.devic
             clock.start()
         if i >= warmup and timed >= max(1, steps) and time.perf_counter() - t_begin >= seconds:
             break
-        batch = as_batch(next(batches))
+        batch = next(batches)
         if i >= warmup:
             clock.batch_ready()
         step.run(batch)

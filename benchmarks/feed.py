@@ -127,10 +127,11 @@ def build_variants(cfg: FeedBenchConfig, dataset, spec) -> tuple[Variants, int]:
     from pipelines.sampling.compiled_draw import batch_keys, draw_batch_rows, spec_arrays
     from pipelines.sampling.counter_stream import epoch_key
     from pipelines.dali_backend.boxes import view_boxes
-    from pipelines.dali_backend.feed import EpochFeed, EpochPlan
+    from pipelines.dali_backend.feed import EpochFeed
+    from pipelines.order import EpochPlan
 
     plan = EpochPlan(len(dataset), cfg.batch_size, seed=cfg.seed, rank=0, world_size=1,
-                     shuffle=True, drop_last=True)
+                     mode="random", drop_last=True)
     per_epoch = plan.batches_per_epoch
     if per_epoch == 0:
         raise SystemExit(f"dino-bench feed: {len(dataset)} images make no full batch of "

@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipelines.batch import Batch
+from pipelines.loader import BACKENDS
+
 from .backend_runs import (BackendUnavailable, RunLimits, add_ratios, for_each_backend,
                            tree_cpu_seconds)
 from .bench_data import BenchData, DataChoice, prepare_data
@@ -44,7 +47,7 @@ QUICK_CORPUS_IMAGES = 1024
 class PipelineBenchConfig:
     """What the pipeline benchmark runs (see the module docstring for the timing rules)."""
 
-    backends: tuple[str, ...] = ("reference", "dali", "ffcv")
+    backends: tuple[str, ...] = tuple(BACKENDS)
     reference: str = "reference"
     source: DataChoice = field(default_factory=DataChoice)
     batch_size: int = 32
@@ -146,7 +149,7 @@ class EpochCycler:
         loader.set_epoch(0)
         self._it = iter(loader)
 
-    def __next__(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def __next__(self) -> Batch:
         try:
             return next(self._it)
         except StopIteration:
@@ -170,8 +173,8 @@ def measure_loader(loader, device: torch.device, batches: int, warmup: int,
     images, per_batch = 0, []
     while len(per_batch) < batches or time.perf_counter() - t0 < seconds:
         tb = time.perf_counter()
-        views, labels = cycler.__next__()
-        images += labels.shape[0]
+        batch = cycler.__next__()
+        images += batch.size
         per_batch.append(time.perf_counter() - tb)
     # host sync: a batch is handed over while its GPU work (decode, crops, photometric
     # kernel, on DALI's stream or ours) may still be queued; torch.cuda.synchronize waits
@@ -179,6 +182,7 @@ def measure_loader(loader, device: torch.device, batches: int, warmup: int,
     synchronize(device)
     wall, cpu = time.perf_counter() - t0, tree_cpu_seconds() - cpu0
     stats = summarize(per_batch)
+    views = batch.views
     return {"images": images, "batches": len(per_batch), "epochs": cycler.epoch - epoch0 + 1,
             "wall_s": wall, "cpu_s": cpu, "images_per_s": images / wall,
             "cores_used": cpu / wall, "images_per_core_s": images / max(cpu, 1e-9),

@@ -15,6 +15,7 @@ import yaml
 
 from pipelines.config_io import (ConfigError, apply_overrides, deep_merge, from_plain, to_plain,
                                  yaml_problem)
+from pipelines.loader import BACKENDS
 from pipelines.spec import AugmentationSpec, SpecError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -126,8 +127,8 @@ class TrainConfig:
         _check(self.model.patch_size >= 1, "model.patch_size", "must be >= 1")
         _check(self.model.out_dim >= 2, "model.out_dim", "must be >= 2")
         _check(0 <= self.model.drop_path_rate < 1, "model.drop_path_rate", "must be in [0, 1)")
-        _check(self.data.backend in ("reference", "dali", "ffcv"), "data.backend",
-               f"must be reference, dali or ffcv, got {self.data.backend!r}")
+        _check(self.data.backend in BACKENDS, "data.backend",
+               f"must be one of {', '.join(BACKENDS)}, got {self.data.backend!r}")
         _check(self.data.batch_size >= 1, "data.batch_size", "must be >= 1")
         _check(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.data.aug.num_global == 2, "data.aug.global_views",
@@ -163,7 +164,7 @@ class TrainConfig:
             raise ConfigError(f"training config data.aug: {e}") from None
 
     def save_yaml(self, path: str | Path) -> None:
-        from pipelines.convert.common import atomic_write_bytes
+        from pipelines.files import atomic_write_bytes
         atomic_write_bytes(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     def replace(self, **changes) -> "TrainConfig":

@@ -3,16 +3,18 @@
     for batch in loader:            # pipelines.build_loader(...)
         batch.views                 # list of spec.num_views tensors, globals first
         batch.labels                # int64 [B] (-1 for unlabeled data)
-        batch.sample_ids            # int64 [B] dataset indices, in epoch order
+        batch.sample_ids            # int64 [B] dataset indices, in epoch order, on the CPU
         batch.masks                 # None, or bool [num_global * B, gh, gw] (view-major)
 
 Views are normalised, in the spec's output dtype, on the loader's device: the global views
 ``[B, 3, G, G]`` first, then the local views ``[B, 3, L, L]``. ``sample_ids`` say which
 dataset samples the rows are (the same for every backend for a given seed, epoch, rank and
 world size: ``pipelines.order``), so backends can be compared step for step and a resumed
-epoch checked. ``masks`` are the masked-patch masks of the global views, drawn from the same
-random stream as the views when the spec asks for them (recipes with a masked-patch loss);
-row ``v * B + b`` is global view v of sample b, like the rows of a concatenated view tensor.
+epoch checked; they stay on the host, so reading them costs no device sync. A row whose
+file could not be decoded shows a replacement image but keeps its id (and its stream).
+``masks`` are the masked-patch masks of the global views, drawn from the same random stream
+as the views when the spec asks for them (recipes with a masked-patch loss); row
+``v * B + b`` is global view v of sample b, like the rows of a concatenated view tensor.
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .folder import FolderScan, Skipped, scan_image_folder
+from .folder import FolderScan, Skipped, report_skipped, scan_image_folder
+from .images import SampleReader
 from .reference import RESAMPLE, to_normalized_tensor
-from .reference_loader import SampleReader, report_skipped
 from .spec import AugmentationSpec, SpecError
 
 _DEFAULT_SPEC = AugmentationSpec()

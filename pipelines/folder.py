@@ -8,13 +8,17 @@ the reason, so a caller can report it and carry on.
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 UNLABELED = -1  # the label of every sample of an unlabeled folder
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MAX_LOGGED_SKIPS = 50
 
 
 class DatasetError(ValueError):
@@ -176,3 +180,12 @@ def scan_image_folder(root: str | Path, verify: bool = False,
     if not samples:
         raise DatasetError(f"no usable images under {root} ({len(skipped)} files skipped)")
     return FolderScan(root, classes, samples, skipped)
+
+
+def report_skipped(skipped: list[Skipped]) -> None:
+    """Log what a folder scan (or a conversion) left out: one line per file, up to
+    MAX_LOGGED_SKIPS."""
+    for s in skipped[:MAX_LOGGED_SKIPS]:
+        log.warning("%s", s)
+    if len(skipped) > MAX_LOGGED_SKIPS:
+        log.warning("... and %d more skipped files (see .skipped)", len(skipped) - MAX_LOGGED_SKIPS)

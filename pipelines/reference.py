@@ -1,7 +1,7 @@
 """The reference executor: the augmentation spec run with PIL + numpy, one image at a time.
 
 This is the fidelity oracle every other executor (DALI, FFCV + tensor ops) is tested
-against, and the plain CPU fallback behind ``reference_loader``. It follows the DINO
+against, and the plain CPU fallback behind ``reference_backend``. It follows the DINO
 reference recipe op for op (see ``pipelines/spec.py``):
 
     crop box -> resize to view.size (spec.interpolation) -> horizontal flip

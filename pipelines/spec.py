@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable, Sequence, TypeVar
 
 import yaml
 
@@ -29,6 +29,27 @@ from .config_io import from_plain, to_plain, yaml_problem
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+S = TypeVar("S", bound=Hashable)
+
+
+def size_runs(sizes: Sequence[S]) -> list[tuple[int, int, S]]:
+    """Runs of consecutive equal sizes, in order: ``(first index, count, size)`` each.
+
+    The one definition of a resolution group: the views of one run are stacked and
+    finished together by the loaders, and go through the backbone in one pass
+    (``MultiCropWrapper``). ``sizes`` may be view sizes (ints) or tensor shapes, e.g.
+    ``[224, 224, 96, 96, 96]`` -> ``[(0, 2, 224), (2, 3, 96)]``.
+    """
+    runs: list[tuple[int, int, S]] = []
+    for i, size in enumerate(sizes):
+        if runs and runs[-1][2] == size:
+            first, count, _ = runs[-1]
+            runs[-1] = (first, count + 1, size)
+        else:
+            runs.append((i, 1, size))
+    return runs
 
 
 class SpecError(ValueError):
@@ -165,6 +186,11 @@ class AugmentationSpec:
     def views(self) -> list[ViewSpec]:
         """Per-view specs in output order: globals first, then the local crops."""
         return list(self.global_views) + [self.local_view] * self.local_crops
+
+    def size_runs(self) -> list[tuple[int, int, int]]:
+        """Runs of consecutive views of one size, ``(first view, views, size)``: each is
+        stacked into one tensor and finished in one call by the loaders (``size_runs``)."""
+        return size_runs([view.size for view in self.views()])
 
     def with_overrides(self, **changes: Any) -> "AugmentationSpec":
         """A copy with top-level fields replaced (validated)."""

@@ -285,7 +285,8 @@ for backend, src in (("ffcv", data / "ffcv"), ("dali", data / "wds")):
     t = time.time()
     loader = build_loader(src, backend=backend, batch_size=4, device="cpu", num_workers=2, seed=0)
     loader.set_epoch(0)
-    views, labels = next(iter(loader))
+    batch = next(iter(loader))  # pipelines.batch.Batch
+    views, labels = batch.views, batch.labels
     shapes = [tuple(v.shape) for v in views]
     assert labels.shape == (4,) and labels.dtype == torch.int64, (labels.shape, labels.dtype)
     assert all(v.shape[0] == 4 and v.shape[1] == 3 and torch.isfinite(v).all() for v in views)

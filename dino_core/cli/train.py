@@ -72,6 +72,8 @@ OPTION_KEYS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines import BACKENDS
+
     from ..recipes import RECIPES  # names only: no model is imported
 
     p = argparse.ArgumentParser(prog="dino-train", description=DESCRIPTION, epilog=EPILOG,
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="the method: dino (default; the paper's recipe, its settings under loss.*)")
     a("--data", help="ImageFolder root (class folders), a .beton (ffcv) or a shard folder "
       "(dali); default: the embedded dataset")
-    a("--backend", choices=("reference", "dali", "ffcv"),
+    a("--backend", choices=tuple(BACKENDS),
       help="data pipeline: reference (PIL, CPU workers), dali (GPU decode + augment), ffcv")
     a("--arch", choices=("vit_tiny", "vit_small", "vit_base", "vit_large"))
     a("--patch-size", type=int, help="ViT patch size (16, 14, 8, 5 ...)")

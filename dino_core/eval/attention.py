@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from pipelines.eval_transform import resize_shorter
 from pipelines.reference import to_normalized_tensor
-from pipelines.reference_loader import open_rgb
+from pipelines.images import open_rgb
 from pipelines.spec import AugmentationSpec
 
 GRID_TILE = 224  # height of one tile in the grid image, pixels

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pipelines.folder import DatasetError, scan_image_folder
+from pipelines.folder import DatasetError, report_skipped, scan_image_folder
+from pipelines.images import SampleReader
 from pipelines.reference import hflip, resized_crop, to_normalized_tensor
-from pipelines.reference_loader import SampleReader, report_skipped
 from pipelines.sampling import sample_crop_box, sample_rng
 from pipelines.spec import AugmentationSpec
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from pipelines.convert.common import atomic_write_bytes
+from pipelines.files import atomic_write_bytes
 
 
 class CheckpointError(RuntimeError):

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelines.spec import size_runs
+
 
 class WeightNormLinear(nn.Module):
     """Bias-free linear layer with weight = g * v / ||v|| per output row (weight norm, dim 0).
@@ -80,12 +82,6 @@ class MultiCropWrapper(nn.Module):
     def forward(self, crops: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         if isinstance(crops, torch.Tensor):
             crops = [crops]
-        feats = []
-        start = 0
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            feats.append(self.backbone(torch.cat(crops[start:end])))
-            start = end
+        feats = [self.backbone(torch.cat(crops[first:first + count]))
+                 for first, count, _ in size_runs([c.shape[-2:] for c in crops])]
         return self.head(torch.cat(feats))

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from pipelines.batch import Batch
 
 from ..config import TrainConfig
 from ..parallel.env import shutdown
@@ -86,7 +85,7 @@ def _train_epochs(run: Run, out: Path) -> dict:
             for i in range(first, n):
                 # fetch
                 try:
-                    batch = as_batch(next(batches))
+                    batch = next(batches)
                 except StopIteration:
                     raise RuntimeError(f"loader ended after {i} of {n} batches in epoch {epoch}") from None
                 clock.batch_ready()
@@ -134,16 +133,6 @@ def _checkpoint(run: Run, epoch: int, batch: int) -> None:
     keep = epoch if batch == 0 and every and epoch % every == 0 else None
     run.store.save(lambda: run.state(epoch, batch), keep_epoch=keep)
     run.gate.checkpointed()
-
-
-def as_batch(fetched) -> Batch:
-    """The loader's output as a ``Batch``. Adapter until every loader yields ``Batch``
-    (pipelines/loader.py, the data side of issue 29): these loaders yield (views, labels)
-    and no sample ids, which stand at -1 ("not given")."""
-    if isinstance(fetched, Batch):
-        return fetched
-    views, labels = fetched
-    return Batch(views, labels, sample_ids=torch.full_like(labels, -1))
 
 
 def _stop_if_diverged(bad_iteration: int, epoch: int, n: int) -> None:

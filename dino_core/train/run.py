@@ -144,13 +144,9 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     loader = build_loader(data, backend=cfg.data.backend, batch_size=cfg.data.batch_size,
                           spec=cfg.data.aug, device=device, num_workers=cfg.data.num_workers,
                           seed=cfg.seed, rank=env.rank, world_size=env.world_size)
-    iters = len(loader)
+    iters = len(loader)  # >= 1: build_loader refuses data that gives no batch
     if cfg.max_iters_per_epoch:
         iters = min(iters, cfg.max_iters_per_epoch)
-    if iters < 1:
-        raise ValueError(f"dataset {data} yields no full batch of {cfg.data.batch_size} per rank "
-                         f"({loader.num_samples} images, {env.world_size} ranks): lower "
-                         "--batch-size")
     store = strategy.checkpoint_store(Path(cfg.output_dir))
     resuming = resume_from is not None or store.exists()
     recipe = build_recipe(cfg)

@@ -37,7 +37,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from pipelines.convert.common import atomic_write_bytes, fsync_path
+from pipelines.files import atomic_write_bytes, fsync_path
 
 from ..formats.files import CheckpointError, checkpoint_bytes, load_checkpoint
 

@@ -34,7 +34,9 @@ from . import prepare
 from .beton_layout import (ALLOC_ENTRY, MODE_JPG, MODE_RAW, PAGE_SIZE, SAMPLE_META,
                            PageFiller, combine_block_digests, data_start, field_descriptors,
                            header, metadata_offset)
-from .common import ConvertConfig, Manifest, fsync_path
+from ..files import fsync_path
+from ..formats.manifest import Manifest
+from .common import ConvertConfig
 from .progress import Progress
 from .sources import Inputs, label_counts, list_inputs
 from .workers import context, run_ordered

@@ -1,16 +1,17 @@
-"""Pieces every converter shares: its options, image re-encoding, and the manifest."""
+"""Pieces every converter shares: its options and image re-encoding. The manifest is
+``pipelines.formats.manifest`` (the backends read it too)."""
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from ..images import describe_error
 
 
 CHECKS = ("header", "decode")  # how a pass-through JPEG is checked (``prepare``)
@@ -47,15 +48,6 @@ class ConvertConfig:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.max_side < 16:
             raise ValueError(f"max_side must be >= 16, got {self.max_side}")
-
-
-_BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-
-
-def describe_error(e: BaseException) -> str:
-    """``Type: message`` of a decode error, without the in-memory buffer's address that PIL
-    puts in it, so reasons are readable and identical from run to run."""
-    return f"{type(e).__name__}: {_BUFFER_REPR.sub('', str(e))}"
 
 
 class EncodeError(Exception):
@@ -116,66 +108,3 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@dataclass
-class Manifest:
-    """What a conversion produced: written last, so its presence marks a finished dataset."""
-
-    format: str
-    classes: list[str]
-    num_samples: int = 0
-    shards: list[dict] = field(default_factory=list)   # {"name", "count", "sha256", ...}
-    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
-    options: dict = field(default_factory=dict)
-    labelled: bool = True      # False: an unlabeled folder, every label is -1
-    stored: dict = field(default_factory=dict)  # {"passed"|"reencoded"|"raw": count}
-    seconds: float = field(default=0.0, compare=False)  # wall time (not saved)
-    label_counts: dict = field(default_factory=dict)  # {"label": stored samples}
-
-    def save(self, path: str | Path) -> None:
-        """Write it atomically; the wall time stays out, so the same input and options
-        give a byte-identical manifest (an interrupted run resumes to the same files)."""
-        content = {k: v for k, v in asdict(self).items() if k != "seconds"}
-        atomic_write_bytes(path, json.dumps(content, indent=1).encode())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no manifest at {path}: not a converted dataset, or the "
-                                    "conversion did not finish (run dino-convert again)")
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"manifest {path} is corrupt: {e}") from None
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old content or the new, never half.
-
-    A temporary file in the same directory is written, fsync'ed and renamed over ``path``;
-    the directory is fsync'ed so the rename itself is durable. A failure leaves no temp file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_path(path.parent)
-
-
-def fsync_path(path: str | Path) -> None:
-    """fsync a file or a directory (after a rename in it, to make the rename durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

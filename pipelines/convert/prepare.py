@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from .common import EncodeError, describe_error
-from .jpeg_header import parse_jpeg
+from ..formats.jpeg_header import parse_jpeg
+from ..images import describe_error
+from .common import EncodeError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import Manifest, sha256_file
+from ..formats.manifest import Manifest
+from .common import sha256_file
 
 BATCH = 64
 

@@ -5,12 +5,12 @@
     graph.py    AugmentationSpec -> DALI graph: decode once, every view's resized crop (uint8)
     readers.py  ImageFolder trees and ``dino-convert --format wds`` shard folders
     loader.py   the pipeline behind the MultiCropLoader contract, and the photometric
-                finish after it (``pipelines.photometric.finish.finish_views``)
+                finish after it (``pipelines.photometric.finish.finish_many``)
 
 Design choices, and why:
 - DALI decodes and cuts views, nothing more (about 3 operators per view); the photometric
-  ops run after it on the same device in one fused call per view size, the same finish
-  every executor uses. In the graph they took ~100 operators per view.
+  ops run after it on the same device in one fused call per batch (all view sizes), the
+  same finish every executor uses. In the graph they took ~100 operators per view.
 - The graph executes parameters drawn on the host on the reference's streams
   (``sample_rng(seed, global rank, epoch, index)``), instead of drawing them in-graph: the
   same seed gives the reference executor's crops, flips and jitter, a resumed run continues

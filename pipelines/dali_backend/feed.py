@@ -2,8 +2,8 @@
 
 For batch ``t`` of epoch ``e`` on global rank ``r`` it returns the encoded images, their
 views' crop boxes (for the graph) and parameter rows (for the photometric finish after it),
-labels and dataset indices of the samples ``epoch_indices(...)[t * B:(t + 1) * B]``, the
-same order the reference loader uses (a whole-dataset permutation per epoch from (seed, e),
+labels and sample ids of the samples ``plan.batch_indices(e, t)``, the epoch order every
+backend uses (``pipelines.order``: a whole-dataset permutation per epoch from (seed, e),
 strided by rank, padded by wrapping). Every view is drawn on the reference's streams
 (``sample_rng(seed, r, e, index)``): one call of the compiled
 ``compiled_draw.draw_batch_rows`` per batch, boxed by ``boxes.view_boxes``, instead of
@@ -21,20 +21,19 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from ..convert.common import describe_error
-from ..convert.jpeg_header import frame_size
+from ..formats.jpeg_header import frame_size
+from ..folder import DatasetError
+from ..images import describe_error
+from ..order import EpochPlan
 from ..sampling.compiled_draw import batch_keys, draw_batch_rows, spec_arrays
 from ..sampling.counter_stream import epoch_key
-from ..folder import DatasetError
-from ..reference_loader import epoch_indices
+from ..signals import ignore_stop_signals
 from ..spec import AugmentationSpec
 from .boxes import view_boxes
 from .readers import FolderDataset, ShardDataset
@@ -45,7 +44,7 @@ MAX_REPLACEMENTS = 64
 
 
 def jpeg_size(buf: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header (``convert.jpeg_header.frame_size``: the
+    """(width, height) from a JPEG's frame header (``formats.jpeg_header.frame_size``: the
     marker walk, no decode); None when ``buf`` is not a JPEG or the walk fails (callers then
     ask PIL). Measured here: 8 us per image against 60 us for PIL's ``Image.open``, which
     matters at thousands of images/s."""
@@ -87,48 +86,16 @@ def decode_problem(data: np.ndarray) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class EpochPlan:
-    """Which samples a rank reads, batch by batch: the reference loader's order.
-
-    Per epoch a whole-dataset permutation from (seed, epoch) (identity without shuffle),
-    padded by wrapping to a multiple of ``world_size``; GLOBAL rank r takes every
-    ``world_size``-th entry from r, so every rank has ``samples_per_rank`` samples.
-    """
-
-    num_samples: int
-    batch_size: int
-    seed: int
-    rank: int
-    world_size: int
-    shuffle: bool
-    drop_last: bool
-
-    @property
-    def samples_per_rank(self) -> int:
-        return math.ceil(self.num_samples / self.world_size)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        n = self.samples_per_rank
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def order(self, epoch: int) -> np.ndarray:
-        """Dataset indices this rank reads in ``epoch``: int64 [samples_per_rank]."""
-        return epoch_indices(self.num_samples, self.seed, epoch, self.rank, self.world_size,
-                             self.shuffle)
-
-    def batch_indices(self, epoch: int, t: int) -> np.ndarray:
-        return self.order(epoch)[t * self.batch_size:(t + 1) * self.batch_size]
-
-
 class EpochFeed:
-    """``callback(batch_info) -> (encoded, boxes, rows, labels[, indices])`` for DALI's
-    external source, one entry per sample of the batch:
+    """``callback(batch_info) -> (encoded, boxes, rows, meta[, used])`` for DALI's external
+    source, one entry per sample of the batch:
 
     encoded: uint8 [num_bytes] arrays; boxes: float32 [B, num_views, 4] (``boxes.py``);
     rows: float64 [B, num_views, param_row.WIDTH] (``pipelines.sampling.param_row``);
-    labels / indices (dataset indices, only ``with_index``): int64 [1] each.
+    meta: int64 [2] each, (label, sample id): the sample id is the plan's dataset index,
+    which the batch's rows stand for (one input for both keeps the graph's operator count);
+    used (only ``with_index``): int64 [1] each, the dataset index actually read, which
+    differs where a bad file was replaced.
     ``start_epoch`` is the loader epoch of DALI's epoch 0, which starts at batch
     ``first_batch`` (a pipeline rebuilt mid-epoch); ``bad`` holds dataset indices known not
     to decode, replaced like unreadable files.
@@ -214,8 +181,7 @@ class EpochFeed:
 
     def __call__(self, batch_info) -> tuple[list, ...]:
         if self._owner != os.getpid():  # once per worker: SIGTERM is the trainer's to handle
-            from ..reference_loader import ignore_stop_signals
-            ignore_stop_signals(0)
+            ignore_stop_signals()
             self._owner = os.getpid()
         epoch = self.start_epoch + batch_info.epoch_idx
         t = batch_info.iteration + (self.first_batch if batch_info.epoch_idx == 0 else 0)
@@ -224,5 +190,6 @@ class EpochFeed:
         indices = self.batch_indices(epoch, t)
         encoded, labels, used, wh = self.read_batch(indices)
         boxes, rows = self.draw_params(epoch, indices, wh)
-        out = (encoded, boxes, rows, labels)
+        meta = [np.array([label[0], i], dtype=np.int64) for label, i in zip(labels, indices)]
+        out = (encoded, boxes, rows, meta)
         return (*out, used) if self.with_index else out

@@ -13,7 +13,7 @@ CPU slices of the box array (ROI start, ROI end) and one resize: ``3 * num_views
 one per external-source output (tests/pipelines/test_dali_graph.py holds it there).
 
 The photometric finish (jitter, grayscale, blur, solarize, normalise) is NOT in the graph:
-the loader runs ``pipelines.photometric.finish.finish_views`` on the views, on the same
+the loader runs ``pipelines.photometric.finish.finish_many`` on the views, on the same
 device, with the sample's parameter rows. In the graph it cost about 100 operators per view,
 most of them identity slots of a static jitter order that still touched every pixel.
 """

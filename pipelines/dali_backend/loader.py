@@ -1,16 +1,15 @@
-"""The DALI backend of ``build_loader``: ``(views, labels)`` batches from one DALI pipeline.
+"""The DALI backend of ``build_loader``: multi-crop batches from one DALI pipeline.
 
     EpochFeed (host: order, bytes, boxes, parameter rows)  ->  external_source
         ->  multicrop_graph (decode once, every view's resized, flipped crop; uint8)
-        ->  torch: views of one size stacked, ``finish_views`` (photometric ops, normalise)
-            with the batch's parameter rows, on ``device``
+        ->  torch: views of one size stacked, all sizes finished by one ``finish_many`` call
+            (photometric ops, normalise) with the batch's parameter rows, on ``device``
 
-Contract (``pipelines/loader.py``), identical to the reference backend: the same epoch
-order (whole-dataset permutation per epoch, strided by GLOBAL rank, padded to equal
-length), the same augmentation parameters (the counter stream ``sample_rng(seed, rank,
-epoch, index)``, drawn by the feed in compiled code), so a resumed run reads the same
-samples with the same parameters. ``len(loader)`` batches per epoch on every rank; with
-``drop_last=False`` the last batch is smaller.
+Wrapped by ``pipelines.loader.MultiCropLoader`` like every backend: the same epoch order
+(``pipelines.order``; each batch's sample ids come out of the pipeline with it), the same
+augmentation parameters (the counter stream ``sample_rng(seed, rank, epoch, index)``,
+drawn by the feed in compiled code), so a resumed run reads the same samples with the same
+parameters.
 
 One pipeline serves consecutive epochs; it is rebuilt only when ``set_epoch`` jumps (e.g.
 on resume) or an epoch was abandoned part-way, and when a file that passed the cheap checks
@@ -19,15 +18,16 @@ loader does, and resumes the epoch at the failed batch, so one bad file never st
 
 Devices: ``cpu`` runs DALI without CUDA (``device_id=None``) and the finish in the numba
 kernel. ``cuda[:k]`` decodes with ``mixed`` and leaves every view in GPU memory; DALI hands
-its outputs over on torch's current stream (``run(stream)``: no host wait for the GPU work),
-where they are copied device-to-device into one uint8 tensor per view size and finished
-(the CUDA kernel, else torch ops). The parameter rows and labels, drawn on the host, go up
-once per batch through pinned memory, non-blocking. Nothing in a batch waits for the GPU.
+its outputs over on the loader's side stream (``run(stream)``: no host wait for the GPU
+work; ``pipelines.copy_stream``), where they are copied device-to-device into one uint8
+tensor per view size, and the parameter rows and labels, drawn on the host, go up through
+pinned memory, non-blocking; the compute stream waits for those copies on the device (an
+event) and finishes every size in one call (the CUDA kernel, else torch ops). The copies
+run while the step runs. Nothing in a batch waits for the GPU.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +37,12 @@ import torch
 from nvidia.dali import Pipeline, fn, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from ..folder import DatasetError
-from ..photometric.finish import IMPLS, finish_views
+from ..copy_stream import CopyStream
+from ..folder import report_skipped
+from ..order import EpochPlan, PlanFor
+from ..photometric.finish import IMPLS, finish_many
 from ..spec import AugmentationSpec
-from .feed import EpochFeed, EpochPlan, decode_problem
+from .feed import EpochFeed, decode_problem
 from .graph import DecoderOptions, multicrop_graph
 from .readers import open_dataset
 
@@ -71,11 +73,11 @@ class DaliOptions:
     prefetch: batches the DALI pipeline prepares ahead of the one being consumed.
     verify_images: ImageFolder only: decode every file once with PIL at start-up and leave
         out the ones that fail (a converted dataset was verified by the converter).
-    debug: iterate ``(views, labels, info)`` with ``info = {"index": int64 [B] dataset
-        indices, "rows": float64 [B, num_views, param_row.WIDTH] the views' parameters,
-        "boxes": float32 [B, num_views, 4] the graph's crop boxes (``boxes.py``)}``, on
-        the CPU.
-    photometric: ``finish_views``' implementation: "auto" (the CUDA kernel or torch ops on
+    debug: after each batch, ``loader.backend.last_info`` holds ``{"index": int64 [B] the
+        dataset indices actually read (a replaced bad file shows its replacement), "rows":
+        float64 [B, num_views, param_row.WIDTH] the views' parameters, "boxes": float32
+        [B, num_views, 4] the graph's crop boxes (``boxes.py``)}``, on the CPU.
+    photometric: ``finish_many``'s implementation: "auto" (the CUDA kernel or torch ops on
         a GPU, the numba kernel on the CPU), or one of "cuda", "cpu_kernel", "torch".
     decoder: ``DecoderOptions`` (hw_decoder_load, memory paddings, size hints).
     """
@@ -107,25 +109,15 @@ class DaliOptions:
         return out
 
 
-def size_groups(spec: AugmentationSpec) -> list[tuple[int, int, int]]:
-    """Runs of consecutive views of one size, (first view, views, size): each run is
-    stacked into one tensor and finished in one ``finish_views`` call."""
-    groups, first = [], 0
-    for size, run in itertools.groupby(view.size for view in spec.views()):
-        count = len(list(run))
-        groups.append((first, count, size))
-        first += count
-    return groups
-
-
 def build_pipeline(feed: EpochFeed, spec: AugmentationSpec, batch_size: int, num_threads: int,
                    device_id: int | None, options: "DaliOptions", workers: int) -> Pipeline:
     """The loader's DALI pipeline, defined but not built (``_build_graph()`` on a pipeline
     with ``device_id=0`` traces the GPU graph without a GPU).
 
     Outputs: the ``spec.num_views`` uint8 views ``[S, S, 3]`` (on the GPU when
-    ``device_id`` is set), then the rows float64 [num_views, WIDTH] and the label int64 [1]
-    of each sample, then (``options.debug``) its dataset index and boxes, all on the CPU.
+    ``device_id`` is set), then the rows float64 [num_views, WIDTH] and the (label, sample
+    id) int64 [2] of each sample, then (``options.debug``) the dataset index actually read
+    and the boxes, all on the CPU.
     ``workers`` > 0 runs the feed in that many processes (parallel external source).
     """
     parallel = workers > 0
@@ -135,13 +127,13 @@ def build_pipeline(feed: EpochFeed, spec: AugmentationSpec, batch_size: int, num
                   prefetch_queue_depth=options.prefetch, py_num_workers=max(1, workers),
                   py_start_method="spawn")
     def pipeline():
-        encoded, boxes, rows, labels, *index = fn.external_source(
+        encoded, boxes, rows, meta, *used = fn.external_source(
             source=feed, num_outputs=feed.num_outputs, batch=True, batch_info=True,
             parallel=parallel,
             prefetch_queue_depth=FEED_BATCHES_PER_WORKER * workers if parallel else None)
         views = multicrop_graph(encoded, boxes, spec, graph_device, options.decoder)
-        debug = (*index, boxes) if options.debug else ()
-        return (*views, rows, labels, *debug)
+        debug = (*used, boxes) if options.debug else ()
+        return (*views, rows, meta, *debug)
 
     return pipeline()
 
@@ -157,47 +149,24 @@ def _device_id(device: torch.device) -> int | None:
 
 
 class DaliLoader:
-    """Multi-crop batches from a DALI pipeline; see the module docstring for the contract."""
+    """Multi-crop batches from a DALI pipeline; see the module docstring."""
 
-    def __init__(self, data: str | Path, batch_size: int, spec: AugmentationSpec,
-                 device: str | torch.device, num_workers: int, seed: int, rank: int,
-                 world_size: int, shuffle: bool, drop_last: bool, options: DaliOptions) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+    def __init__(self, data: str | Path, spec: AugmentationSpec, device: str | torch.device,
+                 num_workers: int, plan_for: PlanFor, options: DaliOptions) -> None:
         self.dataset = open_dataset(data, options.verify_images)
-        for s in self.dataset.skipped[:50]:
-            log.warning("%s", s)
+        report_skipped(self.dataset.skipped)
         self.classes = self.dataset.classes
         self.skipped = self.dataset.skipped
-        self.num_samples = len(self.dataset)
+        self.plan: EpochPlan = plan_for(len(self.dataset))
         self.spec, self.options = spec, options
         self.device = torch.device(device)
         self.device_id = _device_id(self.device)
+        self._copies = CopyStream(self.device)  # DALI hands its outputs over on this stream
         self.num_threads = max(1, num_workers)
-        self.epoch, self.first_batch = 0, 0
-        self.plan = EpochPlan(self.num_samples, batch_size, seed, rank, world_size, shuffle,
-                              drop_last)
-        if len(self) == 0:
-            raise DatasetError(
-                f"{data}: {self.num_samples} images give {self.plan.samples_per_rank} per rank "
-                f"(world size {world_size}), fewer than one batch of {batch_size}; lower the "
-                "batch size or pass drop_last=False")
-        self._groups = size_groups(spec)
         self._pipe = None
         self._next_epoch: int | None = None  # the epoch the live pipeline will run next
         self._bad: set[int] = set()  # dataset indices DALI failed to decode
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank (the same on every rank)."""
-        return self.plan.batches_per_epoch
-
-    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
-        """Select the epoch's permutation and augmentation streams; call before iterating.
-        The next iteration yields batches ``first_batch`` .. ``len(self) - 1`` of the epoch
-        (a mid-epoch resume): the pipeline is rebuilt to start there, nothing earlier is read."""
-        if not 0 <= first_batch <= len(self):
-            raise ValueError(f"first_batch {first_batch} outside the epoch's {len(self)} batches")
-        self.epoch, self.first_batch = int(epoch), int(first_batch)
+        self.last_info: dict | None = None  # options.debug: the last batch's parameters
 
     # ------------------------------------------------------------------ pipeline
     def _build(self, start_epoch: int, first_batch: int = 0) -> None:
@@ -213,67 +182,72 @@ class DaliLoader:
         pipe.build()
         self._pipe, self._next_epoch = pipe, start_epoch
 
-    def _stream(self) -> torch.cuda.Stream | None:
-        """torch's current stream on the loader's GPU (None on the CPU)."""
-        return torch.cuda.current_stream(self.device) if self.device_id is not None else None
-
-    def __iter__(self) -> Iterator[tuple]:
-        epoch, t = self.epoch, self.first_batch
+    def batches(self, epoch: int, first_batch: int) -> Iterator[tuple]:
+        """Batches ``first_batch`` .. of ``epoch`` (``pipelines.loader.Backend``). One
+        pipeline serves consecutive epochs; a jump or a first batch > 0 rebuilds it there,
+        nothing earlier is read."""
+        t = first_batch
         if t > 0:
             self._build(epoch, first_batch=t)
         elif self._pipe is None or self._next_epoch != epoch:
             self._build(epoch)
         self._next_epoch = None  # unknown until this epoch is fully consumed
-        while t < len(self):
+        while t < self.plan.batches_per_epoch:
             try:
                 # The host waits here until DALI has the batch's CPU work done (prefetched
-                # ahead); its GPU work is only ordered before torch's current stream, not
-                # waited for: the copies and the finish below queue behind it.
-                out = self._pipe.run(self._stream())
+                # ahead); its GPU work is only ordered before the loader's side stream, not
+                # waited for: the copies below queue behind it there.
+                out = self._pipe.run(self._copies.stream)
             except StopIteration:
-                raise RuntimeError(f"DALI pipeline ended epoch {epoch} after {t} of "
-                                   f"{len(self)} batches") from None
+                return  # the wrapper reports the short epoch
             except RuntimeError as e:
                 self._recover(epoch, t, e)
                 continue
             yield self._batch(out)
             t += 1
         try:  # the feed ends DALI's epoch after the last batch; start the next one
-            self._pipe.run(self._stream())
+            self._pipe.run(self._copies.stream)
         except StopIteration:
             self._pipe.reset()
             self._next_epoch = epoch + 1
 
-    def _batch(self, out) -> tuple:
-        """Pipeline outputs -> (views, labels[, info]): each run of same-size views is
-        copied into one uint8 [k * B, S, S, 3] tensor (view-major, as the rows are ordered)
-        and finished in one call; ``views`` are its [B, 3, S, S] slices."""
+    def _batch(self, out) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Pipeline outputs -> (views, labels, sample ids): each run of same-size views is
+        copied into one uint8 [k * B, S, S, 3] tensor (view-major, as the rows are ordered),
+        and all runs are finished in one ``finish_many`` call; ``views`` are [B, 3, S, S]
+        slices of its results."""
         n = self.spec.num_views
-        stream = self._stream()
-        host_rows = _host_copy(out[n], torch.float64, stream is not None)  # [B, views, W]
-        host_labels = _host_copy(out[n + 1], torch.int64, stream is not None).view(-1)
-        # Pinned host memory -> device, queued on the current stream: no host wait.
-        rows = host_rows.to(self.device, non_blocking=True).transpose(0, 1)  # [views, B, W]
-        labels = host_labels.to(self.device, non_blocking=True)
-        b = host_labels.shape[0]
-        views: list[torch.Tensor] = []
-        for first, k, size in self._groups:
-            crops = torch.empty((k, b, size, size, 3), dtype=torch.uint8, device=self.device)
-            for j in range(k):
-                # Device-to-device on a GPU, queued on ``stream``. ``out`` is bound to that
-                # stream (``run(stream)``): DALI made its data ready there and frees its
-                # buffers in that stream's order, so not before these copies have run.
-                feed_ndarray(out[first + j].as_tensor(), crops[j], cuda_stream=stream)
-            group_rows = rows[first:first + k].reshape(k * b, rows.shape[-1])
-            finished = finish_views(crops.view(k * b, size, size, 3), group_rows, self.spec,
-                                    self.options.photometric)
-            views.extend(finished.split(b))
-        if not self.options.debug:
-            return views, labels
-        info = {"index": _host_copy(out[n + 2], torch.int64, False).view(-1),
-                "rows": host_rows,
-                "boxes": _host_copy(out[n + 3], torch.float32, False)}
-        return views, labels, info
+        pinned = self._copies.stream is not None
+        host_rows = _host_copy(out[n], torch.float64, pinned)  # [B, views, W]
+        host_meta = _host_copy(out[n + 1], torch.int64, pinned)  # [B, 2]: label, sample id
+        ids = host_meta[:, 1].clone()  # sample ids stay on the host
+        b = host_meta.shape[0]
+        runs = self.spec.size_runs()
+        # Every copy on the loader's side stream, where ``out`` is bound (``run(stream)``:
+        # DALI made its data ready there and frees its buffers in that stream's order, so
+        # not before these copies have run): pinned host memory -> device and DALI's views
+        # device-to-device, all queued, no host wait; they run while the step runs.
+        with self._copies.queue():
+            rows = host_rows.to(self.device, non_blocking=True)
+            meta = host_meta.to(self.device, non_blocking=True)
+            crops = [torch.empty((k, b, size, size, 3), dtype=torch.uint8, device=self.device)
+                     for _, k, size in runs]
+            for (first, k, _), run in zip(runs, crops):
+                for j in range(k):
+                    feed_ndarray(out[first + j].as_tensor(), run[j],
+                                 cuda_stream=self._copies.stream)
+        self._copies.hand_over(rows, meta, *crops)  # the compute stream waits for them
+        rows = rows.transpose(0, 1)  # [views, B, W]
+        finished = finish_many(
+            [(run.view(k * b, size, size, 3), rows[first:first + k].reshape(k * b, -1))
+             for (first, k, size), run in zip(runs, crops)],
+            self.spec, self.options.photometric)
+        views = [v for views in finished for v in views.split(b)]
+        if self.options.debug:
+            self.last_info = {"index": _host_copy(out[n + 2], torch.int64, False).view(-1),
+                              "rows": host_rows,
+                              "boxes": _host_copy(out[n + 3], torch.float32, False)}
+        return views, meta[:, 0].contiguous(), ids
 
     def _recover(self, epoch: int, t: int, err: RuntimeError) -> None:
         """After a pipeline failure at batch ``t``: replace the files that do not decode and
@@ -293,7 +267,7 @@ class DaliLoader:
     def _find_bad(self, epoch: int, t: int) -> set[int]:
         """Dataset indices of the batches in flight from ``t`` that PIL cannot decode."""
         bad = set()
-        for b in range(t, min(t + self.options.prefetch + 1, len(self))):
+        for b in range(t, min(t + self.options.prefetch + 1, self.plan.batches_per_epoch)):
             for i in self.plan.batch_indices(epoch, b):
                 i = int(i)
                 if i not in self._bad and decode_problem(self.dataset.read(i)[0]) is not None:
@@ -314,12 +288,6 @@ class DaliLoader:
         self._pipe = None
         self._next_epoch = None
 
-    def __enter__(self) -> "DaliLoader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def _host_copy(tl, dtype: torch.dtype, pinned: bool) -> torch.Tensor:
     """A CPU output of the pipeline (uniform shapes) as a new torch tensor, in pinned memory
@@ -337,13 +305,11 @@ def _dali_error_summary(err: Exception) -> str:
     return " ".join(picked) if picked else (lines[0] if lines else type(err).__name__)
 
 
-def build_dali_loader(data: str | Path, batch_size: int, spec: AugmentationSpec,
-                      device: str | torch.device, num_workers: int, seed: int, rank: int,
-                      world_size: int, shuffle: bool, drop_last: bool, **opts) -> DaliLoader:
+def build_dali_loader(data: str | Path, spec: AugmentationSpec, device: str | torch.device,
+                      num_workers: int, plan_for: PlanFor, **opts) -> DaliLoader:
     """``build_loader``'s DALI backend; ``opts`` are ``DaliOptions`` / ``DecoderOptions`` fields.
 
     ``num_workers`` is the number of DALI CPU threads (decode on the CPU, crops and ops in
     CPU mode; host-side decode stages on a GPU).
     """
-    return DaliLoader(data, batch_size, spec, device, num_workers, seed, rank, world_size,
-                      shuffle, drop_last, DaliOptions.from_kwargs(**opts))
+    return DaliLoader(data, spec, device, num_workers, plan_for, DaliOptions.from_kwargs(**opts))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..convert.common import Manifest
-from ..convert.wds import IMAGE_EXT, LABEL_EXT, parse_index
 from ..folder import DatasetError, Skipped, scan_image_folder
+from ..formats.manifest import Manifest
+from ..formats.wds_index import IMAGE_EXT, LABEL_EXT, parse_index
 
 
 class FolderDataset:

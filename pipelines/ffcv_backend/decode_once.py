@@ -11,7 +11,7 @@ the spec's interpolation). Then, by ``finish``:
   photometric columns of the same rows, and the op writes finished, normalised float32 CHW
   views.
 - False (the device finish): the op writes the uint8 crops AND the rows, so that the loader
-  can finish the views elsewhere (``photometric.finish.finish_views`` on its device) with
+  can finish the views elsewhere (``photometric.finish.finish_many`` on its device) with
   the very parameters the CPU finish applies.
 Samples run in parallel (numba prange over FFCV's worker threads). Every parameter is the
 one the reference and DALI executors draw for the same sample.
@@ -53,7 +53,7 @@ from ..sampling.compiled_draw import draw_image_rows, sample_key_nb, spec_arrays
 from ..sampling.counter_stream import epoch_key
 from ..sampling.param_row import COL, WIDTH
 from ..photometric.cpu_kernel import kernel_consts, photometric_view, scratch_size
-from ..spec import AugmentationSpec
+from ..spec import AugmentationSpec, size_runs
 from .resample import filter_code, resize_crop
 
 JPEG_MODE = 0  # ffcv.fields.rgb_image.IMAGE_MODES: 'jpg' -> 0, 'raw' -> 1
@@ -119,13 +119,7 @@ class ViewLayout:
 
     def groups(self) -> list[tuple[int, int, int]]:
         """Runs of consecutive views of one size: (first view, number of views, size)."""
-        runs: list[tuple[int, int, int]] = []
-        for v, s in enumerate(self.sizes):
-            if runs and runs[-1][2] == s:
-                runs[-1] = (runs[-1][0], runs[-1][1] + 1, s)
-            else:
-                runs.append((v, 1, s))
-        return runs
+        return size_runs(self.sizes)
 
     def split(self, flat, n: int) -> Split:
         """flat [n * row_entries] or at least its first ``n * counts_at`` entries (numpy or

@@ -10,17 +10,19 @@ reference executor draws:
   run of same-size views is one finished ``[k * B, 3, S, S]`` float32 array, copied out of
   FFCV's buffer.
 - device (the GPU default): the op writes uint8 crops and every view's parameter row; here
-  the batch goes from FFCV's (pinned) buffer to the device in one non-blocking copy, and
-  each run of same-size views, ``[k * B, S, S, 3]`` uint8 with its rows ``[k * B, WIDTH]``,
-  is finished by ``pipelines.photometric.finish.finish_views`` on the device (the CUDA
-  kernel, else torch ops). No host sync per batch: the copies are queued on the current
-  stream, and FFCV's thread, not the consumer, waits for them before it refills the buffer
-  (``slots.py``).
+  the batch goes from FFCV's (pinned) buffer to the device in one non-blocking copy on the
+  loader's side stream (``pipelines.copy_stream``: it runs while the step runs), and every
+  run of same-size views, ``[k * B, S, S, 3]`` uint8 with its rows ``[k * B, WIDTH]``, is
+  finished in one ``pipelines.photometric.finish.finish_many`` call on the device (the CUDA
+  kernel: two launches for all sizes; else torch ops). No host sync per batch: the compute
+  stream waits for the copies' event on the device, and FFCV's thread, not the consumer,
+  waits for the same event before it refills the buffer (``slots.py``).
 
-Sharding: no process group is needed. Each rank gets its own equal-length, disjoint slice
-of a per-epoch global order through a custom FFCV traversal order (``order.py``); the
-augmentation streams are seeded by (seed, GLOBAL rank, epoch, sample). ``set_epoch(e)``
-switches both; nothing is recompiled.
+Order: FFCV traverses this rank's share of the epoch order every backend uses
+(``pipelines.order``: strided by GLOBAL rank, padded to equal length; no process group
+needed) through a custom traversal order; the augmentation streams are seeded by (seed,
+GLOBAL rank, epoch, sample). A new epoch switches both; nothing is recompiled. Each batch's
+sample ids are the indices FFCV ran its pipeline on, handed over with the batch.
 
 Threads: FFCV runs the decoder in a background thread with ``num_workers`` numba threads,
 and sets torch's intra-op thread count to ``num_workers`` too (process-wide).
@@ -41,14 +43,15 @@ from ffcv.pipeline import PipelineSpec
 from ffcv.reader import Reader
 from ffcv.traversal_order.base import TraversalOrder
 
-from ..convert.common import Manifest
+from ..copy_stream import CopyStream
 from ..folder import DatasetError
-from ..photometric.finish import IMPLS, finish_views
+from ..formats.manifest import Manifest
+from ..order import EpochPlan, PlanFor
+from ..photometric.finish import IMPLS, finish_many
 from ..sampling.param_row import WIDTH
 from ..spec import AugmentationSpec
 from . import reader_fix
 from .decode_once import DECODE_FAILED, MultiCropDecoder
-from .order import ORDERS, epoch_order, rank_slice
 from .slots import GuardedLoader, Retired, SlotGuard
 
 log = logging.getLogger(__name__)
@@ -60,10 +63,9 @@ IMAGE_FIELD, LABEL_FIELD = "image", "label"
 
 @dataclass(frozen=True)
 class FFCVOptions:
-    """Backend options (``build_loader(..., backend="ffcv", **options)``).
+    """Backend options (``build_loader(..., backend="ffcv", **options)``). The epoch order,
+    "quasi_random" (page-local reads) included, is ``build_loader``'s ``order`` argument.
 
-    order: "random", "quasi_random" or "sequential" (build_ffcv_loader's default: random
-        when shuffling, else sequential); block, window: quasi_random's sizes (order.py).
     os_cache: read through the OS page cache (True) or FFCV's process cache (False, for
         datasets larger than RAM).
     batches_ahead: batches FFCV decodes ahead of the consumer. On a GPU its thread also
@@ -74,49 +76,38 @@ class FFCVOptions:
         "compiled": inside the decode op, per view, in FFCV's worker threads
             (``cpu_kernel``); CPU only.
         "device": after the op, on the loader's device: the op writes uint8 crops and the
-            views' parameter rows, ``finish_views`` finishes them there (on a GPU the CUDA
+            views' parameter rows, ``finish_many`` finishes them there (on a GPU the CUDA
             kernel, else torch ops; on the CPU the numba kernel, in the consumer's thread:
             the CPU twin of the GPU path).
         "auto": compiled on the CPU, device on a GPU.
-    finish_impl: ``finish_views``' implementation for "device" ("auto", "cuda",
+    finish_impl: ``finish_many``'s implementation for "device" ("auto", "cuda",
         "cpu_kernel" or "torch"; see ``pipelines.photometric.finish``).
     """
 
-    order: str = "random"
     photometric: str = "auto"
     finish_impl: str = "auto"
     os_cache: bool = True
     batches_ahead: int = 2
-    block: int = 256
-    window: int = 8
 
 
 class RankSliceOrder(TraversalOrder):
-    """FFCV traversal order: this rank's slice of the epoch's global order (order.py).
+    """FFCV traversal order: this rank's share of the epoch order (``EpochPlan.order``).
 
     FFCV instantiates an order object as ``order(loader)``; an instance of this class is
     passed and returns itself bound to the loader.
     """
 
-    def __init__(self, num_samples: int, seed: int, rank: int, world_size: int, order: str,
-                 block: int, window: int) -> None:
-        self.num_samples, self.seed, self.order = num_samples, seed, order
-        self.rank, self.world_size, self.block, self.window = rank, world_size, block, window
-        self.first_sample = 0  # a resumed epoch starts here in the rank's slice
+    def __init__(self, plan: EpochPlan) -> None:
+        self.plan = plan
+        self.first_sample = 0  # a resumed epoch starts here in the rank's share
 
     def __call__(self, loader: Loader) -> "RankSliceOrder":
         self.loader = loader
         return self
 
-    def epoch_samples(self, epoch: int) -> np.ndarray:
-        """This rank's whole slice of the epoch's order."""
-        order = epoch_order(self.num_samples, epoch, self.seed, self.order, self.block,
-                            self.window)
-        return rank_slice(order, self.rank, self.world_size)
-
     def sample_order(self, epoch: int) -> np.ndarray:
-        """What FFCV traverses: the slice from ``first_sample`` on (a resumed epoch)."""
-        return self.epoch_samples(epoch)[self.first_sample:]
+        """What FFCV traverses: the rank's order from ``first_sample`` on (a resumed epoch)."""
+        return self.plan.order(epoch)[self.first_sample:]
 
 
 def resolve_beton(data: str | Path) -> tuple[Path, Manifest]:
@@ -158,7 +149,7 @@ def _check_fields(path: Path) -> int:
 
 
 class FFCVMultiCropLoader:
-    """The FFCV executor; honours ``pipelines.loader.MultiCropLoader``.
+    """The FFCV executor, a ``pipelines.loader.Backend``.
 
     ``last_decode_counts`` (uint8 [B]) holds, after each batch, how many JPEG decodes each
     sample of that batch took: 1 for JPEG samples, 0 for raw ones. ``buffers_pinned``: on
@@ -167,60 +158,43 @@ class FFCVMultiCropLoader:
     reused buffers).
     """
 
-    def __init__(self, path: Path, manifest: Manifest, batch_size: int, spec: AugmentationSpec,
-                 device: torch.device, num_workers: int, seed: int, rank: int,
-                 world_size: int, drop_last: bool, options: FFCVOptions) -> None:
+    def __init__(self, path: Path, manifest: Manifest, spec: AugmentationSpec,
+                 device: torch.device, num_workers: int, plan_for: PlanFor,
+                 options: FFCVOptions) -> None:
         self.path, self.spec, self.device = path, spec, device
-        self.seed, self.rank, self.batch_size = seed, rank, batch_size
         self.classes = list(manifest.classes)
-        self.num_samples = _check_fields(path)
-        if self.num_samples < world_size:
-            raise DatasetError(f"{path} has {self.num_samples} samples, fewer than the "
-                               f"{world_size} ranks")
-        self.order = RankSliceOrder(self.num_samples, seed, rank, world_size, options.order,
-                                    options.block, options.window)
+        self.plan: EpochPlan = plan_for(_check_fields(path))
+        self.order = RankSliceOrder(self.plan)
         self.compiled = options.photometric == "compiled" or (
             options.photometric == "auto" and device.type == "cpu")
         if self.compiled and device.type != "cpu":
             raise ValueError("ffcv option photometric='compiled' runs on the CPU; use 'device' "
                              f"(or 'auto') for device {device}")
         self.finish_impl = options.finish_impl
-        self.decoder = MultiCropDecoder(spec, seed, rank, finish=self.compiled)
+        self._copies = CopyStream(device)  # the side stream of the device path's copies
+        self.decoder = MultiCropDecoder(spec, self.plan.seed, self.plan.rank,
+                                        finish=self.compiled)
         self._loader = GuardedLoader(
-            str(path), batch_size=batch_size, num_workers=num_workers,
-            os_cache=options.os_cache, order=self.order, drop_last=drop_last,
+            str(path), batch_size=self.plan.batch_size, num_workers=num_workers,
+            os_cache=options.os_cache, order=self.order, drop_last=self.plan.drop_last,
             batches_ahead=options.batches_ahead,
             pipelines={IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.decoder),
                        LABEL_FIELD: PipelineSpec(LABEL_FIELD, decoder=IntDecoder())})
         outputs = list(self._loader.pipeline_specs)
         self._image_at, self._label_at = outputs.index(IMAGE_FIELD), outputs.index(LABEL_FIELD)
         self._dtype = getattr(torch, spec.output_dtype)
-        self._epoch, self._first_batch = 0, 0
         self._running: Retired | None = None  # the epoch being iterated
         self._retired: Retired | None = None  # the last one, until its copies are done
         self.buffers_pinned: bool | None = None
         self.last_decode_counts: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return len(self._loader)
-
-    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
-        """Select the epoch's order and augmentation streams; call before iterating. The
-        next iteration yields batches ``first_batch`` .. ``len(self) - 1`` of the epoch (a
-        mid-epoch resume): FFCV is given the rest of the order, nothing earlier is read."""
-        if not 0 <= first_batch <= len(self):
-            raise ValueError(f"first_batch {first_batch} outside the epoch's {len(self)} batches")
-        self._epoch, self._first_batch = int(epoch), int(first_batch)
-
-    def sample_indices(self, epoch: int) -> np.ndarray:
-        """Dataset indices this rank visits in ``epoch``, in order (the whole epoch)."""
-        return self.order.epoch_samples(epoch)
-
-    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    def batches(self, epoch: int, first_batch: int
+                ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
+        """Batches ``first_batch`` .. of ``epoch`` (``pipelines.loader.Backend``): FFCV is
+        given the rest of the order, nothing earlier is read."""
         self._stop()
-        epoch, first = self._epoch, self._first_batch
         self.decoder.set_epoch(epoch)  # safe: no epoch thread is running
-        self.order.first_sample = first * self.batch_size  # read by FFCV's next order
+        self.order.first_sample = first_batch * self.plan.batch_size  # FFCV's next order
         self._loader.next_epoch = epoch
         guard = SlotGuard(self._loader.slots, previous=self._retired)
         self._retired = None  # now kept by ``guard`` until the new thread has waited for it
@@ -228,12 +202,12 @@ class FFCVMultiCropLoader:
         self._running = current = Retired(running, guard)
         try:
             # FFCV numbers the batches of the (maybe shortened) order from 0: its slots and
-            # the guard use that number; ``first + batch`` is the batch of the epoch
-            for batch in range(len(self._loader) - first):
+            # the guard use that number
+            for batch in range(self.plan.batches_per_epoch - first_batch):
                 self._wait_for_batch(running)
-                outputs = next(running)
-                yield self._assemble(outputs[self._image_at], outputs[self._label_at],
-                                     epoch, batch, guard, first)
+                *outputs, ids = next(running)
+                yield self._assemble(outputs[self._image_at], outputs[self._label_at], ids,
+                                     batch, guard)
         finally:
             if self._running is current:
                 self._stop()
@@ -249,50 +223,51 @@ class FFCVMultiCropLoader:
             with queue.not_empty:
                 queue.not_empty.wait(timeout=0.05)
 
-    def _assemble(self, out: np.ndarray, labels: np.ndarray, epoch: int, batch: int,
-                  guard: SlotGuard, first: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _assemble(self, out: np.ndarray, labels: np.ndarray, ids: np.ndarray, batch: int,
+                  guard: SlotGuard) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """The decoder's output [n, row_entries] and labels [n, 1], both in FFCV's buffer
-        slot of ``batch``, -> (views, labels) on the device, copied out of the slot."""
+        slot of ``batch``, and the sample ids [n] -> (views, labels) on the device, copied
+        out of the slot, and the ids."""
         n = out.shape[0]
         layout = self.decoder.layout
         flat = torch.from_numpy(out).view(-1)
         host = layout.split(flat, n)
         counts = host.counts  # read on the host
         self.last_decode_counts = counts.to(torch.uint8, copy=True)
+        sample_ids = torch.from_numpy(ids)
         if bool((counts == DECODE_FAILED).any()):  # host tensor: no device sync
             first_bad = int((counts == DECODE_FAILED).nonzero()[0, 0])
-            index = self.sample_indices(epoch)[(first + batch) * self.batch_size + first_bad]
-            raise DatasetError(f"{self.path}: the JPEG of sample {index} does not decode "
-                               "(corrupt .beton? convert again)")
+            raise DatasetError(f"{self.path}: the JPEG of sample {int(ids[first_bad])} does "
+                               "not decode (corrupt .beton? convert again)")
         if self.compiled:  # finished float32 views in FFCV's buffer: copy them out
             views = [v for finished in host.groups
                      for v in finished.to(self._dtype, copy=True).split(n)]
             label = torch.from_numpy(labels).view(-1).clone()
             guard.copied(batch, None)
-            return views, label
-        data = torch.empty(n * layout.counts_at, dtype=torch.uint8, device=self.device)
-        label = torch.empty(n, dtype=torch.int64, device=self.device)
+            return views, label, sample_ids
         if self.buffers_pinned is None:
             self._check_pinned(flat)
-        # The slot's crops + rows, and its labels, queued on the current stream (from pinned
-        # memory on a GPU: no host wait); FFCV refills the slot after ``event`` (slots.py).
-        data.copy_(flat[:data.numel()], non_blocking=True)
-        label.copy_(torch.from_numpy(labels).view(-1), non_blocking=True)
-        guard.copied(batch, self._copies_event())
+        # The slot's crops + rows, and its labels, queued on the loader's side stream (from
+        # pinned memory on a GPU: no host wait), so they run while the step runs; the
+        # compute stream waits for them on the device, and FFCV refills the slot only after
+        # the same event (slots.py).
+        with self._copies.queue():
+            data = torch.empty(n * layout.counts_at, dtype=torch.uint8, device=self.device)
+            label = torch.empty(n, dtype=torch.int64, device=self.device)
+            data.copy_(flat[:data.numel()], non_blocking=True)
+            label.copy_(torch.from_numpy(labels).view(-1), non_blocking=True)
+        guard.copied(batch, self._copies_event(data, label))
         part = layout.split(data, n)
-        views: list[torch.Tensor] = []
-        for (first, k, _), crops in zip(layout.groups(), part.groups):
-            rows = part.rows[first:first + k].reshape(k * n, WIDTH)
-            views.extend(finish_views(crops, rows, self.spec, self.finish_impl).split(n))
-        return views, label
+        runs = layout.groups()
+        finished = finish_many([(crops, part.rows[first:first + k].reshape(k * n, WIDTH))
+                                for (first, k, _), crops in zip(runs, part.groups)],
+                               self.spec, self.finish_impl)
+        return [v for views in finished for v in views.split(n)], label, sample_ids
 
-    def _copies_event(self) -> torch.cuda.Event | None:
-        """An event completing with the copies just queued (None on the CPU: done)."""
-        if self.device.type != "cuda":
-            return None
-        event = torch.cuda.Event(blocking=True)  # FFCV's thread sleeps in synchronize()
-        event.record(torch.cuda.current_stream(self.device))
-        return event
+    def _copies_event(self, *copied: torch.Tensor) -> torch.cuda.Event | None:
+        """An event completing with the copies just queued into ``copied``, which the
+        compute stream waits on (``CopyStream.hand_over``; None on the CPU: done)."""
+        return self._copies.hand_over(*copied)
 
     def _check_pinned(self, flat: torch.Tensor) -> None:
         """Once: warn when FFCV's buffers are not pinned (a CUDA copy from them would then
@@ -318,22 +293,17 @@ class FFCVMultiCropLoader:
             retired.guard.wait_all()  # host wait, once at close: copies out of the buffers
 
 
-def build_ffcv_loader(data: str | Path, batch_size: int, spec: AugmentationSpec,
-                      device: str | torch.device, num_workers: int, seed: int, rank: int,
-                      world_size: int, shuffle: bool, drop_last: bool, **opts
-                      ) -> FFCVMultiCropLoader:
+def build_ffcv_loader(data: str | Path, spec: AugmentationSpec, device: str | torch.device,
+                      num_workers: int, plan_for: PlanFor, **opts) -> FFCVMultiCropLoader:
     """The FFCV executor over a converted dataset (a .beton, or its folder).
 
-    opts: the fields of ``FFCVOptions``. ``shuffle=False`` means the sequential order
-    unless ``order`` says otherwise.
+    opts: the fields of ``FFCVOptions``.
     """
     unknown = sorted(set(opts) - set(FFCVOptions.__dataclass_fields__))
     if unknown:
         raise TypeError(f"unknown ffcv backend option(s) {unknown}; known: "
                         f"{sorted(FFCVOptions.__dataclass_fields__)}")
-    options = FFCVOptions(**{"order": "random" if shuffle else "sequential", **opts})
-    if options.order not in ORDERS:
-        raise ValueError(f"ffcv option order={options.order!r}: choose from {', '.join(ORDERS)}")
+    options = FFCVOptions(**opts)
     if options.photometric not in ("auto", "compiled", "device"):
         raise ValueError(f"ffcv option photometric={options.photometric!r}: choose from auto, "
                          "compiled, device")
@@ -346,5 +316,5 @@ def build_ffcv_loader(data: str | Path, batch_size: int, spec: AugmentationSpec,
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} requested but CUDA is not available")
     path, manifest = resolve_beton(data)
-    return FFCVMultiCropLoader(path, manifest, batch_size, spec, device, max(1, num_workers),
-                               seed, rank, world_size, drop_last, options)
+    return FFCVMultiCropLoader(path, manifest, spec, device, max(1, num_workers), plan_for,
+                               options)

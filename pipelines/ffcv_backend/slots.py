@@ -4,11 +4,13 @@ FFCV 1.0.2 decodes batch ``b`` of an epoch into slot ``b % (batches_ahead + 2)``
 it allocates (and pins, on a CUDA machine) per epoch, and hands the consumer views of that
 slot (``EpochIterator``). Its own guard, a CUDA event waited on by the slot's stream, orders
 GPU work that FFCV's pipeline queues on that stream; our decoder writes the slot from the
-host, and the loader copies it to the device with ``non_blocking`` copies on the consumer's
-stream, which nothing orders before the host's next write into that slot.
+host, and the loader copies it to the device with ``non_blocking`` copies on its side
+stream (``pipelines.copy_stream``), which nothing orders before the host's next write into
+that slot.
 
-``SlotGuard`` does: after queueing the copies out of a batch the loader records an event
-(``copied``), and FFCV's thread waits for it on the host (``before_fill``, called by
+``SlotGuard`` does: after queueing the copies out of a batch the loader records an event on
+its side stream (``copied``; the compute stream waits on the same event before it reads the
+copies), and FFCV's thread waits for it on the host (``before_fill``, called by
 ``GuardedEpochIterator`` before its pipeline writes the slot again). The consumer never
 waits. The event is always there in time: FFCV refills the slot of batch ``b`` (for batch
 ``b + slots``) only after putting batch ``b + slots - 1`` into its queue of
@@ -26,6 +28,7 @@ from __future__ import annotations
 import threading
 from typing import NamedTuple, Protocol, Sequence
 
+import numpy as np
 from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
@@ -92,7 +95,11 @@ class SlotGuard:
 
 
 class GuardedEpochIterator(EpochIterator):
-    """FFCV's epoch thread, calling ``guard.before_fill`` before each batch's pipeline."""
+    """FFCV's epoch thread, calling ``guard.before_fill`` before each batch's pipeline.
+
+    Each batch it yields is FFCV's outputs followed by the batch's sample ids (int64 [n],
+    the dataset indices FFCV ran the pipeline on, a copy: FFCV's are a view of its order).
+    """
 
     def __init__(self, loader: Loader, order, guard: SlotGuard) -> None:
         self.guard = guard  # before FFCV's __init__, which starts the thread
@@ -100,7 +107,8 @@ class GuardedEpochIterator(EpochIterator):
 
     def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
         self.guard.before_fill(b_ix, batch_slot)
-        return super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+        outputs = super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+        return (*outputs, np.array(batch_indices, dtype=np.int64))
 
 
 class GuardedLoader(Loader):

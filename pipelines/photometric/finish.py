@@ -1,9 +1,10 @@
-"""``finish_views``: the one call every executor makes to finish a batch of uint8 views.
+"""``finish_views`` / ``finish_many``: the one call every executor makes to finish uint8 views.
 
 Geometry (decode, crop, resize, flip) differs per executor; what follows is the same for
 all: a batch of same-size uint8 views and their ``param_row`` rows go in, normalised views
-in the spec's output dtype come out. Which implementation runs is chosen here, once per
-process, and logged in one line:
+in the spec's output dtype come out. A loader finishes a whole multi-crop batch (one batch
+per view size) with one ``finish_many`` call. Which implementation runs is chosen here,
+once per process, and logged in one line:
 
     CUDA device  the fused CUDA kernel (``cuda.py``) when the kernel library loads, else the
                  torch ops (``torch_ops``, no host sync)
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,23 +41,65 @@ def finish_views(crops: torch.Tensor, rows: torch.Tensor | np.ndarray, spec: Aug
         force an implementation (an error says why when it cannot run here).
     Returns ``[N, 3, S, S]`` in ``spec.output_dtype`` on the crops' device.
     """
+    crops, rows = _checked(crops, rows, "finish_views")
+    if crops.shape[0] == 0:
+        return _empty(crops, spec)
+    return finisher(crops.device.type, impl)(crops, rows, spec)
+
+
+def finish_many(batches: Sequence[tuple[torch.Tensor, torch.Tensor | np.ndarray]],
+                spec: AugmentationSpec, impl: str = "auto") -> list[torch.Tensor]:
+    """``finish_views`` of several batches of views, one size per batch, on one device: what
+    a loader calls once per multi-crop batch, e.g. with the global views ``[2B, G, G, 3]``
+    and the local views ``[10B, L, L, 3]`` and their rows.
+
+    The CUDA kernel finishes every batch in one call (two launches, ``cuda.finish_many``);
+    the numba kernel and the torch ops finish them one after the other. Arguments and
+    results per batch are ``finish_views``'; returns one ``[N_i, 3, S_i, S_i]`` per batch.
+    """
+    checked = [_checked(crops, rows, "finish_many") for crops, rows in batches]
+    devices = {crops.device for crops, _ in checked}
+    if len(devices) > 1:
+        raise ValueError(f"finish_many: every batch must be on one device, got "
+                         f"{sorted(str(d) for d in devices)}")
+    work = [(crops, rows) for crops, rows in checked if crops.shape[0] > 0]
+    if not work:
+        return [_empty(crops, spec) for crops, _ in checked]
+    device_type = work[0][0].device.type
+    if resolved(device_type, impl) == "cuda":
+        from . import cuda
+        finished = iter(cuda.finish_many(work, spec))
+    else:
+        one = finisher(device_type, impl)
+        finished = iter([one(crops, rows, spec) for crops, rows in work])
+    return [next(finished) if crops.shape[0] > 0 else _empty(crops, spec)
+            for crops, _ in checked]
+
+
+def _checked(crops: torch.Tensor, rows: torch.Tensor | np.ndarray, what: str
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crops, rows as a tensor on the crops' device), after checking their shapes."""
     if crops.dtype != torch.uint8 or crops.dim() != 4 or crops.shape[-1] != 3:
-        raise ValueError(f"finish_views takes uint8 [N, S, S, 3] crops, got "
+        raise ValueError(f"{what} takes uint8 [N, S, S, 3] crops, got "
                          f"{crops.dtype} {tuple(crops.shape)}")
     if isinstance(rows, np.ndarray):
         rows = torch.from_numpy(rows)
     if rows.dim() != 2 or rows.shape[0] != crops.shape[0]:
-        raise ValueError(f"finish_views needs one parameter row per view: {crops.shape[0]} "
+        raise ValueError(f"{what} needs one parameter row per view: {crops.shape[0]} "
                          f"views, rows {tuple(rows.shape)}")
-    if crops.shape[0] == 0:
-        return torch.empty((0, 3, *crops.shape[1:3]), dtype=getattr(torch, spec.output_dtype),
-                           device=crops.device)
-    return finisher(crops.device.type, impl)(crops, rows.to(crops.device), spec)
+    return crops, rows.to(crops.device)
+
+
+def _empty(crops: torch.Tensor, spec: AugmentationSpec) -> torch.Tensor:
+    """The finish of no views: ``[0, 3, S, S]`` in the spec's output dtype."""
+    return torch.empty((0, 3, *crops.shape[1:3]), dtype=getattr(torch, spec.output_dtype),
+                       device=crops.device)
 
 
 @functools.cache
-def finisher(device_type: str, impl: str = "auto") -> Finisher:
-    """The implementation for a device type ("cpu" / "cuda"), resolved once and logged."""
+def resolved(device_type: str, impl: str = "auto") -> str:
+    """The implementation ``impl`` means for a device type ("cpu" / "cuda"): "auto" resolved
+    once per process and logged; a forced one checked (an error says why it cannot run)."""
     if impl not in IMPLS:
         raise ValueError(f"photometric impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
@@ -69,10 +112,18 @@ def finisher(device_type: str, impl: str = "auto") -> Finisher:
         reason = cuda.unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"the CUDA photometric kernel is unavailable: {reason}")
+    if impl == "cpu_kernel" and device_type != "cpu":
+        raise ValueError("photometric impl 'cpu_kernel' needs CPU crops")
+    return impl
+
+
+def finisher(device_type: str, impl: str = "auto") -> Finisher:
+    """The one-batch implementation for a device type ("cpu" / "cuda")."""
+    impl = resolved(device_type, impl)
+    if impl == "cuda":
+        from . import cuda
         return cuda.finish
     if impl == "cpu_kernel":
-        if device_type != "cpu":
-            raise ValueError("photometric impl 'cpu_kernel' needs CPU crops")
         return _cpu_kernel
     return torch_ops.finish_rows
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..sampling import ViewParams
+from ..sampling import ViewParams, jitter_ranges
 from ..sampling.param_row import COL, ORDER
 from ..spec import AugmentationSpec, ViewSpec
 
@@ -68,16 +68,15 @@ def draw_params(spec: AugmentationSpec, views: Sequence[ViewSpec], batch: int,
     def per_row(values: list[float]) -> torch.Tensor:
         return torch.tensor(values, device=dev).repeat_interleave(batch)
 
-    j = spec.jitter
-    lo = torch.tensor([max(0.0, 1 - j.brightness), max(0.0, 1 - j.contrast),
-                       max(0.0, 1 - j.saturation)], device=dev)
-    hi = torch.tensor([1 + j.brightness, 1 + j.contrast, 1 + j.saturation], device=dev)
+    *factor_ranges, (hue_lo, hue_hi) = jitter_ranges(spec)  # the samplers' ranges
+    lo = torch.tensor([r[0] for r in factor_ranges], device=dev)
+    hi = torch.tensor([r[1] for r in factor_ranges], device=dev)
     s_lo, s_hi = spec.blur_sigma
     return PhotometricParams(
-        jitter=rand(n) < j.p,
+        jitter=rand(n) < spec.jitter.p,
         order=rand(n, 4).argsort(dim=1),  # a uniform random permutation per row
         factors=lo + (hi - lo) * rand(n, 3),
-        hue=(2 * rand(n) - 1) * j.hue,
+        hue=hue_lo + (hue_hi - hue_lo) * rand(n),
         grayscale=rand(n) < spec.grayscale_p,
         blur=rand(n) < per_row([v.blur_p for v in views]),
         sigma=s_lo + (s_hi - s_lo) * rand(n),

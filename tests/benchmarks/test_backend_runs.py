@@ -18,6 +18,7 @@ from benchmarks.backend_runs import (BackendUnavailable, RunLimits, for_each_bac
 from benchmarks.e2e import TrainerWatch, read_metrics
 from benchmarks.pipeline import measure_loader, run_pipeline_benchmark, PipelineBenchConfig
 from benchmarks.bench_data import DataChoice
+from pipelines.batch import Batch
 
 
 def behave(backend: str, path: Path, scratch: str) -> dict:
@@ -120,7 +121,8 @@ class FakeLoader:
     def __iter__(self):
         for _ in range(3):
             time.sleep(0.01)
-            yield [torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)], torch.zeros(2)
+            yield Batch([torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)],
+                        torch.zeros(2, dtype=torch.int64), torch.arange(2))
 
     def close(self):
         pass

@@ -15,7 +15,8 @@ from benchmarks.feed import FEED, FEED_COLUMNS, PER_SAMPLE, per_sample_feed_clas
 from benchmarks.pipeline import make_image_folder  # noqa: E402
 from pipelines.convert.common import ConvertConfig  # noqa: E402
 from pipelines.convert.wds import convert  # noqa: E402
-from pipelines.dali_backend.feed import EpochFeed, EpochPlan  # noqa: E402
+from pipelines.dali_backend.feed import EpochFeed  # noqa: E402
+from pipelines.order import EpochPlan  # noqa: E402
 from pipelines.dali_backend.readers import open_dataset  # noqa: E402
 from pipelines.spec import AugmentationSpec  # noqa: E402
 
@@ -72,7 +73,7 @@ def test_feed_quick_measures_both_callbacks(tmp_path, folder, layout):
 def test_per_sample_variant_feeds_exactly_what_the_shipped_feed_does(folder):
     ds = open_dataset(folder)
     spec = AugmentationSpec(local_crops=3)
-    plan = EpochPlan(len(ds), batch_size=5, seed=3, rank=0, world_size=1, shuffle=True,
+    plan = EpochPlan(len(ds), batch_size=5, seed=3, rank=0, world_size=1, mode="random",
                      drop_last=True)
     shipped = EpochFeed(ds, spec, plan, start_epoch=2, with_index=True)
     twin = per_sample_feed_class()(ds, spec, plan, start_epoch=2, with_index=True)

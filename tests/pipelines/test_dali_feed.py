@@ -13,12 +13,11 @@ pytest.importorskip("numba", reason="numba (the dali extra) is not installed")
 
 from pipelines.convert.common import ConvertConfig  # noqa: E402
 from pipelines.convert.wds import convert  # noqa: E402
-from pipelines.dali_backend.feed import (EpochFeed, EpochPlan, jpeg_size,  # noqa: E402
-                                         looks_complete)
+from pipelines.dali_backend.feed import EpochFeed, jpeg_size, looks_complete  # noqa: E402
 from pipelines.dali_backend.boxes import view_box  # noqa: E402
 from pipelines.dali_backend.readers import FolderDataset, ShardDataset, open_dataset  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
-from pipelines.reference_loader import epoch_indices  # noqa: E402
+from pipelines.order import EpochPlan, epoch_order  # noqa: E402
 from pipelines.sampling import param_row, sample_image_params, sample_rng  # noqa: E402
 from pipelines.spec import AugmentationSpec  # noqa: E402
 from tests.pipelines.images import write_bad_files, write_image_folder  # noqa: E402
@@ -64,25 +63,26 @@ def test_looks_complete_flags_truncation_only():
 
 def test_feed_follows_reference_order_and_streams(folder):
     ds = FolderDataset(folder)
-    plan = EpochPlan(len(ds), batch_size=3, seed=5, rank=1, world_size=2, shuffle=True,
+    plan = EpochPlan(len(ds), batch_size=3, seed=5, rank=1, world_size=2, mode="random",
                      drop_last=False)
     feed = EpochFeed(ds, SPEC, plan, start_epoch=4, with_index=True)
     assert plan.batches_per_epoch == 2  # 10 images, 5 per rank, batches of 3 + 2
-    order = epoch_indices(10, 5, 5, 1, 2)
-    got = []
+    order = epoch_order(10, 5, 5, 1, 2)
+    got, ids = [], []
     for t in range(2):
-        encoded, boxes, rows, labels, index = feed(SimpleNamespace(epoch_idx=1, iteration=t))
+        encoded, boxes, rows, meta, index = feed(SimpleNamespace(epoch_idx=1, iteration=t))
         assert boxes.dtype == np.float32 and rows.dtype == np.float64
-        for data, box, row, label, i in zip(encoded, boxes, rows, labels, index):
+        for data, box, row, label, i in zip(encoded, boxes, rows, meta, index):
             i = int(i[0])
             got.append(i)
+            ids.append(int(label[1]))  # meta: (label, sample id)
             assert np.array_equal(data, np.fromfile(ds.paths[i], np.uint8))
             assert int(label[0]) == ds.labels[i]
             w, h = Image.open(ds.paths[i]).size
             want = sample_image_params(SPEC, w, h, sample_rng(5, 1, 5, i))
             np.testing.assert_array_equal(row, param_row.to_rows(want))
             np.testing.assert_array_equal(box, np.stack([view_box(p, w, h) for p in want]))
-    assert got == order.tolist()
+    assert got == ids == order.tolist()
     with pytest.raises(StopIteration):
         feed(SimpleNamespace(epoch_idx=1, iteration=2))
 
@@ -92,8 +92,8 @@ def test_feed_replaces_unreadable_files_with_the_next_sample(tmp_path, folder):
     shutil.copytree(folder, data)
     write_bad_files(next(data.iterdir()))
     ds = FolderDataset(data)
-    plan = EpochPlan(len(ds), batch_size=len(ds), seed=0, rank=0, world_size=1, shuffle=False,
-                     drop_last=True)
+    plan = EpochPlan(len(ds), batch_size=len(ds), seed=0, rank=0, world_size=1,
+                     mode="sequential", drop_last=True)
     feed = EpochFeed(ds, SPEC, plan, start_epoch=0, with_index=True)
     _, boxes, rows, _, index = feed(SimpleNamespace(epoch_idx=0, iteration=0))
     used = [ds.paths[int(i[0])].rsplit("/", 1)[1] for i in index]

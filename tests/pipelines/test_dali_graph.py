@@ -32,7 +32,8 @@ from nvidia.dali import fn, pipeline_def  # noqa: E402
 from pipelines import reference as ref  # noqa: E402
 from pipelines.dali_backend import graph  # noqa: E402
 from pipelines.dali_backend.boxes import view_box  # noqa: E402
-from pipelines.dali_backend.feed import EpochFeed, EpochPlan  # noqa: E402
+from pipelines.dali_backend.feed import EpochFeed  # noqa: E402
+from pipelines.order import EpochPlan  # noqa: E402
 from pipelines.dali_backend.loader import DaliOptions, build_pipeline  # noqa: E402
 from pipelines.dali_backend.readers import FolderDataset  # noqa: E402
 from pipelines.sampling import ViewParams  # noqa: E402
@@ -193,13 +194,13 @@ def test_graph_device_is_checked():
 def test_gpu_graph_is_three_operators_per_view_plus_the_inputs(tmp_path, local_crops, debug):
     """The loader's own pipeline, traced for a GPU (``device_id=0``) without building it
     (DALI 2.4 internals ``_build_graph`` and ``_ops``, see the environment notes): one
-    external source per input (bytes, boxes, rows, labels; index in debug mode; the boxes
-    are an output already), one ``mixed`` decoder, and per view two CPU slices of the box
-    array and one GPU resize. The recipe (12 views): 41 operators per batch, where the
-    graph with the photometric ops in it had about 1,270."""
+    external source per input (bytes, boxes, rows, labels with sample ids; index in debug
+    mode; the boxes are an output already), one ``mixed`` decoder, and per view two CPU
+    slices of the box array and one GPU resize. The recipe (12 views): 41 operators per
+    batch, where the graph with the photometric ops in it had about 1,270."""
     spec = AugmentationSpec(local_crops=local_crops)
     dataset = FolderDataset(write_image_folder(tmp_path / "data", 1, 2))
-    plan = EpochPlan(len(dataset), 2, seed=0, rank=0, world_size=1, shuffle=True,
+    plan = EpochPlan(len(dataset), 2, seed=0, rank=0, world_size=1, mode="random",
                      drop_last=True)
     feed = EpochFeed(dataset, spec, plan, start_epoch=0, with_index=debug)
     pipe = build_pipeline(feed, spec, batch_size=2, num_threads=1, device_id=0,

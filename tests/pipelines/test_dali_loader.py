@@ -17,18 +17,20 @@ from pipelines.convert.wds import convert  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipelines import reference as ref  # noqa: E402
-from pipelines.dali_backend.loader import DaliLoader, size_groups  # noqa: E402
+from pipelines.dali_backend import loader as L  # noqa: E402
+from pipelines.dali_backend.loader import DaliLoader  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import build_loader  # noqa: E402
 from pipelines.photometric.finish import finish_views  # noqa: E402
+from pipelines.order import epoch_order  # noqa: E402
 from pipelines.sampling.param_row import COL, WIDTH  # noqa: E402
-from pipelines.reference_loader import epoch_indices  # noqa: E402
 from pipelines.spec import AugmentationSpec, ViewSpec  # noqa: E402
 from tests.pipelines.fidelity import (assert_crop_boxes, assert_images_close,  # noqa: E402
                                       assert_view_rates, diff_stats, high_frequency_energy,
                                       is_gray, to_pixels)
 from tests.pipelines.images import write_bad_files, write_image_folder  # noqa: E402
 from tests.pipelines.photometric.test_cpu_kernel import ATOL  # noqa: E402
+from tests.pipelines.test_copy_stream import LoggedCopies  # noqa: E402
 from tests.pipelines.test_dali_graph import graph_crops  # noqa: E402
 
 # Small views keep CPU runs fast; probabilities are the recipe's.
@@ -49,13 +51,17 @@ def dali(data, **kw):
 
 
 def epoch_batches(loader, epoch):
+    """The epoch's batches as (views, labels), and the backend's debug info third when the
+    loader was built with debug=True (read as each batch arrives)."""
     loader.set_epoch(epoch)
-    return list(loader)
+    if isinstance(loader.backend, DaliLoader) and loader.backend.options.debug:
+        return [(b.views, b.labels, loader.backend.last_info) for b in loader]
+    return [(b.views, b.labels) for b in loader]
 
 
 def test_contract_shapes_dtypes_labels_and_length(folder):
     with dali(folder, debug=True) as ld:
-        assert isinstance(ld, DaliLoader) and len(ld) == 3 and ld.num_samples == 12
+        assert isinstance(ld.backend, DaliLoader) and len(ld) == 3 and ld.num_samples == 12
         assert ld.classes == sorted(p.name for p in folder.iterdir())
         batches = epoch_batches(ld, 0)
         assert len(batches) == 3
@@ -63,19 +69,10 @@ def test_contract_shapes_dtypes_labels_and_length(folder):
             assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 2
             assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in views)
             assert labels.dtype == torch.int64
-            assert labels.tolist() == ld.dataset.labels[info["index"].numpy()].tolist()
+            assert labels.tolist() == ld.backend.dataset.labels[info["index"].numpy()].tolist()
             assert tuple(info["rows"].shape) == (4, SPEC.num_views, WIDTH)
             assert info["rows"].dtype == torch.float64
             assert tuple(info["boxes"].shape) == (4, SPEC.num_views, 4)
-
-
-def test_size_groups_are_the_runs_of_one_view_size():
-    assert size_groups(SPEC) == [(0, 2, 32), (2, 2, 16)]
-    mixed = AugmentationSpec(global_views=(ViewSpec(32, (0.4, 1.0), 1.0, 0.0),
-                                           ViewSpec(24, (0.4, 1.0), 0.1, 0.2)),
-                             local_view=ViewSpec(24, (0.05, 0.4), 0.5, 0.0), local_crops=3)
-    assert size_groups(mixed) == [(0, 1, 32), (1, 4, 24)]
-    assert size_groups(AugmentationSpec(local_crops=0)) == [(0, 2, 224)]
 
 
 def _window_crop(img: Image.Image, row: np.ndarray, size: int) -> np.ndarray:
@@ -98,7 +95,7 @@ def test_a_batch_is_its_graph_crops_finished_with_its_rows(folder):
     with dali(folder, debug=True, drop_last=False) as ld:
         for views, _, info in epoch_batches(ld, 1):
             index, rows, boxes = info["index"].numpy(), info["rows"], info["boxes"].numpy()
-            encoded = [ld.dataset.read(int(i))[0] for i in index]
+            encoded = [ld.backend.dataset.read(int(i))[0] for i in index]
             crops = graph_crops(encoded, list(boxes), SPEC)  # [sample][view]
             images = [Image.open(io.BytesIO(data.tobytes())).convert("RGB") for data in encoded]
             for v, (view, spec_view) in enumerate(zip(views, SPEC.views())):
@@ -141,7 +138,7 @@ def test_epoch_order_reshuffles_and_resumes_exactly(folder):
         seen = {}
         for epoch in (0, 1, 5, 6):  # 1 follows 0 on the same pipeline; 5 is a jump (resume)
             order = torch.cat([info["index"] for _, _, info in epoch_batches(ld, epoch)])
-            assert order.tolist() == epoch_indices(12, 7, epoch, 0, 1).tolist()
+            assert order.tolist() == epoch_order(12, 7, epoch, 0, 1).tolist()
             seen[epoch] = order.tolist()
         assert len({tuple(o) for o in seen.values()}) == 4  # a new permutation every epoch
         resumed_views = epoch_batches(ld, 5)[0][0]
@@ -153,11 +150,11 @@ def test_epoch_order_reshuffles_and_resumes_exactly(folder):
 def test_consecutive_epochs_reuse_one_pipeline(folder):
     with dali(folder) as ld:
         epoch_batches(ld, 0)
-        pipe = ld._pipe
+        pipe = ld.backend._pipe
         epoch_batches(ld, 1)
-        assert ld._pipe is pipe
+        assert ld.backend._pipe is pipe
         epoch_batches(ld, 3)
-        assert ld._pipe is not pipe
+        assert ld.backend._pipe is not pipe
 
 
 @pytest.mark.parametrize("n_images, drop_last", [(12, True), (11, False)])
@@ -262,11 +259,11 @@ def test_bad_files_are_skipped_or_replaced_never_fatal(tmp_path, folder):
     shutil.copytree(folder, data)
     write_bad_files(next(data.iterdir()))
     with dali(data, drop_last=False, debug=True) as ld:
-        names = {p.split("/")[-1] for p in ld.dataset.paths}
+        names = {p.split("/")[-1] for p in ld.backend.dataset.paths}
         assert {"truncated.jpg", "random_bytes.jpg"} <= names  # only decoding reveals them
         assert {"zero_byte.jpg", "notes.txt"}.isdisjoint(names)
         used = torch.cat([info["index"] for _, _, info in epoch_batches(ld, 0)]).tolist()
-        assert {ld.dataset.paths[i].split("/")[-1] for i in used}.isdisjoint(
+        assert {ld.backend.dataset.paths[i].split("/")[-1] for i in used}.isdisjoint(
             {"truncated.jpg", "random_bytes.jpg"})
     with dali(data, drop_last=False, verify_images=True) as ld:
         assert ld.num_samples == 12
@@ -284,7 +281,7 @@ def test_a_file_only_dalis_decoder_rejects_is_replaced_and_the_epoch_goes_on(tmp
     raw[len(raw) // 3:len(raw) // 3 + 400] = bytes(400)
     victim.write_bytes(bytes(raw))
     with dali(data, debug=True) as ld:
-        bad = ld.dataset.paths.index(str(victim))
+        bad = ld.backend.dataset.paths.index(str(victim))
         for epoch in (0, 1):
             batches = epoch_batches(ld, epoch)
             assert len(batches) == len(ld) == 3
@@ -348,6 +345,34 @@ def test_parallel_feed_workers_give_the_same_batches(folder):
                 assert all(torch.equal(x, y) for x, y in zip(va, vb))
 
 
+def test_copies_on_the_side_stream_then_the_hand_over_then_one_finish(folder, monkeypatch):
+    """Per batch, in order: every view's copy out of DALI's outputs while the side stream
+    is current (where the pipeline's outputs are bound), then the hand-over of the rows,
+    the labels and one tensor per run of same-size views (the compute stream waits for
+    them), then one ``finish_many`` call for every size."""
+    log = []
+    feed_ndarray, finish_many = L.feed_ndarray, L.finish_many
+
+    def logged_feed(tl, dst, cuda_stream=None):
+        log.append("copy")
+        return feed_ndarray(tl, dst, cuda_stream=cuda_stream)
+
+    def logged_finish(batches, spec, impl="auto"):
+        log.append(("finish", len(batches)))
+        return finish_many(batches, spec, impl)
+
+    with dali(folder) as ld:
+        monkeypatch.setattr(ld.backend, "_copies", LoggedCopies(log))
+        monkeypatch.setattr(L, "feed_ndarray", logged_feed)
+        monkeypatch.setattr(L, "finish_many", logged_finish)
+        assert len(epoch_batches(ld, 0)) == len(ld) == 3
+    runs = len(SPEC.size_runs())
+    host_copies = ["copy", "copy"]  # rows and labels out of DALI's CPU outputs
+    assert log == [entry for b in range(3) for entry in (
+        *host_copies, "side stream on", *["copy"] * SPEC.num_views, "side stream off",
+        ("hand over", 2 + runs, f"done{b}"), ("finish", runs))]
+
+
 # ----------------------------------------------------------------------------- GPU
 # nvJPEG (mixed) and libjpeg-turbo (cpu) decode the same JPEG slightly differently (IDCT
 # rounding; chroma upsampling). Bound per view, in levels, measured on the CPU with the
@@ -369,7 +394,8 @@ def lagging_batches(loader, epoch: int, lag_cycles: int = 50_000_000) -> list:
     while True:
         torch.cuda._sleep(lag_cycles)
         try:
-            batches.append(next(it))
+            batch = next(it)
+            batches.append((batch.views, batch.labels))
         except StopIteration:
             return batches
 
@@ -409,12 +435,12 @@ def test_gpu_batches_do_not_sync_the_host(folder):
     with dali(folder, device="cuda", drop_last=False) as ld:
         ld.set_epoch(0)
         batches = iter(ld)
-        views, _ = next(batches)  # warm-up
+        views = next(batches).views  # warm-up
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                seen = [views[0].sum() for views, _ in batches]
+                seen = [batch.views[0].sum() for batch in batches]
         finally:
             torch.cuda.set_sync_debug_mode(0)
     assert len(seen) == len(ld) - 1

@@ -35,7 +35,7 @@ def _data(backend, folder, tmp_path_factory):
 
 def _epoch(loader, epoch, first=0):
     loader.set_epoch(epoch, first_batch=first)
-    return [([v.clone() for v in views], labels.clone()) for views, labels in loader]
+    return [([v.clone() for v in b.views], b.labels.clone()) for b in loader]
 
 
 @pytest.mark.parametrize("backend", ["reference", "dali", "ffcv"])
@@ -84,7 +84,7 @@ def test_reference_workers_survive_a_sigterm_meant_for_the_trainer(folder):
         loader.set_epoch(0)
         batches = iter(loader)
         first = next(batches)
-        workers = loader._active._workers
+        workers = loader.backend._active._workers
         for w in workers:
             os.kill(w.pid, signal.SIGTERM)  # as scancel --signal=TERM does to every process
         time.sleep(0.5)
@@ -92,7 +92,7 @@ def test_reference_workers_survive_a_sigterm_meant_for_the_trainer(folder):
         rest = list(batches)
     finally:
         loader.close()
-    assert len(rest) == len(loader) - 1 and first[1].shape == (3,)
+    assert len(rest) == len(loader) - 1 and first.labels.shape == (3,)
 
 
 def _children() -> set[int]:

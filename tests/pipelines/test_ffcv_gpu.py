@@ -51,14 +51,14 @@ def gpu(jpg):
 
 
 def test_gpu_views_are_the_reference_crops_finished_with_the_reference_rows(gpu, jpg):
-    assert not gpu.compiled
-    impl = finisher(DEVICE, gpu.finish_impl)
+    assert not gpu.backend.compiled
+    impl = finisher(DEVICE, gpu.backend.finish_impl)
     print(f"photometric finish on {DEVICE}: {impl.__module__}.{impl.__qualname__}")
     images, labels = stored_images(jpg)
     epoch = 1
-    order = gpu.sample_indices(epoch)
+    order = gpu.plan.order(epoch)
     gpu.set_epoch(epoch)
-    batches = [(views, batch_labels) for views, batch_labels in gpu]
+    batches = [(b.views, b.labels) for b in gpu]
     assert len(batches) == len(gpu) == 6
     worst = 0.0
     for batch, (views, batch_labels) in enumerate(batches):
@@ -82,7 +82,7 @@ def test_gpu_views_are_the_reference_crops_finished_with_the_reference_rows(gpu,
 def test_gpu_batches_do_not_sync_the_host(gpu):
     gpu.set_epoch(0)
     assert sum(1 for _ in gpu) == len(gpu)  # warm-up: compile, constants, kernel library
-    assert gpu.buffers_pinned
+    assert gpu.backend.buffers_pinned
     gpu.set_epoch(2)
     batches = iter(gpu)
     kept = [next(batches)]  # the epoch's start (FFCV allocates and pins its buffers)
@@ -91,7 +91,7 @@ def test_gpu_batches_do_not_sync_the_host(gpu):
         kept += list(batches)  # raises at the first host sync
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert len(kept) == len(gpu) > gpu._loader.slots
+    assert len(kept) == len(gpu) > gpu.backend._loader.slots
     print(f"{len(kept) - 1} batches under sync debug mode 'error': no host sync")
 
 
@@ -100,8 +100,8 @@ def _epoch(loader, epoch: int, lag: bool) -> list:
     waits) or not (the host waits for the GPU after each batch, so no copy can lag)."""
     loader.set_epoch(epoch)
     out = []
-    for views, labels in loader:
-        out.append((views, labels))
+    for batch in loader:
+        out.append((batch.views, batch.labels))
         if lag:
             _busy_gpu()  # delays the next batch's copies on the stream
         else:
@@ -129,7 +129,7 @@ def _same(a: list, b: list) -> bool:
 def test_reused_ffcv_buffers_cannot_corrupt_a_batch(gpu, monkeypatch):
     epoch = 3
     steady = _epoch(gpu, epoch, lag=False)
-    assert len(steady) == len(gpu) > gpu._loader.slots
+    assert len(steady) == len(gpu) > gpu.backend._loader.slots
     assert _same(_epoch(gpu, epoch, lag=True), steady)
     gpu.close()
     monkeypatch.setattr(SlotGuard, "before_fill", lambda guard, batch, slot: None)

@@ -8,14 +8,14 @@ Loaders compiled once for the whole module (numba compilation costs seconds):
   sample per batch (more batches than FFCV has buffers), the CPU default (photometric ops
   compiled into the op).
 - ``recipe_device``: the same with photometric="device": the GPU path (uint8 crops +
-  parameter rows out of the op, ``finish_views`` after it), run on the CPU.
+  parameter rows out of the op, ``finish_many`` after it), run on the CPU.
   test_ffcv_slots.py holds its buffer handling and host syncs.
 Crops must equal the compiled resize applied to one decode of the stored JPEG with the
 boxes and flips the REFERENCE draws for the sample (``sample_image_params`` on
 ``sample_rng(seed, rank, epoch, index)``), and be within mean 0.3 / p99 2 levels of the
 reference's PIL crop + resize (test_ffcv_crops.py). Compiled views must equal the fused
 kernel on those crops with the reference's parameters bitwise, and the tensor ops within
-float32 noise; the device path must hand ``finish_views`` exactly those crops and the
+float32 noise; the device path must hand ``finish_many`` exactly those crops and the
 reference's rows, and so give the compiled views bitwise.
 Every compiled function sets fastmath explicitly, so FFCV's fastmath does not leak in.
 """
@@ -31,9 +31,9 @@ from pipelines.photometric import params as P  # noqa: E402
 from pipelines.photometric import torch_ops as T  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
-from pipelines.ffcv_backend.order import epoch_order, rank_slice  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import MultiCropLoader, build_loader  # noqa: E402
+from pipelines.order import epoch_order  # noqa: E402
 from pipelines.sampling.param_row import to_rows  # noqa: E402
 from tests.pipelines.ffcv_twins import (PLAIN, RECIPE, SEED, convert_folder,  # noqa: E402
                                         reference_params, stored_images, twin_crops)
@@ -86,11 +86,12 @@ def recipe_device(raw):
 
 
 def run_epoch(loader, epoch):
+    """(views, labels, decode counts, sample ids) per batch, copied."""
     loader.set_epoch(epoch)
     batches = []
-    for views, labels in loader:
-        batches.append(([v.clone() for v in views], labels.clone(),
-                        loader.last_decode_counts.clone()))
+    for batch in loader:
+        batches.append(([v.clone() for v in batch.views], batch.labels.clone(),
+                        loader.backend.last_decode_counts.clone(), batch.sample_ids.clone()))
     return batches
 
 
@@ -102,7 +103,7 @@ def test_contract_shapes_labels_and_length(plain, jpg, folder):
     assert len(plain) == len(batches) == 3 and plain.num_samples == 12
     assert plain.classes == sorted(p.name for p in folder.iterdir())
     assert [len(b[1]) for b in batches] == [5, 5, 2]
-    for views, batch_labels, _ in batches:
+    for views, batch_labels, _, _ in batches:
         n = len(batch_labels)
         assert [tuple(v.shape) for v in views] == [(n, 3, 32, 32)] * 2 + [(n, 3, 16, 16)] * 2
         assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in views)
@@ -135,9 +136,9 @@ def test_decoder_draws_the_reference_parameters(plain, recipe, jpg):
     images, _ = stored_images(jpg)
     for loader, spec, rank in ((plain, PLAIN, 0), (recipe, RECIPE, 1)):
         for epoch in (0, 3):
-            loader.decoder.set_epoch(epoch)  # what iterating an epoch does first
+            loader.backend.decoder.set_epoch(epoch)  # what iterating an epoch does first
             for index, image in enumerate(images):
-                got = loader.decoder.sample_rows(index, image.shape[1], image.shape[0])
+                got = loader.backend.decoder.sample_rows(index, image.shape[1], image.shape[0])
                 want = to_rows(reference_params(spec, image, SEED, rank, epoch, index))
                 assert np.array_equal(got.view(np.uint64), want.view(np.uint64)), (epoch, index)
 
@@ -150,7 +151,7 @@ def test_crops_are_the_reference_boxes_cut_from_a_single_decode(plain, jpg):
     for epoch in (0, 4):
         batches = run_epoch(plain, epoch)
         index = 0
-        for views, labels, _ in batches:
+        for views, labels, _, _ in batches:
             for b in range(len(labels)):
                 want = twin_crops(PLAIN, images[index], SEED, 0, epoch, index)
                 near = twin_crops(PLAIN, images[index], SEED, 0, epoch, index, pil=True)
@@ -170,8 +171,8 @@ def test_epochs_differ_and_repeat_exactly(plain):
 
 def test_stopping_mid_epoch_then_iterating_again(plain):
     plain.set_epoch(0)
-    first = next(iter(plain))[0][0].clone()
-    again = next(iter(plain))[0][0]
+    first = next(iter(plain)).views[0].clone()
+    again = next(iter(plain)).views[0]
     assert torch.equal(first, again)
     plain.close()
 
@@ -181,8 +182,8 @@ def test_raw_samples_are_not_decoded_and_ranks_read_their_slice(recipe, raw):
     _, labels = stored_images(raw)
     for epoch in (0, 1):
         batches = run_epoch(recipe, epoch)
-        want = rank_slice(epoch_order(12, epoch, SEED, "random"), 1, 2)
-        assert np.array_equal(recipe.sample_indices(epoch), want)
+        want = epoch_order(12, SEED, epoch, 1, 2, "random")
+        assert np.array_equal(torch.cat([b[3] for b in batches]).numpy(), want)
         assert len(recipe) == len(batches) == 6
         assert np.array_equal(torch.cat([b[1] for b in batches]).numpy(), labels[want])
         assert torch.cat([b[2] for b in batches]).tolist() == [0] * 6
@@ -192,14 +193,14 @@ def test_compiled_views_are_the_reference_recipe_of_the_sample(recipe, raw):
     """The CPU default: every view equals the fused kernel applied to the twin crop with the
     REFERENCE's parameters for that sample (bitwise: the same compiled code), and the tensor
     ops (cpu_kernel's twin) on the same crop and parameters within float32 noise."""
-    assert recipe.compiled
+    assert recipe.backend.compiled
     images, _ = stored_images(raw)
     epoch = 2
-    order = recipe.sample_indices(epoch)
+    order = recipe.plan.order(epoch)
     consts = PK.kernel_consts(RECIPE)
     ops = T.PhotometricOps(RECIPE)
     gray_views = 0
-    for batch, (views, labels, _) in enumerate(run_epoch(recipe, epoch)):
+    for batch, (views, labels, _, _) in enumerate(run_epoch(recipe, epoch)):
         for b, index in enumerate(order[batch:batch + 1]):
             params = reference_params(RECIPE, images[index], SEED, 1, epoch, index)
             crops = twin_crops(RECIPE, images[index], SEED, 1, epoch, index)
@@ -224,12 +225,12 @@ def test_batches_kept_by_the_caller_stay_intact(recipe, recipe_device, raw):
     yields may alias them (the compiled path's labels once did). The device path's views
     equal the compiled path's bitwise: the same crops, rows and numba kernel."""
     _, labels = stored_images(raw)
-    want = labels[recipe.sample_indices(1)]
+    want = labels[recipe.plan.order(1)]
     kept = {}
     for loader in (recipe, recipe_device):
-        assert len(loader) > loader._loader.slots
+        assert len(loader) > loader.backend._loader.slots
         loader.set_epoch(1)
-        kept[loader] = list(loader)  # views and labels as yielded, not copied
+        kept[loader] = [(b.views, b.labels) for b in loader]  # as yielded, not copied
         assert np.array_equal(torch.cat([b[1] for b in kept[loader]]).numpy(), want)
     for v in range(RECIPE.num_views):
         compiled = torch.cat([b[0][v] for b in kept[recipe]])
@@ -238,29 +239,30 @@ def test_batches_kept_by_the_caller_stay_intact(recipe, recipe_device, raw):
 
 def test_device_path_finishes_the_reference_crops_with_the_reference_rows(recipe_device, raw,
                                                                           monkeypatch):
-    """The GPU path, run on the CPU: ``finish_views`` gets each view's crops as cut from one
+    """The GPU path, run on the CPU: ``finish_many`` gets each view's crops as cut from one
     decode with the reference's boxes, and the very rows the reference draws (bitwise: the
     parameters of the sample's counter stream, as the compiled CPU finish uses them); its
     views then equal the compiled path's bitwise (test above) and grayscale hits exactly
     the rows that say so."""
     loader = recipe_device
-    assert not loader.compiled
+    assert not loader.backend.compiled
     calls = []
 
-    def recording(crops, rows, spec, impl="auto"):
-        out = finish(crops, rows, spec, impl)
-        calls.append((crops.clone(), rows.clone(), out.clone()))
-        return out
+    def recording(batches, spec, impl="auto"):  # one call per batch, every size in it
+        outs = finish(batches, spec, impl)
+        calls.extend((crops.clone(), rows.clone(), out.clone())
+                     for (crops, rows), out in zip(batches, outs))
+        return outs
 
-    finish = L.finish_views
-    monkeypatch.setattr(L, "finish_views", recording)
+    finish = L.finish_many
+    monkeypatch.setattr(L, "finish_many", recording)
     images, _ = stored_images(raw)
     epoch = 2
-    order = loader.sample_indices(epoch)
-    groups = loader.decoder.layout.groups()
+    order = loader.plan.order(epoch)
+    groups = loader.backend.decoder.layout.groups()
     gray_views = 0
     loader.set_epoch(epoch)
-    for batch, (views, labels) in enumerate(loader):
+    for batch, views in enumerate(b.views for b in loader):
         index = order[batch]  # one sample per batch
         params = reference_params(RECIPE, images[index], SEED, 1, epoch, index)
         crops = twin_crops(RECIPE, images[index], SEED, 1, epoch, index)

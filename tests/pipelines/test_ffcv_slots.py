@@ -8,8 +8,9 @@
   refill of a buffer comes after a wait for the copies out of it, always in FFCV's thread;
   per batch no tensor is built from host data (what ``torch.tensor(list, device=cuda)``
   does, a host sync on a GPU), and exactly two copies leave FFCV's buffer, both
-  non_blocking: the crops + rows, and the labels. test_ffcv_gpu.py checks the same on a GPU
-  under ``torch.cuda.set_sync_debug_mode("error")``.
+  non_blocking: the crops + rows, and the labels, queued on the loader's side stream before
+  the event the slot guard and the compute stream wait on, and before the finish.
+  test_ffcv_gpu.py checks the same on a GPU under ``torch.cuda.set_sync_debug_mode("error")``.
 """
 import gc
 import itertools
@@ -23,12 +24,14 @@ import torch
 pytestmark = pytest.mark.ffcv
 pytest.importorskip("ffcv", reason="ffcv is not installed")
 
+from pipelines.ffcv_backend import loader as L  # noqa: E402
 from pipelines.ffcv_backend.decode_once import ROW_ALIGN, ViewLayout, put_rows  # noqa: E402
 from pipelines.ffcv_backend.slots import Retired, SlotGuard  # noqa: E402
 from pipelines.loader import build_loader  # noqa: E402
 from pipelines.sampling.param_row import WIDTH  # noqa: E402
 from tests.pipelines.ffcv_twins import PLAIN, SEED, convert_folder  # noqa: E402
 from tests.pipelines.images import write_image_folder  # noqa: E402
+from tests.pipelines.test_copy_stream import LoggedCopies  # noqa: E402
 
 
 class FakeEvent:
@@ -124,9 +127,9 @@ def test_ffcv_refills_a_buffer_only_after_the_copies_out_of_it(device_loader, mo
     the copies of batch b before it writes batch b + slots into the same buffer, and for the
     last epoch's pending copies before its first fill; the consumer never waits, except once
     in ``close``."""
-    loader = device_loader
+    loader, backend = device_loader, device_loader.backend
     loader.close()
-    slots, batches = loader._loader.slots, len(loader)
+    slots, batches = backend._loader.slots, len(loader)
     assert batches > slots
     log, now = [], {}
     before_fill = SlotGuard.before_fill
@@ -137,8 +140,8 @@ def test_ffcv_refills_a_buffer_only_after_the_copies_out_of_it(device_loader, mo
                     threading.main_thread()))
 
     monkeypatch.setattr(SlotGuard, "before_fill", logged_fill)
-    monkeypatch.setattr(loader, "_copies_event",
-                        lambda: FakeEvent((now["epoch"], next(now["batch"])), log))
+    monkeypatch.setattr(backend, "_copies_event",
+                        lambda *copied: FakeEvent((now["epoch"], next(now["batch"])), log))
     for epoch in (0, 1):
         now["epoch"], now["batch"] = epoch, itertools.count()
         loader.set_epoch(epoch)
@@ -163,7 +166,7 @@ def test_no_host_data_becomes_a_tensor_and_two_copies_leave_each_buffer(device_l
     from host data (lists, numbers, numpy: ``torch.tensor(list, device=cuda)`` copies and
     waits), and copies out of FFCV's buffer that are not non_blocking; the consumer waits
     on no event. The previous tensor finish failed this: 8 tensors from lists per batch."""
-    loader = device_loader
+    loader, backend = device_loader, device_loader.backend
     loader.set_epoch(0)
     assert sum(1 for _ in loader) == len(loader)  # warm-up: constants are built once
     made, copies, log, buffers = [], [], [], []
@@ -185,7 +188,7 @@ def test_no_host_data_becomes_a_tensor_and_two_copies_leave_each_buffer(device_l
             copies.append((src.numel(), non_blocking))
         return copy_(dst, src, non_blocking)
 
-    assemble = loader._assemble
+    assemble = backend._assemble
 
     def noting_buffers(out, labels, *args):
         buffers.append([(a.ctypes.data, a.ctypes.data + a.nbytes) for a in (out, labels)])
@@ -194,11 +197,48 @@ def test_no_host_data_becomes_a_tensor_and_two_copies_leave_each_buffer(device_l
     monkeypatch.setattr(torch, "tensor", recording(torch.tensor))
     monkeypatch.setattr(torch, "as_tensor", recording(torch.as_tensor))
     monkeypatch.setattr(torch.Tensor, "copy_", recorded_copy)
-    monkeypatch.setattr(loader, "_assemble", noting_buffers)
+    monkeypatch.setattr(backend, "_assemble", noting_buffers)
     batch = itertools.count()
-    monkeypatch.setattr(loader, "_copies_event", lambda: FakeEvent(next(batch), log))
+    monkeypatch.setattr(backend, "_copies_event", lambda *copied: FakeEvent(next(batch), log))
     loader.set_epoch(1)
     assert sum(1 for _ in loader) == len(loader) == len(buffers)
     assert made == []
-    assert copies == [(loader.decoder.layout.counts_at, True), (1, True)] * len(loader)
+    assert copies == [(backend.decoder.layout.counts_at, True), (1, True)] * len(loader)
     assert log and not any(main for _, _, main in log)
+
+
+def test_copies_on_the_side_stream_then_the_event_then_the_finish(device_loader, monkeypatch):
+    """Per batch, in order: both copies out of FFCV's buffer while the side stream is
+    current, then the hand-over (its event recorded after them, the compute stream waiting
+    on it), the same event given to the slot guard (FFCV refills the slot after it), and
+    only then the finish, which reads the copies on the compute stream."""
+    loader, backend = device_loader, device_loader.backend
+    log = []
+    copy_ = torch.Tensor.copy_
+
+    def logged_copy(dst, src, non_blocking=False):
+        log.append("copy")
+        return copy_(dst, src, non_blocking)
+
+    finish_many = L.finish_many
+
+    def logged_finish(batches, spec, impl="auto"):
+        log.append(("finish", len(batches)))
+        return finish_many(batches, spec, impl)
+
+    copied = SlotGuard.copied
+
+    def logged_copied(guard, batch, event):
+        log.append(("slot guard", event.name))
+        copied(guard, batch, event)
+
+    monkeypatch.setattr(backend, "_copies", LoggedCopies(log))
+    monkeypatch.setattr(torch.Tensor, "copy_", logged_copy)
+    monkeypatch.setattr(L, "finish_many", logged_finish)
+    monkeypatch.setattr(SlotGuard, "copied", logged_copied)
+    loader.set_epoch(2)
+    assert sum(1 for _ in loader) == len(loader)
+    runs = len(backend.decoder.layout.groups())
+    assert log == [entry for b in range(len(loader)) for entry in (
+        "side stream on", "copy", "copy", "side stream off", ("hand over", 2, f"done{b}"),
+        ("slot guard", f"done{b}"), ("finish", runs))]

@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from pipelines.spec import AugmentationSpec, ColorJitterSpec, SpecError, ViewSpec
+from pipelines.spec import AugmentationSpec, ColorJitterSpec, SpecError, ViewSpec, size_runs
 
 
 def test_defaults_are_the_dino_recipe():
@@ -34,6 +34,26 @@ def test_views_are_globals_first_then_locals():
     assert views == [*s.global_views, s.local_view, s.local_view, s.local_view]
     assert (s.num_global, s.num_views) == (2, 5)
     assert AugmentationSpec(local_crops=0).views() == list(s.global_views)
+
+
+def test_size_runs_are_the_runs_of_one_view_size():
+    small = AugmentationSpec(global_views=(ViewSpec(32, (0.4, 1.0), 1.0, 0.0),
+                                           ViewSpec(32, (0.4, 1.0), 0.1, 0.2)),
+                             local_view=ViewSpec(16, (0.05, 0.4), 0.5, 0.0), local_crops=2)
+    assert small.size_runs() == [(0, 2, 32), (2, 2, 16)]
+    mixed = AugmentationSpec(global_views=(ViewSpec(32, (0.4, 1.0), 1.0, 0.0),
+                                           ViewSpec(24, (0.4, 1.0), 0.1, 0.2)),
+                             local_view=ViewSpec(24, (0.05, 0.4), 0.5, 0.0), local_crops=3)
+    assert mixed.size_runs() == [(0, 1, 32), (1, 4, 24)]
+    assert AugmentationSpec(local_crops=0).size_runs() == [(0, 2, 224)]
+
+
+def test_size_runs_take_shapes_and_never_merge_apart_runs():
+    """Runs are consecutive: a size seen again after another starts a new run (the
+    multi-crop wrapper groups tensor shapes with the same function)."""
+    assert size_runs([(8, 8), (8, 8), (4, 4), (8, 8)]) == [(0, 2, (8, 8)), (2, 1, (4, 4)),
+                                                          (3, 1, (8, 8))]
+    assert size_runs([]) == []
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -26,7 +26,7 @@ def _one_epoch(data, backend: str, n: int):
     loader = build_loader(data, backend, batch_size=n, spec=PLAIN_SPEC, num_workers=1,
                           shuffle=False, drop_last=False)
     try:
-        (views, labels), = list(loader)
+        (views, labels), = [(b.views, b.labels) for b in loader]
     finally:
         loader.close()
     return loader, views, labels

@@ -33,9 +33,9 @@ def _epoch(data: str) -> dict:
         loader = build_loader(data, "ffcv", batch_size=4, spec=PLAIN_SPEC, num_workers=1,
                               shuffle=False, drop_last=False)
         try:
-            for views, batch_labels in loader:
-                labels += batch_labels.tolist()
-                stats = [view_stats(v) for v in views]
+            for batch in loader:
+                labels += batch.labels.tolist()
+                stats = [view_stats(v) for v in batch.views]
                 colors.append([c.tolist() for c, _ in stats])
                 spread = max([spread] + [s for _, s in stats])
         finally:

@@ -144,12 +144,12 @@ def test_reference_loader_over_the_corpus(corpus, caplog):
     with caplog.at_level(logging.WARNING):
         loader = build_loader(corpus.root, "reference", batch_size=len(scanned),
                               spec=PLAIN_SPEC, num_workers=0, shuffle=False, drop_last=False)
-        (views, labels), = list(loader)
+        (views, labels), = [(b.views, b.labels) for b in loader]
     expected = substitutes(corpus, scanned)
     assert {c.path for c in expected} == {c.path for c in corpus.good}  # nothing good lost
     for view in views:
         _check_substituted(corpus, labels.tolist(), view_colors(view), expected)
-    assert unreported(corpus, _reports(loader.skipped, caplog)) == []
+    assert unreported(corpus, _reports(loader.backend.skipped, caplog)) == []
 
 
 def test_eval_image_folder_over_the_corpus(corpus, caplog):
@@ -168,12 +168,12 @@ def test_dali_loader_over_the_raw_corpus(corpus, caplog):
     with caplog.at_level(logging.WARNING):
         loader = build_loader(corpus.root, "dali", batch_size=len(scanned), spec=PLAIN_SPEC,
                               num_workers=1, shuffle=False, drop_last=False)
-        (views, labels), = list(loader)
+        (views, labels), = [(b.views, b.labels) for b in loader]
         loader.close()
     for view in views:
         _check_substituted(corpus, labels.tolist(), view_colors(view),
                            substitutes(corpus, scanned))
-    assert unreported(corpus, _reports(loader.skipped, caplog)) == []
+    assert unreported(corpus, _reports(loader.backend.skipped, caplog)) == []
 
 
 @pytest.mark.dali
@@ -181,7 +181,7 @@ def test_dali_loader_over_the_converted_corpus(corpus, wds_run):
     dst, _ = wds_run
     loader = build_loader(dst, "dali", batch_size=len(corpus.good), spec=PLAIN_SPEC,
                           num_workers=1, shuffle=False, drop_last=False)
-    (views, labels), = list(loader)
+    (views, labels), = [(b.views, b.labels) for b in loader]
     loader.close()
     for view in views:
         assert_delivered_exactly_the_good(corpus, list(zip(labels.tolist(), view_colors(view))))

@@ -18,7 +18,8 @@ from dino_core.models import build_vit
 from pipelines import build_loader
 from pipelines.convert.cli import main as convert_main
 from pipelines.convert.common import ConvertConfig
-from pipelines.convert.wds import convert as wds_convert, parse_index
+from pipelines.convert.wds import convert as wds_convert
+from pipelines.formats.wds_index import parse_index
 from pipelines.dali_backend.readers import ShardDataset
 from pipelines.folder import DatasetError
 from pipelines.spec import AugmentationSpec, SpecError

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.convert.common import Manifest, sha256_file
-from pipelines.convert.wds import IndexEntry, format_index
+from pipelines.convert.common import sha256_file
 from pipelines.dali_backend.readers import ShardDataset
+from pipelines.formats.manifest import Manifest
+from pipelines.formats.wds_index import IndexEntry, format_index
 from tests.dino_core.train.train_helpers import tiny_overrides
 from tests.pipelines.images import photo_crop, write_image_folder
 from tests.reliability.checks import REPO, error_lines, run_module
@@ -122,7 +123,7 @@ def test_dali_loader_over_hostile_member_names_writes_nothing(tmp_path, monkeypa
     before = _tree(tmp_path)
     loader = build_loader(data, "dali", batch_size=3, spec=PLAIN_SPEC, num_workers=1,
                           shuffle=False, drop_last=False)
-    (views, labels), = list(loader)
+    (views, labels), = [(b.views, b.labels) for b in loader]
     loader.close()
     assert labels.tolist() == [0, 1, 2]
     assert _tree(tmp_path) == before, f"files appeared: {_tree(tmp_path) - before}"

@@ -16,7 +16,8 @@ from ffcv.reader import Reader  # noqa: E402
 from pipelines.convert import beton, prepare  # noqa: E402
 from pipelines.convert.cli import main as convert_main  # noqa: E402
 from pipelines.convert.beton_layout import block_digest  # noqa: E402
-from pipelines.convert.common import ConvertConfig, Manifest  # noqa: E402
+from pipelines.convert.common import ConvertConfig  # noqa: E402
+from pipelines.formats.manifest import Manifest  # noqa: E402
 from pipelines.folder import DatasetError, scan_image_folder  # noqa: E402
 from tests.pipelines.images import photo_crop, write_bad_files, write_image_folder  # noqa: E402
 

@@ -7,7 +7,8 @@ import pytest
 
 from pipelines.convert import wds
 from pipelines.convert.cli import main as convert_main
-from pipelines.convert.common import ConvertConfig, Manifest
+from pipelines.convert.common import ConvertConfig
+from pipelines.formats.manifest import Manifest
 from pipelines.convert.sources import list_inputs
 from pipelines.folder import DatasetError
 from tests.pipelines.images import photo_crop, write_image_folder

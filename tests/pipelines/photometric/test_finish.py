@@ -72,3 +72,40 @@ def test_empty_batch():
     out = F.finish_views(torch.empty((0, 13, 13, 3), dtype=torch.uint8),
                          np.empty((0, param_row.WIDTH)), SPEC)
     assert out.shape == (0, 3, 13, 13)
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+def test_finish_many_equals_finish_views_per_size(impl):
+    """One call for a whole multi-crop batch (two sizes, an empty one between them) gives,
+    batch by batch, exactly what ``finish_views`` gives for each size alone."""
+    sizes = [(24, 6), (13, 0), (13, 10)]
+    batches = []
+    for size, n in sizes:
+        imgs = np.ascontiguousarray(np.concatenate([images(size)] * 5)[:n])
+        batches.append((torch.from_numpy(imgs), recipe_rows(n, size, seed=size + n)))
+    together = F.finish_many(batches, SPEC, impl)
+    assert [tuple(t.shape) for t in together] == [(n, 3, s, s) for s, n in sizes]
+    for (crops, rows), got in zip(batches, together):
+        assert torch.equal(got, F.finish_views(crops, rows, SPEC, impl))
+
+
+def test_finish_many_of_nothing_and_bad_input():
+    assert F.finish_many([], SPEC) == []
+    imgs = torch.from_numpy(images(13))
+    with pytest.raises(ValueError, match="finish_many needs one parameter row per view"):
+        F.finish_many([(imgs, recipe_rows(2, 13)), (imgs, recipe_rows(3, 13))], SPEC)
+
+
+@pytest.mark.gpu
+def test_finish_many_on_a_gpu_equals_finish_views_per_size():
+    """On a GPU the kernel finishes both sizes in one call (cuda.finish_many): the same
+    views as one call per size (the torch ops when the kernel library is not built)."""
+    batches = []
+    for size, n in ((32, 4), (16, 8)):
+        imgs = np.ascontiguousarray(np.concatenate([images(size)] * 4)[:n])
+        batches.append((torch.from_numpy(imgs).cuda(),
+                        torch.from_numpy(recipe_rows(n, size, seed=size)).cuda()))
+    together = F.finish_many(batches, SPEC)
+    for (crops, rows), got in zip(batches, together):
+        assert got.device.type == "cuda"
+        assert torch.equal(got, F.finish_views(crops, rows, SPEC))

@@ -1,4 +1,4 @@
-"""The reference loader against the MultiCropLoader contract (pipelines/loader.py)."""
+"""The reference backend against the MultiCropLoader contract (pipelines/loader.py)."""
 import dataclasses
 import logging
 
@@ -9,7 +9,9 @@ import torch
 
 from pipelines import MultiCropLoader, build_loader
 from pipelines.folder import DatasetError, scan_image_folder
-from pipelines.reference_loader import MultiCropDataset, SampleReader, epoch_indices
+from pipelines.images import SampleReader
+from pipelines.order import epoch_order
+from pipelines.reference_backend.loader import MultiCropDataset
 from pipelines.spec import AugmentationSpec
 from tests.pipelines.images import write_bad_files, write_image_folder
 
@@ -32,33 +34,13 @@ def make(folder, **kw):
 
 def epoch(loader, e=0):
     loader.set_epoch(e)
-    return list(loader)
+    return [(b.views, b.labels) for b in loader]
 
 
 def same(a, b) -> bool:
     return len(a) == len(b) and all(
         torch.equal(la, lb) and all(torch.equal(x, y) for x, y in zip(va, vb))
         for (va, la), (vb, lb) in zip(a, b))
-
-
-# ------------------------------------------------------------------------------ order
-@pytest.mark.parametrize("n, world", [(15, 1), (15, 2), (16, 4), (5, 3), (2, 4)])
-def test_epoch_indices_cover_and_are_equal_length(n, world):
-    parts = [epoch_indices(n, 7, 3, r, world, shuffle=True) for r in range(world)]
-    per_rank = -(-n // world)
-    assert all(len(p) == per_rank for p in parts)
-    everything = np.concatenate(parts)
-    assert set(everything.tolist()) == set(range(n))
-    if n % world == 0:  # no padding: the slices are disjoint
-        assert len(set(everything.tolist())) == n
-
-
-def test_permutation_depends_on_seed_and_epoch_only():
-    assert np.array_equal(epoch_indices(50, 1, 2, 0, 1), epoch_indices(50, 1, 2, 0, 1))
-    assert not np.array_equal(epoch_indices(50, 1, 2, 0, 1), epoch_indices(50, 1, 3, 0, 1))
-    assert not np.array_equal(epoch_indices(50, 1, 2, 0, 1), epoch_indices(50, 2, 2, 0, 1))
-    assert np.array_equal(epoch_indices(10, 1, 2, 0, 1, shuffle=False), np.arange(10))
-    assert np.array_equal(epoch_indices(10, 1, 2, 1, 2, shuffle=False), np.arange(1, 10, 2))
 
 
 # ------------------------------------------------------------------------------ batches
@@ -89,7 +71,7 @@ def test_views_match_the_executor_on_the_same_stream(folder):
     views, _ = epoch(loader, 4)[0]
     ds = MultiCropDataset(SampleReader(scan_image_folder(folder).samples), TINY, seed=11, rank=0)
     for i in range(3):
-        single, _ = ds[(4, i)]
+        single = ds[(4, i)][0]
         assert all(torch.equal(views[v][i], single[v]) for v in range(TINY.num_views))
 
 
@@ -115,11 +97,11 @@ def test_ranks_disjoint_covering_equal_length_different_augmentation(folder):
     assert [len(epoch(r)) for r in ranks] == [2, 2]
     samples = scan_image_folder(folder).samples
     reader = SampleReader(samples)
-    for r in range(2):  # each rank reads exactly its epoch_indices slice (tested above)
+    for r in range(2):  # each rank reads exactly its epoch_order share (test_order.py)
         loader = make(folder, rank=r, world_size=2, batch_size=8, drop_last=False, seed=3)
         (views, labels), = epoch(loader, 1)
         ds = MultiCropDataset(reader, TINY, seed=3, rank=r)
-        for row, i in enumerate(epoch_indices(15, 3, 1, r, 2)):
+        for row, i in enumerate(epoch_order(15, 3, 1, r, 2)):
             assert labels[row] == samples[i][1]
             assert torch.equal(views[0][row], ds[(1, int(i))][0][0])
     r0 = MultiCropDataset(reader, TINY, seed=0, rank=0)[(0, 5)][0]
@@ -144,7 +126,7 @@ def test_bad_files_reported_and_replaced_never_fatal(tmp_path, caplog):
     root = write_image_folder(tmp_path / "data", num_classes=2, per_class=3)
     first = sorted(p.name for p in root.iterdir())[0]
     write_bad_files(root / first)
-    with caplog.at_level(logging.WARNING, logger="pipelines.reference_loader"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         loader = make(root, batch_size=2, shuffle=False, drop_last=False)
         batches = epoch(loader)
     log = caplog.text

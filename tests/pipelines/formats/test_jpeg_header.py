@@ -4,7 +4,7 @@ import io
 import pytest
 from PIL import Image
 
-from pipelines.convert.jpeg_header import parse_jpeg
+from pipelines.formats.jpeg_header import parse_jpeg
 from tests.pipelines.images import photo_crop
 
 
