@@ -146,8 +146,10 @@ class DINOLoss(nn.Module):
                              f"{teacher_output.device}: move the loss with .to(device)")
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
-                teacher_temp: float) -> torch.Tensor:
-        """Scalar loss (float32, float64 for float64 inputs); updates the center after it.
+                teacher_temp: float, update_center: bool = True) -> torch.Tensor:
+        """Scalar loss (float32, float64 for float64 inputs); updates the center after it
+        unless ``update_center`` is False (a step of several micro-batches updates it once,
+        from all of them: ``update_center_from``).
 
         ``student_output [ncrops*B, K]``, ``teacher_output [2*B, K]``, view-major rows;
         ``teacher_temp`` tau_t (> 0), a host float: this step's value of the schedule.
@@ -175,8 +177,16 @@ class DINOLoss(nn.Module):
                 loss = cuda_ext.cuda_dino_loss(student_output, teacher_output, self.center, temp,
                                                self.ncrops, self.student_temp,
                                                self.overwrite_logits)
-        self._center_ema.launch(teacher_output, self.center)
+        if update_center:
+            self._center_ema.launch(teacher_output, self.center)
         return loss
+
+    def update_center_from(self, teacher_outputs: list[torch.Tensor]) -> None:
+        """Start the center's EMA update from the teacher logits of a whole step (``[2*B_i,
+        K]`` each, e.g. one per micro-batch): the mean over all their rows (and ranks), as
+        one batch of their union would; its all-reduce overlaps what follows."""
+        rows = teacher_outputs[0] if len(teacher_outputs) == 1 else torch.cat(teacher_outputs)
+        self._center_ema.launch(rows, self.center)
 
     def sync_center(self) -> None:
         """Fold a pending (distributed) center update into ``center`` now."""

@@ -7,9 +7,15 @@ the models are spread over ranks. A recipe owns the rest:
 
 - what it builds: the student and its teacher (backbone and heads), from its own config
   section (``build_models``);
-- what a step computes: ``losses(batch, student, teacher, at)`` -> ``{name: scalar}``,
-  called under the step's autocast; the step sums the terms, logs each one, and
-  back-propagates the sum;
+- what a step computes, in two halves so that a step may be split into micro-batches
+  (gradient accumulation) and still equal one batch of their union:
+  ``teacher_targets(micro_batches, teacher, at)``, without gradient, one target per
+  micro-batch, normalised over the WHOLE step (a center used, Sinkhorn-Knopp over every
+  micro-batch and rank); then per micro-batch ``student_losses(batch, student, target, at)``
+  -> ``{name: scalar}`` (each a mean over that micro-batch), which the step sums, logs and
+  back-propagates; then ``end_step(targets)``: state updates from the whole step's targets
+  (a center's EMA), launched before the last backward so a collective overlaps it.
+  ``losses`` is the composition for one batch (benchmarks, tests);
 - what it keeps between steps (centers, queues): moved with ``to``, saved and restored as
   its own checkpoint entries (``state_dict`` / ``load_state_dict``), which it checks itself.
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -57,11 +63,33 @@ class Recipe(ABC):
         the recipe's default)."""
 
     @abstractmethod
+    def teacher_targets(self, micro_batches: Sequence["Batch"], teacher: nn.Module,
+                        at: "StepValues") -> list[Any]:
+        """What the student learns from, per micro-batch of this step (called without
+        gradient, under the step's autocast); anything normalised over a batch is
+        normalised over all of ``micro_batches`` (and every rank). No host sync."""
+
+    @abstractmethod
+    def student_losses(self, batch: "Batch", student: nn.Module, target: Any,
+                       at: "StepValues") -> dict[str, torch.Tensor]:
+        """This micro-batch's loss terms (scalars, by name, each a mean over the
+        micro-batch) against its ``target``; no host sync. The step back-propagates their
+        sum, so the student's outputs may be consumed by a term (a loss that works in its
+        input's storage) once it has been computed."""
+
+    def end_step(self, targets: list[Any]) -> None:
+        """State updates from the whole step's targets (e.g. a center's EMA); called once
+        per step, after the last micro-batch's losses and before its backward."""
+
     def losses(self, batch: "Batch", student: nn.Module, teacher: nn.Module,
                at: "StepValues") -> dict[str, torch.Tensor]:
-        """This step's loss terms (scalars, by name) for ``batch``; no host sync. The step
-        back-propagates their sum, so the student's outputs may be consumed by a term (a
-        loss that works in its input's storage) once it has been computed."""
+        """One whole batch's terms: targets, losses, state update (a step of one
+        micro-batch; benchmarks and tests)."""
+        with torch.no_grad():
+            (target,) = self.teacher_targets([batch], teacher, at)
+        terms = self.student_losses(batch, student, target, at)
+        self.end_step([target])
+        return terms
 
     def describe(self, device: torch.device, dtype: torch.dtype) -> str:
         """Which implementation of the losses runs for outputs of ``dtype`` on ``device``

@@ -12,7 +12,7 @@ Config: ``model`` (backbone and head) and ``loss`` (this recipe's section).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -101,16 +101,24 @@ class DINORecipe(Recipe):
         return build_models(self.model, self.init_backbone if init_backbone else None,
                             img_size)
 
-    def losses(self, batch: "Batch", student: nn.Module, teacher: nn.Module,
-               at: "StepValues") -> dict[str, torch.Tensor]:
-        views = batch.views
-        with torch.no_grad():
-            teacher_out = teacher(views[:2])        # (2B, K): the 2 global views only
-        student_out = student(views)                # (V*B, K): every view
-        # + center EMA of the teacher outputs, no host sync. student_out is dead after this:
-        # with loss overwrite_logits the loss works in it (the softmax from its forward, the
-        # gradient from its backward), so nothing may read it afterwards.
-        return {"dino": self.loss(student_out, teacher_out, at.teacher_temp)}
+    def teacher_targets(self, micro_batches: Sequence["Batch"], teacher: nn.Module,
+                        at: "StepValues") -> list[torch.Tensor]:
+        """The teacher's raw logits on each micro-batch's 2 global views, ``(2B, K)`` each:
+        the loss centers and sharpens them itself, with the center of this step."""
+        return [teacher(b.views[:2]) for b in micro_batches]
+
+    def student_losses(self, batch: "Batch", student: nn.Module, target: torch.Tensor,
+                       at: "StepValues") -> dict[str, torch.Tensor]:
+        student_out = student(batch.views)          # (V*B, K): every view
+        # student_out is dead after this: with loss overwrite_logits the loss works in it
+        # (the softmax from its forward, the gradient from its backward), so nothing may
+        # read it afterwards. The center moves once per step, in end_step.
+        return {"dino": self.loss(student_out, target, at.teacher_temp, update_center=False)}
+
+    def end_step(self, targets: list[torch.Tensor]) -> None:
+        """The center EMA from every micro-batch's teacher logits, no host sync; its
+        all-reduce overlaps the backward."""
+        self.loss.update_center_from(targets)
 
     def describe(self, device: torch.device, dtype: torch.dtype) -> str:
         probe = torch.zeros(1, self.loss.out_dim, device=device, dtype=dtype)

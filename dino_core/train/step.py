@@ -1,9 +1,12 @@
 """One training step of a recipe, with its phases named and no host synchronisation inside it.
 
     fetch     (the caller) the batch on the device
-    losses    the recipe's terms under autocast (``Recipe.losses``; DINO: teacher forward on
-              the global views without grad, student forward on every view, the DINO loss
-              over all view pairs, center EMA launched), summed
+    targets   the recipe's teacher side without grad (``Recipe.teacher_targets``; DINO: the
+              teacher forward on the global views)
+    losses    the recipe's student side under autocast (``Recipe.student_losses``; DINO:
+              student forward on every view, the DINO loss over all view pairs), summed
+    state     the recipe's updates from the whole step (``Recipe.end_step``; DINO: center
+              EMA launched, its all-reduce overlapping the backward)
     backward  (GradScaler-scaled in fp16)
     clip      per-tensor clipping with foreach norms (the parallel strategy's)
     freeze    drop the last layer's gradient during the first epochs
@@ -147,11 +150,16 @@ class TrainStep:
         """Run one step on ``batch`` with this step's schedule values ``at``; returns the
         total loss (device)."""
         set_hyperparams(self.optimizer, at.lr, at.wd)
-        # losses: whatever the recipe computes (DINO: teacher on the globals, student on
-        # every view, the loss over the pairs); the student outputs are dead after it.
         with autocast_context(self.precision, self.device):
-            terms = self.recipe.losses(batch, self.student, self.teacher, at)
+            # targets: the teacher's side, no grad (DINO: the teacher on the 2 globals)
+            with torch.no_grad():
+                (target,) = self.recipe.teacher_targets([batch], self.teacher, at)
+            # losses: the student's side (DINO: every view, the loss over the pairs); the
+            # student outputs are dead after it
+            terms = self.recipe.student_losses(batch, self.student, target, at)
             loss = total_loss(terms)
+        # state: updates from the whole step (DINO: the center EMA, its all-reduce launched)
+        self.recipe.end_step([target])
         self.stats.record(loss, terms, at.iteration)
 
         # backward

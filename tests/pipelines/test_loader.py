@@ -20,7 +20,7 @@ from pipelines.convert.cli import main as dino_convert
 from pipelines.folder import DatasetError
 from pipelines.loader import MultiCropLoader, build_loader
 from pipelines.order import EpochPlan, epoch_order
-from tests.dino_core.train_helpers import TINY_AUG
+from tests.dino_core.train.train_helpers import TINY_AUG
 from tests.pipelines.images import write_image_folder
 
 SPEC = load_config(None, TINY_AUG).data.aug

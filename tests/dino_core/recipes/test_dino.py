@@ -62,3 +62,31 @@ def test_checkpoint_entry_round_trips_and_its_absence_is_one_clear_error():
     assert torch.equal(other.loss.center, recipe.loss.center)
     with pytest.raises(CheckpointError, match="c.pth is not a dino-train checkpoint.*dino_loss"):
         other.load_state_dict({"student": {}}, "c.pth")
+
+
+def test_a_step_of_two_micro_batches_centers_and_updates_like_one_batch():
+    """Targets use this step's center for every micro-batch; the center then moves once,
+    by the mean over both micro-batches' teacher rows, as one batch of their union would."""
+    torch.manual_seed(0)
+    whole_recipe, split_recipe = tiny_recipe(), tiny_recipe()
+    student, teacher = whole_recipe.build_models()
+    student.eval()
+    with torch.no_grad():
+        whole_recipe.loss.center.normal_()
+        split_recipe.loss.center.copy_(whole_recipe.loss.center)
+    batch, at = step_inputs(views(batch=4), epoch=0, iteration=0, lr=0.0, wd=0.0, momentum=0.9,
+                            teacher_temp=0.05)
+    halves = [step_inputs([v[i:i + 2] for v in batch.views], epoch=0, iteration=0, lr=0.0,
+                          wd=0.0, momentum=0.9, teacher_temp=0.05)[0] for i in (0, 2)]
+    whole = whole_recipe.losses(batch, student, teacher, at)["dino"]
+    before = split_recipe.loss.center.clone()
+    with torch.no_grad():
+        targets = split_recipe.teacher_targets(halves, teacher, at)
+    parts = [split_recipe.student_losses(h, student, t, at)["dino"] for h, t in
+             zip(halves, targets)]
+    assert torch.equal(split_recipe.loss.center, before)  # untouched until the step ends
+    split_recipe.end_step(targets)
+    torch.testing.assert_close(split_recipe.loss.center, whole_recipe.loss.center)
+    # each micro-batch's term is its own batch mean, so the mean of equal halves is the whole
+    torch.testing.assert_close((parts[0] + parts[1]).detach() / 2, whole.detach(), rtol=1e-5,
+                               atol=0)

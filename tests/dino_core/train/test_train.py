@@ -83,12 +83,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, mo
     good = (out / "checkpoint.pth").read_bytes()
 
     from dino_core.recipes.dino import DINORecipe
-    real_losses = DINORecipe.losses
+    real_losses = DINORecipe.student_losses
 
-    def poisoned(self, batch, student, teacher, at):
-        terms = real_losses(self, batch, student, teacher, at)
+    def poisoned(self, batch, student, target, at):
+        terms = real_losses(self, batch, student, target, at)
         return {k: v * float("nan") for k, v in terms.items()} if at.epoch == 1 else terms
-    monkeypatch.setattr(DINORecipe, "losses", poisoned)
+    monkeypatch.setattr(DINORecipe, "student_losses", poisoned)
     with pytest.raises(TrainingDiverged, match=r"iteration 2 \(epoch 1, step 0\)"):
         train(tiny_config(data, out, epochs=2))
     assert (out / "checkpoint.pth").read_bytes() == good
