@@ -107,6 +107,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     precision: str = "auto"       # auto: bf16 on CUDA, fp32 on CPU
+    # How the models live on the ranks (dino_core.parallel): ddp (every rank the whole
+    # student, teacher and optimizer) | fsdp (FSDP2: each rank a shard of each block).
+    parallel: str = "ddp"
+    # Recompute each transformer block's activations in the backward instead of keeping them
+    # (the student's; less memory, about one more forward of compute).
+    activation_checkpointing: bool = False
+    # Micro-batches per optimizer step: the batch of data.batch_size images per rank is cut
+    # into grad_accum micro-batches of data.batch_size / grad_accum (train/accumulation.py).
+    grad_accum: int = 1
     log_every: int = 10           # iterations between logged scalars (the only host syncs)
     saveckp_freq: int = 0         # also keep checkpointNNNN.pth every N epochs (0: never)
     max_iters_per_epoch: int = 0  # cap on iterations per epoch (0: the whole epoch)
@@ -119,6 +128,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from .models import ARCHS
+        from .parallel.strategy import STRATEGIES
         from .recipes import RECIPES
         _check(self.recipe in RECIPES, "recipe",
                f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
@@ -145,6 +155,15 @@ class TrainConfig:
                "temperatures must be > 0")
         _check(self.epochs >= 1, "epochs", "must be >= 1")
         _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        _check(self.parallel in STRATEGIES, "parallel",
+               f"must be one of {', '.join(STRATEGIES)}, got {self.parallel!r}")
+        _check(not (self.parallel == "fsdp" and self.precision == "fp16"), "precision",
+               "fp16 (a GradScaler over sharded gradients) is not offered with parallel=fsdp; "
+               "use bf16 (fp32 master weights and gradient reduction) or fp32")
+        _check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        _check(self.data.batch_size % self.grad_accum == 0, "grad_accum",
+               f"must divide data.batch_size ({self.data.batch_size}): the batch is cut into "
+               f"grad_accum micro-batches of equal size")
         _check(self.log_every >= 1, "log_every", "must be >= 1")
         _check(self.checkpoint.every_minutes >= 0, "checkpoint.every_minutes",
                "must be >= 0 (0: checkpoints at epoch ends only)")

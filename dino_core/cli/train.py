@@ -47,6 +47,11 @@ exit status:
   0 done; 1 training diverged (last good checkpoint kept); 2 bad config, data or
   checkpoint; 130 Ctrl-C; 143 stopped by SIGTERM/SIGUSR1 after writing a checkpoint.
 
+large models, small GPUs:
+  --parallel fsdp shards every block, the teacher and the AdamW state over the ranks (ViT-L
+  and up); --activation-checkpointing trades compute for activation memory; --grad-accum N
+  keeps the batch (and DINO's center over it) with N times less activation memory.
+
 multi-node:
   torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
       -m dino_core.cli.train --data /data/imagenet/train ...
@@ -67,7 +72,8 @@ OPTION_KEYS = {
     "output_dir": "output_dir", "device": "device", "precision": "precision", "seed": "seed",
     "max_iters_per_epoch": "max_iters_per_epoch", "compile": "model.compile",
     "init_backbone": "init_backbone", "checkpoint_every_min": "checkpoint.every_minutes",
-    "keep_epoch_checkpoints": "saveckp_freq", "recipe": "recipe",
+    "keep_epoch_checkpoints": "saveckp_freq", "recipe": "recipe", "parallel": "parallel",
+    "activation_checkpointing": "activation_checkpointing", "grad_accum": "grad_accum",
 }
 
 
@@ -102,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int)
     a("--compile", action="store_true", default=None,
       help="torch.compile the backbones (opt-in; compiling takes a minute or more)")
+    a("--parallel", choices=("ddp", "fsdp"),
+      help="ddp (default): every rank holds the whole model; fsdp: FSDP2, each rank a shard "
+      "of every block, the teacher and the optimizer state (large models), sharded "
+      "checkpoints (OUTPUT_DIR/checkpoint.dcp/) that resume at another world size")
+    a("--activation-checkpointing", action="store_true", default=None,
+      help="recompute the student's block activations in the backward (less memory, about "
+      "a third more compute)")
+    a("--grad-accum", type=int, metavar="N",
+      help="cut each batch into N micro-batches (--batch-size / N images each), one "
+      "optimizer step per batch: a large batch on a small GPU, the center over all of it")
     a("--max-iters-per-epoch", type=int, help="cap iterations per epoch (smoke tests)")
     a("--init-backbone", metavar="PATH",
       help="start student and teacher backbones from this backbone file (released DINO "

@@ -6,7 +6,8 @@ content, never by their name:
 
 - ``project``: a dino-train checkpoint (``teacher`` / ``student`` entries,
   ``config["model"]`` with ``arch`` / ``patch_size`` / ``out_dim``; layout in
-  ``dino_core/train/checkpoint.py``);
+  ``dino_core/train/checkpoint.py``), one file or a sharded folder (``--parallel fsdp``,
+  ``sharded.py``: the entry asked for is gathered from its shards into plain tensors);
 - ``official``: a full checkpoint of the reference code (``student``, ``teacher``,
   ``dino_loss``, and ``args`` saved as a plain dict);
 - ``backbone``: a bare state dict as released, possibly under ``state_dict`` / ``model``.
@@ -33,6 +34,7 @@ from .canonical import head_from_state, infer_backbone, vit_from_state
 from .dino import DINO
 from .files import CheckpointError, load_checkpoint, save_checkpoint
 from .registry import FORMATS, detect_format
+from .sharded import is_sharded_checkpoint, read_entry, read_run_state
 
 # Old DINO releases named the small models after DeiT.
 ARCH_ALIASES = {"deit_tiny": "vit_tiny", "deit_small": "vit_small"}
@@ -94,7 +96,10 @@ def read_checkpoint(path: str | Path, checkpoint_key: str = "teacher", arch: str
         error naming both.
     """
     source = str(path)
-    obj = load_checkpoint(path)
+    if is_sharded_checkpoint(path):  # a folder of --parallel fsdp: only the entry asked for
+        obj = {**read_run_state(path), checkpoint_key: read_entry(path, checkpoint_key)}
+    else:
+        obj = load_checkpoint(path)
     center = None
     if checkpoint_key in obj and isinstance(obj[checkpoint_key], dict):
         state = obj[checkpoint_key]

@@ -8,6 +8,7 @@ modules'. Gradients are clipped per tensor with foreach kernels (``train.optim``
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from ..train.store import SingleFileStore
 from .env import DistEnv, barrier
 
 
-def wrap_ddp(student: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
+def wrap_ddp(student: nn.Module, device: torch.device, static_graph: bool = True
+             ) -> nn.parallel.DistributedDataParallel:
     """The student under DDP, with the options the training step allows.
 
     - ``gradient_as_bucket_view``: every ``.grad`` is a view into DDP's all-reduce bucket,
@@ -34,18 +36,22 @@ def wrap_ddp(student: nn.Module, device: torch.device) -> nn.parallel.Distribute
       epochs drops that layer's gradient after the backward, after its all-reduce, so the
       graph and the set of used parameters do not change when the freeze ends (tested on
       gloo across the boundary, tests/dino_core/parallel/test_ddp_step.py). DDP then plans
-      its buckets once from the first iteration.
+      its buckets once from the first iteration. Not with gradient accumulation: torch's
+      reducer refuses ``no_sync`` under a static graph (an internal assert on the first
+      iteration), so ``static_graph`` is False then.
     """
     return nn.parallel.DistributedDataParallel(
         student, device_ids=[device.index] if device.type == "cuda" else None,
-        gradient_as_bucket_view=True, static_graph=True)
+        gradient_as_bucket_view=True, static_graph=static_graph)
 
 
 @dataclass
 class DDPStrategy:
-    """The DDP strategy (``strategy.ParallelStrategy``); ``env`` says the ranks."""
+    """The DDP strategy (``strategy.ParallelStrategy``); ``env`` says the ranks;
+    ``static_graph`` False for gradient accumulation (``wrap_ddp``)."""
 
     env: DistEnv = field(default_factory=DistEnv)
+    static_graph: bool = True
     name: str = "ddp"
 
     def wrap(self, student: nn.Module, teacher: nn.Module, device: torch.device
@@ -57,7 +63,7 @@ class DDPStrategy:
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
         student, teacher = student.to(device), teacher.to(device)
         if self.env.distributed:
-            student = wrap_ddp(student, device)
+            student = wrap_ddp(student, device, self.static_graph)
         return student, teacher
 
     def unwrap(self, model: nn.Module) -> nn.Module:
@@ -68,6 +74,14 @@ class DDPStrategy:
         # zero them in place so the backward accumulates into the buckets; dropping them
         # (None) would make autograd allocate fresh ones and DDP copy them over.
         return not getattr(student, "gradient_as_bucket_view", False)
+
+    def local_shards(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return tensors  # every rank holds every tensor whole
+
+    def accumulating(self, student: nn.Module):
+        if isinstance(student, nn.parallel.DistributedDataParallel):
+            return student.no_sync()
+        return contextlib.nullcontext()
 
     def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> None:
         clip_per_tensor(params, max_norm)

@@ -4,8 +4,8 @@ torchrun (single- or multi-node, c10d rendezvous) sets RANK, WORLD_SIZE, LOCAL_R
 MASTER_ADDR and MASTER_PORT. Under SLURM without torchrun (``srun python -m ...``) the ranks
 come from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and the master address from the first
 host of SLURM_JOB_NODELIST (MASTER_PORT defaults to 29500). Anything else is one process.
-NCCL on GPUs, gloo on CPUs. What runs on top of the group (DDP, later FSDP) is a parallel
-strategy (``strategy.py``).
+NCCL on GPUs, gloo on CPUs. What runs on top of the group (DDP, FSDP) is a parallel strategy
+(``strategy.py``).
 """
 from __future__ import annotations
 
@@ -81,6 +81,41 @@ def init_distributed(device_kind: str) -> DistEnv:
     dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(minutes=30), device_id=device_id)
     return env
+
+
+def init_alone(device_kind: str) -> None:
+    """A process group of this one process (an in-memory store, no network), for code that
+    needs one even alone (FSDP's device mesh); a no-op when a group exists."""
+    if dist.is_initialized():
+        return
+    dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo",
+                            store=dist.HashStore(), rank=0, world_size=1)
+
+
+def _flag_device() -> torch.device:
+    """Where a small tensor for a collective lives: the GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree(ok: bool) -> bool:
+    """True on every rank when ``ok`` is True on every rank (one all-reduce; host sync)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return ok
+    flag = torch.tensor([int(ok)], dtype=torch.int32, device=_flag_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())  # host sync: checkpoint loading only
+
+
+def gather_to_main(obj) -> list | None:
+    """Every rank's ``obj`` (picklable plain data and tensors) as a list on rank 0, None on
+    the others."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def shutdown() -> None:

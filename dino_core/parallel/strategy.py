@@ -6,31 +6,34 @@ ranks goes through one object, called on every rank:
 - ``wrap`` / ``unwrap``: the models as the step runs them (DDP: the student inside its
   DDP wrapper) and as plain modules (parameter names, EMA pairs, freeze);
 - ``grads_to_none``: whether zeroing may drop the gradients (DDP's bucket views may not);
+- ``local_shards``: the part of each tensor this rank holds (the teacher EMA runs on them);
+- ``accumulating``: a context in which backwards accumulate gradients without the
+  cross-rank reduction (the micro-batches of a step before its last one);
 - ``clip_grads``: per-tensor gradient clipping over the gradients as the strategy holds them;
 - ``model_state`` / ``load_model_state`` and ``optimizer_state`` / ``load_optimizer_state``:
   state dicts for a checkpoint, with the plain modules' names;
 - ``checkpoint_store``: where checkpoints are written and read (``train.store``).
 
-DDP (``ddp.py``, which is also the single-process case) is the first strategy; a sharded
-one (FSDP2 with torch.distributed.checkpoint) is another implementation of this protocol.
-``build_strategy`` joins the process group (``env.init_distributed``) and builds the one
-named.
+DDP (``ddp.py``, which is also the single-process case) and FSDP2 (``fsdp.py``: every
+rank a shard of each block, sharded checkpoints through torch.distributed.checkpoint) are
+its implementations. ``build_strategy`` joins the process group (``env.init_distributed``)
+and builds the one named.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ContextManager, Protocol
 
 import torch
 from torch import nn
 
-from .env import DistEnv, init_distributed
+from .env import DistEnv, init_alone, init_distributed
 
 if TYPE_CHECKING:
     from ..train.store import CheckpointStore
 
-STRATEGIES = ("ddp",)
+STRATEGIES = ("ddp", "fsdp")
 
 
 class ParallelStrategy(Protocol):
@@ -48,6 +51,13 @@ class ParallelStrategy(Protocol):
 
     def grads_to_none(self, student: nn.Module) -> bool:
         """Whether ``zero_grad`` may drop the wrapped student's gradients."""
+
+    def local_shards(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This rank's part of each tensor (parameters), aliasing its storage."""
+
+    def accumulating(self, student: nn.Module) -> ContextManager:
+        """Backwards inside it accumulate local gradients without reducing them over ranks;
+        the next backward outside it reduces their sum."""
 
     def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> None:
         """Scale each gradient whose norm exceeds ``max_norm`` down to it; no host sync."""
@@ -73,10 +83,17 @@ class ParallelStrategy(Protocol):
         """Wait for every rank."""
 
 
-def build_strategy(name: str, device_kind: str) -> ParallelStrategy:
-    """Join the process group of this launch (if any) and build strategy ``name``."""
+def build_strategy(name: str, device_kind: str, precision: str = "fp32",
+                   grad_accum: int = 1) -> ParallelStrategy:
+    """Join the process group of this launch (if any) and build strategy ``name`` for steps
+    of ``precision`` (resolved: fp32 | bf16 | fp16) and ``grad_accum`` micro-batches."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown parallel strategy {name!r}; choose from "
                          f"{', '.join(STRATEGIES)}")
+    env = init_distributed(device_kind)
+    if name == "fsdp":
+        from .fsdp import FSDPStrategy
+        init_alone(device_kind)  # FSDP's mesh needs a process group, even of one
+        return FSDPStrategy(env, precision)
     from .ddp import DDPStrategy
-    return DDPStrategy(init_distributed(device_kind))
+    return DDPStrategy(env, static_graph=grad_accum == 1)

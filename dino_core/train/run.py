@@ -2,7 +2,9 @@
 
 ``build_run(cfg)`` puts them together on every rank, in an order that keeps runs
 reproducible: seed, loader, the recipe's models (from ``init_backbone`` unless resuming),
-the strategy's wrap (DDP across ranks), then the optimizer over the plain student. ``Run``
+activation checkpointing of the student's blocks (``--activation-checkpointing``), the
+strategy's wrap (``--parallel``: DDP across ranks, or FSDP2's shards), then the optimizer
+over the plain student (DTensor shards under FSDP). ``Run``
 says what a checkpoint holds (``state``) and restores it (``restore``): the engine's
 entries (models and optimizer through the strategy, scaler, position, RNG) and the
 recipe's own (DINO: the center), without knowing what the latter are.
@@ -18,6 +20,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..formats.files import CheckpointError
+from ..models.checkpointing import checkpoint_blocks
 from ..parallel.env import DistEnv
 from ..parallel.strategy import ParallelStrategy, build_strategy
 from ..recipes import build_recipe
@@ -105,8 +108,7 @@ class Run:
         check_compatible(ckpt, self.cfg.model.__dict__, path)
         check_training_checkpoint(ckpt, path)
         s = self.strategy
-        student = {k.removeprefix("module."): v for k, v in ckpt["student"].items()}
-        s.load_model_state(self.student, student, "student", path)
+        s.load_model_state(self.student, without_module_prefix(ckpt["student"]), "student", path)
         s.load_model_state(self.teacher, ckpt["teacher"], "teacher", path)
         s.load_optimizer_state(self.optimizer, self.student, ckpt["optimizer"])
         self.recipe.load_state_dict(ckpt, path)
@@ -130,15 +132,26 @@ class Run:
                 "num_samples": int(self.loader.num_samples)}
 
 
+def without_module_prefix(student):
+    """The student entry by the plain module's names: a state dict's keys without the
+    ``module.`` of the layout; a sharded entry told that its stored names have it."""
+    if isinstance(student, dict):
+        return {k.removeprefix("module."): v for k, v in student.items()}
+    return student.with_prefix("module.")
+
+
 def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     from pipelines import build_loader
     from .optim import build_optimizer
 
     device_kind = "cuda" if cfg.device.startswith("cuda") or (
         cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    strategy = build_strategy("ddp", device_kind)
+    precision = resolve_precision(cfg.precision, torch.device(device_kind))
+    strategy = build_strategy(cfg.parallel, device_kind, precision, cfg.grad_accum)
     env = strategy.env
     device = resolve_device(cfg.device, env.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before any collective (a one-rank FSDP group's too)
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts)
     data, knn_root = resolve_data(cfg)
     loader = build_loader(data, backend=cfg.data.backend, batch_size=cfg.data.batch_size,
@@ -150,12 +163,14 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     store = strategy.checkpoint_store(Path(cfg.output_dir))
     resuming = resume_from is not None or store.exists()
     recipe = build_recipe(cfg)
-    student, teacher = strategy.wrap(*recipe.build_models(init_backbone=not resuming), device)
+    student, teacher = recipe.build_models(init_backbone=not resuming)
+    if cfg.activation_checkpointing:
+        checkpoint_blocks(student)  # the teacher runs without grad: nothing to recompute
+    student, teacher = strategy.wrap(student, teacher, device)
     optimizer = build_optimizer(strategy.unwrap(student), cfg.optim.optimizer, device)
     recipe.to(device)
-    step = TrainStep(recipe, student, teacher, optimizer, device,
-                     resolve_precision(cfg.precision, device), cfg.optim.clip_grad,
-                     cfg.optim.freeze_last_layer, strategy=strategy)
+    step = TrainStep(recipe, student, teacher, optimizer, device, precision, cfg.optim.clip_grad,
+                     cfg.optim.freeze_last_layer, strategy=strategy, grad_accum=cfg.grad_accum)
     schedules = Schedules.build(cfg.optim, recipe.teacher_temp_settings, cfg.epochs, iters,
                                 cfg.data.batch_size * env.world_size)
     gate = StepGate(cfg.checkpoint.every_minutes, cfg.checkpoint.every_steps, StopSignals(),

@@ -1,17 +1,22 @@
 """One training step of a recipe, with its phases named and no host synchronisation inside it.
 
-    fetch     (the caller) the batch on the device
-    targets   the recipe's teacher side without grad (``Recipe.teacher_targets``; DINO: the
-              teacher forward on the global views)
+    fetch     (the caller) the batch on the device; cut into ``grad_accum`` micro-batches
+              (``accumulation.py``; one micro-batch, the batch itself, by default)
+    targets   the recipe's teacher side without grad, for every micro-batch at once
+              (``Recipe.teacher_targets``; DINO: the teacher forward on the global views)
+    then per micro-batch (all but the last inside the strategy's ``accumulating``: no
+    cross-rank gradient reduction until the last backward):
     losses    the recipe's student side under autocast (``Recipe.student_losses``; DINO:
               student forward on every view, the DINO loss over all view pairs), summed
-    state     the recipe's updates from the whole step (``Recipe.end_step``; DINO: center
-              EMA launched, its all-reduce overlapping the backward)
-    backward  (GradScaler-scaled in fp16)
+    state     before the last backward only: the recipe's updates from the whole step
+              (``Recipe.end_step``; DINO: center EMA launched, its all-reduce overlapping
+              the backward)
+    backward  of the loss / grad_accum (GradScaler-scaled in fp16)
     clip      per-tensor clipping with foreach norms (the parallel strategy's)
     freeze    drop the last layer's gradient during the first epochs
     optimizer AdamW (fused on CUDA)
-    ema       teacher <- m teacher + (1 - m) student, one foreach call
+    ema       teacher <- m teacher + (1 - m) student, one foreach call over this rank's
+              shards (the strategy's ``local_shards``: whole tensors under DDP)
 
 The step is the mechanics every recipe shares; what is computed is the recipe's, how the
 models are spread over ranks the strategy's (``dino_core.parallel``). It never calls
@@ -35,6 +40,7 @@ import torch
 from torch import nn
 
 from ..parallel.ddp import DDPStrategy
+from .accumulation import split_batch
 from .ema import ema_update, paired_params
 from .optim import drop_last_layer_grad, set_hyperparams
 
@@ -135,11 +141,15 @@ class TrainStep:
     freeze_last_layer: int = 1
     scaler: torch.amp.GradScaler | None = None
     strategy: "ParallelStrategy" = field(default_factory=DDPStrategy)  # default: one process
+    grad_accum: int = 1                # micro-batches per step (accumulation.py)
 
     def __post_init__(self) -> None:
         self.bare_student = self.strategy.unwrap(self.student)
         self.student_params, self.teacher_params = paired_params(
             self.bare_student, self.strategy.unwrap(self.teacher))
+        # what the EMA updates: each rank its shards (FSDP), the whole tensors (DDP)
+        self.student_shards = self.strategy.local_shards(self.student_params)
+        self.teacher_shards = self.strategy.local_shards(self.teacher_params)
         self.trainable = [p for p in self.bare_student.parameters() if p.requires_grad]
         self.stats = StepStats(self.device)
         self.grads_to_none = self.strategy.grads_to_none(self.student)
@@ -148,27 +158,19 @@ class TrainStep:
 
     def __call__(self, batch: "Batch", at: "StepValues") -> torch.Tensor:
         """Run one step on ``batch`` with this step's schedule values ``at``; returns the
-        total loss (device)."""
+        total loss (device), the mean over the micro-batches."""
         set_hyperparams(self.optimizer, at.lr, at.wd)
+        micro = split_batch(batch, self.grad_accum)
         with autocast_context(self.precision, self.device):
-            # targets: the teacher's side, no grad (DINO: the teacher on the 2 globals)
+            # targets: the teacher's side, no grad, normalised over every micro-batch (DINO:
+            # the teacher on the 2 globals)
             with torch.no_grad():
-                (target,) = self.recipe.teacher_targets([batch], self.teacher, at)
-            # losses: the student's side (DINO: every view, the loss over the pairs); the
-            # student outputs are dead after it
-            terms = self.recipe.student_losses(batch, self.student, target, at)
-            loss = total_loss(terms)
-        # state: updates from the whole step (DINO: the center EMA, its all-reduce launched)
-        self.recipe.end_step([target])
-        self.stats.record(loss, terms, at.iteration)
-
-        # backward
+                targets = self.recipe.teacher_targets(micro, self.teacher, at)
         self.optimizer.zero_grad(set_to_none=self.grads_to_none)
+        loss, terms = self._losses_and_backward(micro, targets, at)
+        self.stats.record(loss, terms, at.iteration)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         # clip
         if self.clip_grad > 0:
             self.strategy.clip_grads(self.trainable, self.clip_grad)
@@ -183,6 +185,38 @@ class TrainStep:
             self.scaler.update()
         else:
             self.optimizer.step()
-        # ema
-        ema_update(self.student_params, self.teacher_params, at.momentum)
+        # ema, on this rank's shards (all of each tensor under DDP)
+        ema_update(self.student_shards, self.teacher_shards, at.momentum)
         return loss.detach()
+
+    def _losses_and_backward(self, micro: list["Batch"], targets: list, at: "StepValues"
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """losses, state, backward for each micro-batch; returns the step's total loss and
+        terms (means over the micro-batches, detached when there are several)."""
+        n = len(micro)
+        loss_sum, term_sums = None, {}
+        for i, (part, target) in enumerate(zip(micro, targets)):
+            last = i == n - 1
+            # all but the last backward accumulate locally (DDP no_sync, FSDP no
+            # reduce-scatter); the last one reduces the sum over ranks
+            with contextlib.nullcontext() if last else self.strategy.accumulating(self.student):
+                # losses: the student's side (DINO: every view, the loss over the pairs); the
+                # student outputs are dead after it
+                with autocast_context(self.precision, self.device):
+                    terms = self.recipe.student_losses(part, self.student, target, at)
+                    loss = total_loss(terms)
+                if last:
+                    # state: updates from the whole step (DINO: the center EMA from every
+                    # micro-batch's teacher rows, its all-reduce launched)
+                    self.recipe.end_step(targets)
+                # backward (GradScaler-scaled in fp16)
+                scaled = loss if n == 1 else loss / n
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()
+            if n == 1:
+                return loss, terms
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            for name, t in terms.items():
+                term_sums[name] = t.detach() if name not in term_sums else term_sums[name] + t.detach()
+        return loss_sum / n, {name: t / n for name, t in term_sums.items()}

@@ -4,7 +4,7 @@ The training loop saves and resumes through a ``CheckpointStore``, which the par
 strategy chooses (``ParallelStrategy.checkpoint_store``): every rank calls ``save`` and
 ``load_latest``; the store decides which ranks build and write the state. A sharded store
 (every rank its own shards, torch.distributed.checkpoint) is another implementation of the
-same protocol, with no change to the loop.
+same protocol, with no change to the loop (``sharded_store.py``, ``--parallel fsdp``).
 
 ``SingleFileStore`` (DDP and one process): rank 0 builds the whole state and writes one
 file; every rank reads the whole file. OUTPUT_DIR holds ``checkpoint.pth`` (the latest: an epoch end or a point inside an epoch)
@@ -44,6 +44,7 @@ from ..formats.files import CheckpointError, checkpoint_bytes, load_checkpoint
 log = logging.getLogger("dino_core.train.store")
 
 LAST, PREV = "checkpoint.pth", "checkpoint_prev.pth"
+SHARDED = "checkpoint.dcp"  # the sharded store's latest (sharded_store.py): another kind of run
 
 
 # ----------------------------------------------------------------------------- checksum
@@ -164,6 +165,10 @@ class SingleFileStore:
     barrier: Callable[[], None] = field(default=lambda: None)
 
     def exists(self) -> bool:
+        if not has_checkpoint(self.out) and (self.out / SHARDED).is_dir():
+            raise CheckpointError(f"{self.out} holds {SHARDED}/, a checkpoint of --parallel "
+                                  "fsdp; resume it with --parallel fsdp, or use another "
+                                  "--output-dir")
         return has_checkpoint(self.out)
 
     def save(self, make_state: Callable[[], dict], keep_epoch: int | None = None) -> None:
@@ -178,4 +183,7 @@ class SingleFileStore:
         return load_latest(self.out, map_location)
 
     def load(self, path: Path, map_location) -> dict:
+        if Path(path).is_dir():
+            raise CheckpointError(f"{path} is a folder (a sharded checkpoint of --parallel "
+                                  "fsdp?); --parallel ddp resumes from a checkpoint file")
         return load_verified(Path(path), map_location)

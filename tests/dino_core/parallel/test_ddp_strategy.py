@@ -49,7 +49,10 @@ def test_clip_is_the_per_tensor_clip():
         torch.testing.assert_close(p.grad, t.grad)
 
 
-def test_build_strategy_knows_ddp_only_for_now():
-    assert build_strategy("ddp", "cpu").env.world_size == 1
-    with pytest.raises(ValueError, match="unknown parallel strategy 'fsdp'"):
-        build_strategy("fsdp", "cpu")
+def test_build_strategy_knows_ddp_and_fsdp_only():
+    ddp = build_strategy("ddp", "cpu")
+    assert ddp.env.world_size == 1 and ddp.static_graph
+    # torch's reducer refuses no_sync under a static graph: accumulation turns it off
+    assert not build_strategy("ddp", "cpu", grad_accum=2).static_graph
+    with pytest.raises(ValueError, match="unknown parallel strategy 'zero3'; choose from ddp, fsdp"):
+        build_strategy("zero3", "cpu")

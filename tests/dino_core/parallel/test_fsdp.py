@@ -1,0 +1,201 @@
+"""FSDP2 (``--parallel fsdp``) on 2 gloo ranks against DDP on 2 ranks and one process, float64.
+
+One spawn of 2 ranks runs every distributed variant of the same 3 steps (across the
+last-layer freeze boundary, every gradient clipped) on the same global batch of 4: DDP;
+FSDP; FSDP and DDP with 2 micro-batches per step; FSDP with activation checkpointing. The
+tests compare what each left behind with one process on the whole batch: student, teacher,
+center and the loss of every step within 1e-10; the bytes of parameters and optimizer state
+each rank holds (about half under FSDP); and a sharded checkpoint written by the 2 ranks,
+loaded by one process.
+
+All 4 views have one size: the ViT resizes its position embeddings for another size in
+float32 (bicubic, as upstream DINO does), which would put float32 rounding into the
+gradients. Two more variants run 32 px globals and 16 px locals (the backbone called twice
+per forward, once per size: FSDP gathers each block twice) and are compared at 1e-8.
+"""
+import copy
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dino_core.loss import DINOLoss
+from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer
+from dino_core.models.checkpointing import checkpoint_blocks
+from dino_core.parallel.ddp import DDPStrategy
+from dino_core.parallel.env import DistEnv
+from dino_core.parallel.fsdp import FSDPStrategy
+from dino_core.recipes.dino import DINORecipe
+from dino_core.train.optim import build_optimizer
+from dino_core.train.step import TrainStep
+from tests.dino_core.parallel.test_ddp_step import free_port
+from tests.dino_core.train.train_helpers import step_inputs
+
+BATCH = 4             # the global batch; each of the 2 ranks takes half
+EPOCHS = (0, 0, 1)    # freeze_last_layer=1: frozen for two steps, then trained
+CPU = torch.device("cpu")
+SIZES = (32, 32, 32, 32)  # 2 global and 2 local views
+MULTI_RES = (32, 32, 16, 16)
+CLIP = 0.01           # below every gradient's norm: clipping over shards is compared too
+# name: (strategy, micro-batches, activation checkpointing, view sizes)
+VARIANTS = {"ddp": ("ddp", 1, False, SIZES), "fsdp": ("fsdp", 1, False, SIZES),
+            "ddp_accum": ("ddp", 2, False, SIZES), "fsdp_accum": ("fsdp", 2, False, SIZES),
+            "fsdp_ckpt": ("fsdp", 1, True, SIZES),
+            "fsdp_multires": ("fsdp", 1, False, MULTI_RES),
+            "fsdp_accum_multires": ("fsdp", 2, True, MULTI_RES)}
+
+
+def make_models():
+    """A ViT of 2 blocks, D=32, K=64, float64; the teacher a copy."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2)
+    student = MultiCropWrapper(vit, DINOHead(32, 64, hidden_dim=48, bottleneck_dim=16)).double()
+    return student, copy.deepcopy(student).requires_grad_(False)
+
+
+def views(step: int, part: slice, sizes: tuple[int, ...]) -> list[torch.Tensor]:
+    """2 global and 2 local views of the global batch, rows ``part``."""
+    gen = torch.Generator().manual_seed(step)
+    return [torch.randn(BATCH, 3, s, s, generator=gen, dtype=torch.float64)[part]
+            for s in sizes]
+
+
+def train(strategy, part: slice, grad_accum: int = 1, checkpointing: bool = False,
+          sizes: tuple[int, ...] = SIZES):
+    """3 steps of DINO on rows ``part`` of each step's batch; (step, losses)."""
+    student, teacher = make_models()
+    if checkpointing:
+        checkpoint_blocks(student)
+    student, teacher = strategy.wrap(student, teacher, CPU)
+    bare = strategy.unwrap(student)
+    step = TrainStep(DINORecipe(DINOLoss(64, 4, impl="fused")), student, teacher,
+                     build_optimizer(bare, "adamw", CPU), CPU, clip_grad=CLIP,
+                     freeze_last_layer=1, strategy=strategy, grad_accum=grad_accum)
+    losses = [step(*step_inputs(views(i, part, sizes), epoch, i, lr=1e-4, wd=0.04, momentum=0.99))
+              for i, epoch in enumerate(EPOCHS)]
+    return step, torch.stack(losses)
+
+
+def held_bytes(step: TrainStep) -> int:
+    """Bytes of the parameters and optimizer state this rank holds (its local shards)."""
+    s = step.strategy
+    params = s.local_shards(list(step.bare_student.parameters()))
+    state = [t for st in step.optimizer.state.values() for t in st.values()
+             if isinstance(t, torch.Tensor) and t.dim() > 0]  # not the scalar step counts
+    return sum(t.numel() * t.element_size() for t in params + s.local_shards(state))
+
+
+def full_state(strategy, model) -> dict:
+    """The whole state dict (gathered from the shards under FSDP: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if isinstance(strategy, FSDPStrategy):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return {k: v.clone() for k, v in strategy.unwrap(model).state_dict().items()}
+
+
+def worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        env = DistEnv(rank, 2)
+        results = {}
+        for name, (kind, accum, ckpt, sizes) in VARIANTS.items():
+            strategy = FSDPStrategy(env) if kind == "fsdp" else DDPStrategy(
+                env, static_graph=accum == 1)
+            step, losses = train(strategy, slice(2 * rank, 2 * rank + 2), accum, ckpt, sizes)
+            step.recipe.loss.sync_center()
+            results[name] = {"student": full_state(strategy, step.student),
+                             "teacher": full_state(strategy, step.teacher),
+                             "center": step.recipe.loss.center.clone(), "losses": losses,
+                             "bytes": held_bytes(step)}
+            if name == "fsdp":  # a sharded checkpoint of both ranks, for the reshard test
+                strategy.checkpoint_store(out).save(lambda: _sharded_state(step, strategy))
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _sharded_state(step: TrainStep, strategy: FSDPStrategy) -> dict:
+    """The strategy's entries of a checkpoint, the center and the RNG states (what a run's
+    state holds besides plain data)."""
+    from dino_core.train.rng import rng_state
+    return {"student": strategy.model_state(step.student),
+            "teacher": strategy.model_state(step.teacher),
+            "optimizer": strategy.optimizer_state(step.optimizer, step.student),
+            "epoch": 1, **step.recipe.state_dict(), "rng": rng_state(CPU)}
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    mp.spawn(worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    """One process on the whole batch, for each view-size set: (step, losses)."""
+    return {sizes: train(DDPStrategy(), slice(0, BATCH), sizes=sizes)
+            for sizes in (SIZES, MULTI_RES)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_ranks_equal_one_process_on_the_whole_batch(ranks, one_process, variant):
+    _, results = ranks
+    sizes = VARIANTS[variant][3]
+    step, losses = one_process[sizes]
+    tol = 1e-10 if sizes == SIZES else 1e-8
+    # the last layer moved once the freeze ended: the comparison covers a trained head
+    first = make_models()[0].head.last_layer.weight_v
+    assert (step.student.head.last_layer.weight_v - first).abs().max() > 1e-5
+    for r in results:
+        for name, model in (("student", step.student), ("teacher", step.teacher)):
+            for k, v in model.state_dict().items():
+                diff = (r[variant][name][k] - v).abs().max().item()
+                assert diff < tol, f"{variant}: {name}.{k} differs by {diff:.2e}"
+        assert (r[variant]["center"] - step.recipe.loss.center).abs().max() < tol
+    # each rank's loss is the mean over its half: their mean is the whole batch's
+    mean = (results[0][variant]["losses"] + results[1][variant]["losses"]) / 2
+    assert (mean - losses).abs().max() < tol, (variant, mean, losses)
+
+
+def test_fsdp_ranks_hold_about_half_the_parameter_and_optimizer_bytes_of_ddp(ranks):
+    _, results = ranks
+    ddp = results[0]["ddp"]["bytes"]
+    assert results[1]["ddp"]["bytes"] == ddp
+    student, _ = make_models()
+    whole = sum(p.numel() * p.element_size() for p in student.parameters())
+    assert ddp > 2 * whole  # parameters + AdamW's two moments of the trainable ones
+    for r in results:
+        assert 0.45 < r["fsdp"]["bytes"] / ddp < 0.55, (r["fsdp"]["bytes"], ddp)
+    assert sum(r["fsdp"]["bytes"] for r in results) == ddp  # shards partition the whole
+
+
+def test_a_checkpoint_of_two_ranks_loads_into_one_process(ranks, tmp_path):
+    """Resharding 2 -> 1: the shards written by 2 ranks, read into one process's FSDP
+    models (a one-rank group), equal the 2 ranks' trained state."""
+    out, results = ranks
+    from dino_core.parallel.env import init_alone, shutdown
+    init_alone("cpu")
+    try:
+        strategy = FSDPStrategy(DistEnv())
+        student, teacher = strategy.wrap(*make_models(), CPU)
+        optimizer = build_optimizer(student, "adamw", CPU)
+        store = strategy.checkpoint_store(out)
+        ckpt, path = store.load_latest(CPU)
+        strategy.load_model_state(student, ckpt["student"], "student", path)
+        strategy.load_model_state(teacher, ckpt["teacher"], "teacher", path)
+        strategy.load_optimizer_state(optimizer, student, ckpt["optimizer"])
+        got = {"student": full_state(strategy, student), "teacher": full_state(strategy, teacher)}
+        moments = [st["exp_avg"].full_tensor() for st in optimizer.state.values()]
+    finally:
+        shutdown()
+    for name in ("student", "teacher"):
+        for k, v in results[0]["fsdp"][name].items():
+            assert torch.equal(got[name][k], v), f"{name}.{k}"
+    assert torch.equal(ckpt["dino_loss"]["center"], results[0]["fsdp"]["center"])
+    assert len(moments) == len(list(make_models()[0].parameters())) - 1  # weight_g is frozen
+    assert any(m.abs().max() > 0 for m in moments)
