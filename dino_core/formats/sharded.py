@@ -27,8 +27,10 @@ object reader (which would unpickle freely) is never used.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -94,6 +96,14 @@ class SafeReader(FileSystemReader):
         return metadata
 
 
+@contextlib.contextmanager
+def single_process_quiet():
+    """DCP warns at every save or load without a process group, which is meant here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a sharded checkpoint folder (it holds a DCP index)."""
     return (Path(path) / METADATA).is_file()
@@ -133,7 +143,9 @@ def load_into(folder: str | os.PathLike, target: dict, *, distributed: bool,
     from torch.distributed.checkpoint import CheckpointException
 
     try:
-        dcp.load(target, storage_reader=reader or SafeReader(folder), no_dist=not distributed)
+        with single_process_quiet():
+            dcp.load(target, storage_reader=reader or SafeReader(folder),
+                     no_dist=not distributed)
     except CheckpointError:
         raise
     except (CheckpointException, RuntimeError, ValueError, KeyError, OSError) as e:

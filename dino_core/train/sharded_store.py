@@ -43,7 +43,7 @@ from pipelines.files import fsync_path
 
 from ..formats.files import CheckpointError
 from ..formats.sharded import (METADATA, RUN_STATE, SHARDED_ENTRIES, is_sharded_checkpoint,
-                               load_into)
+                               load_into, single_process_quiet)
 from .store import LAST as SINGLE_FILE, SHARDED, load_verified, write_verified
 
 log = logging.getLogger("dino_core.train.store")
@@ -115,9 +115,9 @@ def publish(new: Path, out: Path) -> None:
     """Rotate: the latest folder becomes the previous one, ``new`` the latest (rank 0)."""
     last, prev, old = out / LAST, out / PREV, out / OLD
     shutil.rmtree(old, ignore_errors=True)
-    if prev.exists():
-        os.replace(prev, old)
-    if last.exists():
+    if last.exists():  # else a crash left only the previous one: it stays the previous
+        if prev.exists():
+            os.replace(prev, old)
         os.replace(last, prev)
     os.replace(new, last)
     fsync_path(out)
@@ -160,6 +160,7 @@ class ShardedStore:
         return False
 
     def save(self, make_state: Callable[[], dict], keep_epoch: int | None = None) -> None:
+        import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import FileSystemWriter
 
@@ -176,7 +177,10 @@ class ShardedStore:
             shutil.rmtree(new, ignore_errors=True)  # left by a process killed while saving
             new.mkdir(parents=True)
         self.barrier()
-        dcp.save(shards, storage_writer=FileSystemWriter(new))  # returns once the index is written
+        # returns on every rank once rank 0 has written the index
+        with single_process_quiet():
+            dcp.save(shards, storage_writer=FileSystemWriter(new),
+                     no_dist=not dist.is_initialized())
         files = folder_files(new)
         mine = {name: file_crc(new / name) for name in files[self.rank::self.world_size]}
         gathered = self.gather((rng, mine))

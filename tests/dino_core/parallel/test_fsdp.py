@@ -5,8 +5,9 @@ last-layer freeze boundary, every gradient clipped) on the same global batch of 
 FSDP; FSDP and DDP with 2 micro-batches per step; FSDP with activation checkpointing. The
 tests compare what each left behind with one process on the whole batch: student, teacher,
 center and the loss of every step within 1e-10; the bytes of parameters and optimizer state
-each rank holds (about half under FSDP); and a sharded checkpoint written by the 2 ranks,
-loaded by one process.
+each rank holds (about half under FSDP); a sharded checkpoint written by the 2 ranks,
+loaded by one process, and one written by FSDP in one process (before the spawn), loaded
+by the 2 ranks.
 
 All 4 views have one size: the ViT resizes its position embeddings for another size in
 float32 (bicubic, as upstream DINO does), which would put float32 rounding into the
@@ -15,6 +16,7 @@ per forward, once per size: FSDP gathers each block twice) and are compared at 1
 """
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +27,7 @@ from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer
 from dino_core.models.checkpointing import checkpoint_blocks
 from dino_core.parallel.ddp import DDPStrategy
-from dino_core.parallel.env import DistEnv
+from dino_core.parallel.env import DistEnv, init_alone, shutdown
 from dino_core.parallel.fsdp import FSDPStrategy
 from dino_core.recipes.dino import DINORecipe
 from dino_core.train.optim import build_optimizer
@@ -95,6 +97,42 @@ def full_state(strategy, model) -> dict:
     return {k: v.clone() for k, v in strategy.unwrap(model).state_dict().items()}
 
 
+def sharded_state(step: TrainStep) -> dict:
+    """What the strategy puts in a checkpoint, with the center and the RNG states."""
+    from dino_core.train.rng import rng_state
+    s = step.strategy
+    return {"student": s.model_state(step.student), "teacher": s.model_state(step.teacher),
+            "optimizer": s.optimizer_state(step.optimizer, step.student), "epoch": 1,
+            **step.recipe.state_dict(), "rng": rng_state(CPU)}
+
+
+def trained(step: TrainStep) -> dict:
+    """Whole student, teacher, first moments (gathered; every rank calls it) and center."""
+    s = step.strategy
+    step.recipe.loss.sync_center()
+    state = step.optimizer.state
+    moments = {name: state[p]["exp_avg"] for name, p in step.bare_student.named_parameters()
+               if p in state}
+    if isinstance(s, FSDPStrategy):
+        moments = {name: m.full_tensor() for name, m in moments.items()}
+    return {"student": full_state(s, step.student), "teacher": full_state(s, step.teacher),
+            "center": step.recipe.loss.center.clone(), "moments": moments}
+
+
+def load_sharded(strategy: FSDPStrategy, folder) -> dict:
+    """Fresh FSDP models and optimizer loaded from the sharded checkpoint in ``folder``
+    (every rank calls it), as ``trained`` reports them."""
+    student, teacher = strategy.wrap(*make_models(), CPU)
+    step = TrainStep(DINORecipe(DINOLoss(64, 4)), student, teacher,
+                     build_optimizer(student, "adamw", CPU), CPU, strategy=strategy)
+    ckpt, path = strategy.checkpoint_store(folder).load_latest(CPU)
+    strategy.load_model_state(student, ckpt["student"], "student", path)
+    strategy.load_model_state(teacher, ckpt["teacher"], "teacher", path)
+    strategy.load_optimizer_state(step.optimizer, student, ckpt["optimizer"])
+    step.recipe.load_state_dict(ckpt, path)
+    return trained(step)
+
+
 def worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -106,33 +144,29 @@ def worker(rank: int, port: int, out: str) -> None:
             strategy = FSDPStrategy(env) if kind == "fsdp" else DDPStrategy(
                 env, static_graph=accum == 1)
             step, losses = train(strategy, slice(2 * rank, 2 * rank + 2), accum, ckpt, sizes)
-            step.recipe.loss.sync_center()
-            results[name] = {"student": full_state(strategy, step.student),
-                             "teacher": full_state(strategy, step.teacher),
-                             "center": step.recipe.loss.center.clone(), "losses": losses,
-                             "bytes": held_bytes(step)}
-            if name == "fsdp":  # a sharded checkpoint of both ranks, for the reshard test
-                strategy.checkpoint_store(out).save(lambda: _sharded_state(step, strategy))
+            results[name] = {**trained(step), "losses": losses, "bytes": held_bytes(step)}
+            if name == "fsdp":  # a sharded checkpoint of both ranks: the 2 -> 1 test
+                strategy.checkpoint_store(Path(out) / "two").save(lambda: sharded_state(step))
+        # 1 -> 2: the checkpoint one process wrote before this spawn
+        results["from_one"] = load_sharded(FSDPStrategy(env), Path(out) / "one")
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _sharded_state(step: TrainStep, strategy: FSDPStrategy) -> dict:
-    """The strategy's entries of a checkpoint, the center and the RNG states (what a run's
-    state holds besides plain data)."""
-    from dino_core.train.rng import rng_state
-    return {"student": strategy.model_state(step.student),
-            "teacher": strategy.model_state(step.teacher),
-            "optimizer": strategy.optimizer_state(step.optimizer, step.student),
-            "epoch": 1, **step.recipe.state_dict(), "rng": rng_state(CPU)}
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
+    """(folder, [rank 0's results, rank 1's], FSDP in one process: its results)."""
     out = tmp_path_factory.mktemp("fsdp")
+    init_alone("cpu")  # FSDP in this process: a one-rank group
+    try:
+        step, losses = train(FSDPStrategy(), slice(0, BATCH))
+        alone = {**trained(step), "losses": losses}
+        step.strategy.checkpoint_store(out / "one").save(lambda: sharded_state(step))
+    finally:
+        shutdown()
     mp.spawn(worker, args=(free_port(), str(out)), nprocs=2, join=True)
-    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)], alone
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +176,17 @@ def one_process():
             for sizes in (SIZES, MULTI_RES)}
 
 
+def assert_close(got: dict, step: TrainStep, tol: float, what: str) -> None:
+    for name, model in (("student", step.student), ("teacher", step.teacher)):
+        for k, v in model.state_dict().items():
+            diff = (got[name][k] - v).abs().max().item()
+            assert diff < tol, f"{what}: {name}.{k} differs by {diff:.2e}"
+    assert (got["center"] - step.recipe.loss.center).abs().max() < tol, what
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_two_ranks_equal_one_process_on_the_whole_batch(ranks, one_process, variant):
-    _, results = ranks
+    _, results, _ = ranks
     sizes = VARIANTS[variant][3]
     step, losses = one_process[sizes]
     tol = 1e-10 if sizes == SIZES else 1e-8
@@ -152,18 +194,21 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(ranks, one_process, vari
     first = make_models()[0].head.last_layer.weight_v
     assert (step.student.head.last_layer.weight_v - first).abs().max() > 1e-5
     for r in results:
-        for name, model in (("student", step.student), ("teacher", step.teacher)):
-            for k, v in model.state_dict().items():
-                diff = (r[variant][name][k] - v).abs().max().item()
-                assert diff < tol, f"{variant}: {name}.{k} differs by {diff:.2e}"
-        assert (r[variant]["center"] - step.recipe.loss.center).abs().max() < tol
+        assert_close(r[variant], step, tol, variant)
     # each rank's loss is the mean over its half: their mean is the whole batch's
     mean = (results[0][variant]["losses"] + results[1][variant]["losses"]) / 2
     assert (mean - losses).abs().max() < tol, (variant, mean, losses)
 
 
+def test_fsdp_in_one_process_equals_ddp_in_one_process(ranks, one_process):
+    _, _, alone = ranks
+    step, losses = one_process[SIZES]
+    assert_close(alone, step, 1e-10, "fsdp alone")
+    assert (alone["losses"] - losses).abs().max() < 1e-10
+
+
 def test_fsdp_ranks_hold_about_half_the_parameter_and_optimizer_bytes_of_ddp(ranks):
-    _, results = ranks
+    _, results, _ = ranks
     ddp = results[0]["ddp"]["bytes"]
     assert results[1]["ddp"]["bytes"] == ddp
     student, _ = make_models()
@@ -174,28 +219,29 @@ def test_fsdp_ranks_hold_about_half_the_parameter_and_optimizer_bytes_of_ddp(ran
     assert sum(r["fsdp"]["bytes"] for r in results) == ddp  # shards partition the whole
 
 
-def test_a_checkpoint_of_two_ranks_loads_into_one_process(ranks, tmp_path):
-    """Resharding 2 -> 1: the shards written by 2 ranks, read into one process's FSDP
-    models (a one-rank group), equal the 2 ranks' trained state."""
-    out, results = ranks
-    from dino_core.parallel.env import init_alone, shutdown
+def assert_equal(got: dict, want: dict) -> None:
+    for name in ("student", "teacher"):
+        assert got[name].keys() == want[name].keys()
+        for k, v in want[name].items():
+            assert torch.equal(got[name][k], v), f"{name}.{k}"
+    assert torch.equal(got["center"], want["center"])
+    assert got["moments"].keys() == want["moments"].keys() and got["moments"]
+    for k, v in want["moments"].items():
+        assert torch.equal(got["moments"][k], v), f"exp_avg of {k}"
+
+
+def test_a_checkpoint_of_two_ranks_loads_into_one_process(ranks):
+    out, results, _ = ranks
     init_alone("cpu")
     try:
-        strategy = FSDPStrategy(DistEnv())
-        student, teacher = strategy.wrap(*make_models(), CPU)
-        optimizer = build_optimizer(student, "adamw", CPU)
-        store = strategy.checkpoint_store(out)
-        ckpt, path = store.load_latest(CPU)
-        strategy.load_model_state(student, ckpt["student"], "student", path)
-        strategy.load_model_state(teacher, ckpt["teacher"], "teacher", path)
-        strategy.load_optimizer_state(optimizer, student, ckpt["optimizer"])
-        got = {"student": full_state(strategy, student), "teacher": full_state(strategy, teacher)}
-        moments = [st["exp_avg"].full_tensor() for st in optimizer.state.values()]
+        got = load_sharded(FSDPStrategy(), out / "two")
     finally:
         shutdown()
-    for name in ("student", "teacher"):
-        for k, v in results[0]["fsdp"][name].items():
-            assert torch.equal(got[name][k], v), f"{name}.{k}"
-    assert torch.equal(ckpt["dino_loss"]["center"], results[0]["fsdp"]["center"])
-    assert len(moments) == len(list(make_models()[0].parameters())) - 1  # weight_g is frozen
-    assert any(m.abs().max() > 0 for m in moments)
+    assert_equal(got, results[0]["fsdp"])
+    assert all(m.abs().max() > 0 for m in got["moments"].values())
+
+
+def test_a_checkpoint_of_one_process_loads_into_two_ranks(ranks):
+    _, results, alone = ranks
+    for r in results:
+        assert_equal(r["from_one"], alone)
