@@ -121,15 +121,22 @@ def read_entry(folder: str | os.PathLike, key: str) -> dict[str, torch.Tensor]:
     shards of whatever world size wrote them; no process group needed."""
     folder = Path(folder)
     reader = SafeReader(folder)
-    metadata = reader.read_metadata()
-    prefix = f"{key}."
-    target = {name[len(prefix):]: torch.empty(md.size, dtype=md.properties.dtype)
-              for name, md in metadata.state_dict_metadata.items()
-              if name.startswith(prefix) and isinstance(md, TensorStorageMetadata)}
+    target = {name: torch.empty(md.size, dtype=md.properties.dtype)
+              for name, md in stored_tensors(folder, key, reader).items()}
     if not target:
         raise CheckpointError(f"sharded checkpoint {folder} has no {key!r} entry")
     load_into(folder, {key: target}, distributed=False, reader=reader)
     return target
+
+
+def stored_tensors(folder: str | os.PathLike, key: str, reader: SafeReader | None = None
+                   ) -> dict[str, TensorStorageMetadata]:
+    """The tensors of entry ``key`` in the index of ``folder``, by name without the entry
+    (``state.backbone.norm.weight.exp_avg`` for ``optimizer``): global shape and dtype."""
+    metadata = (reader or SafeReader(folder)).read_metadata()
+    prefix = f"{key}."
+    return {name[len(prefix):]: md for name, md in metadata.state_dict_metadata.items()
+            if name.startswith(prefix) and isinstance(md, TensorStorageMetadata)}
 
 
 def load_into(folder: str | os.PathLike, target: dict, *, distributed: bool,

@@ -141,14 +141,21 @@ class FSDPStrategy:
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, model: nn.Module,
                              state) -> None:
         """``state``: a ``ShardedEntry``. torch first creates the optimizer's state (a step
-        at lr 0, which changes no parameter) for the shards to be loaded into."""
-        from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict,
+        at lr 0, which changes no parameter) for the shards to be loaded into; parameters
+        the checkpoint has no state for (no step yet: the last layer while it is frozen)
+        are left without, as in the run that wrote it (else AdamW's step count differs)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_optimizer_state_dict,
                                                              set_optimizer_state_dict)
         entry = _entry(state, "the checkpoint")
-        target = get_optimizer_state_dict(model, optimizer)
-        entry.load_into({"state": target["state"]})
-        set_optimizer_state_dict(model, optimizer, {"state": target["state"],
-                                                    "param_groups": entry.plain["param_groups"]})
+        stored = {name.rsplit(".", 1)[0].removeprefix("state.") for name in entry.names()}
+        target = {name: s for name, s in get_optimizer_state_dict(model, optimizer)["state"].items()
+                  if name in stored}
+        entry.load_into({"state": target})
+        # not strict: the parameters left without state (the load replaces the whole state)
+        set_optimizer_state_dict(model, optimizer, {"state": target,
+                                                    "param_groups": entry.plain["param_groups"]},
+                                 options=StateDictOptions(strict=False))
 
     def checkpoint_store(self, out: Path):
         from ..train.sharded_store import ShardedStore

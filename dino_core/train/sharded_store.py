@@ -43,7 +43,7 @@ from pipelines.files import fsync_path
 
 from ..formats.files import CheckpointError
 from ..formats.sharded import (METADATA, RUN_STATE, SHARDED_ENTRIES, is_sharded_checkpoint,
-                               load_into, single_process_quiet)
+                               load_into, single_process_quiet, stored_tensors)
 from .store import LAST as SINGLE_FILE, SHARDED, load_verified, write_verified
 
 log = logging.getLogger("dino_core.train.store")
@@ -88,6 +88,11 @@ class ShardedEntry:
 
     def with_prefix(self, prefix: str) -> "ShardedEntry":
         return replace(self, prefix=prefix)
+
+    def names(self) -> set[str]:
+        """The stored tensor names of this entry, without ``prefix`` (nested keys joined
+        by dots: ``state.blocks.0.norm1.weight.exp_avg``)."""
+        return {name.removeprefix(self.prefix) for name in stored_tensors(self.folder, self.key)}
 
     def load_into(self, target: dict) -> None:
         """Fill ``target`` (name -> tensor or DTensor, or nested dicts of them) in place; every
