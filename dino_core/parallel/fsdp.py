@@ -6,7 +6,7 @@ optimizer state, instead of the whole of them (DDP).
   gradients reduce-scattered in the backward) and one at the root for the rest (patch
   embedding, tokens, final norm, head). Parameters are DTensors sharded on dim 0, so
   parameters, gradients and the AdamW state per rank are about 1/world of DDP's
-  (tests/dino_core/parallel/test_fsdp_memory.py); the all-gathers cost about 1.5x DDP's
+  (tests/dino_core/parallel/test_fsdp.py); the all-gathers cost about 1.5x DDP's
   traffic (all-gather forward and backward, reduce-scatter instead of all-reduce).
 - Teacher: sharded the same way; its forward all-gathers block by block and reshards after
   each one, its root too (it has no backward to keep its parameters for). The EMA runs on

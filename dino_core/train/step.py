@@ -156,6 +156,15 @@ class TrainStep:
         if self.precision == "fp16" and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type)
 
+    def held_bytes(self) -> int:
+        """Bytes of the student's parameters and the optimizer state this rank holds (its
+        shards under FSDP; the scalar step counts left out): what ``--parallel fsdp``
+        divides by the world size."""
+        state = [t for st in self.optimizer.state.values() for t in st.values()
+                 if isinstance(t, torch.Tensor) and t.dim() > 0]
+        tensors = self.strategy.local_shards(list(self.bare_student.parameters()) + state)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def __call__(self, batch: "Batch", at: "StepValues") -> torch.Tensor:
         """Run one step on ``batch`` with this step's schedule values ``at``; returns the
         total loss (device), the mean over the micro-batches."""

@@ -5,14 +5,15 @@
 MODE ``term``: this process sends itself SIGTERM during the step of global iteration N
     (0-based) when RANK is unset or in $PREEMPT_RANKS (default: every rank); the handler
     only records it, so the step finishes and the run stops after it.
-MODE ``kill``: SIGKILL right after the N-th checkpoint file is written (N counts from 1), as
-    a machine failure would, before anything else happens.
+MODE ``kill``: SIGKILL right after the N-th checkpoint is written (N counts from 1; a
+    checkpoint file, or a sharded checkpoint folder under --parallel fsdp), as a machine
+    failure would, before anything else happens.
 """
 import os
 import signal
 import sys
 
-from dino_core.train import step, store
+from dino_core.train import sharded_store, step, store
 from dino_core.cli.train import main
 
 
@@ -30,15 +31,17 @@ def _term_at(iteration: int) -> None:
 
 
 def _kill_after(count: int) -> None:
-    real = store.save_latest
     written = [0]
 
-    def save(state, out):
-        real(state, out)
-        written[0] += 1
-        if written[0] == count:
-            os.kill(os.getpid(), signal.SIGKILL)
-    store.save_latest = save
+    def counted(real):
+        def save(*args, **kwargs):
+            real(*args, **kwargs)
+            written[0] += 1
+            if written[0] == count:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return save
+    store.save_latest = counted(store.save_latest)
+    sharded_store.ShardedStore.save = counted(sharded_store.ShardedStore.save)
 
 
 if __name__ == "__main__":

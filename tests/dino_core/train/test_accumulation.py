@@ -8,11 +8,11 @@ import torch
 
 from dino_core.loss import DINOLoss
 from dino_core.models import DINOHead, MultiCropWrapper, VisionTransformer
-from dino_core.recipes.base import Recipe
 from dino_core.recipes.dino import DINORecipe
 from dino_core.train.accumulation import split_batch
 from dino_core.train.optim import build_optimizer
 from dino_core.train.step import TrainStep
+from tests.dino_core.train.test_step import TwoTerms
 from tests.dino_core.train.train_helpers import step_inputs
 
 CPU = torch.device("cpu")
@@ -98,7 +98,7 @@ def sinkhorn_knopp(scores: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     return (q * r).T
 
 
-class WholeStepTargets(Recipe):
+class WholeStepTargets(TwoTerms):
     """A stand-in recipe on linear models whose targets are Sinkhorn-Knopp over every row
     of the step; ``per_micro_batch`` normalises each micro-batch alone instead (what
     accumulation must not do: the test shows the difference)."""
@@ -107,14 +107,6 @@ class WholeStepTargets(Recipe):
 
     def __init__(self, per_micro_batch: bool = False):
         self.per_micro_batch = per_micro_batch
-
-    @classmethod
-    def from_config(cls, cfg):
-        return cls()
-
-    @property
-    def teacher_temp_settings(self):
-        raise NotImplementedError
 
     def build_models(self, init_backbone=True, img_size=None):
         torch.manual_seed(0)

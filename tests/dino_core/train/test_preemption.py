@@ -94,13 +94,13 @@ def test_sigterm_mid_epoch_checkpoints_exits_143_then_resume(data, tmp_path, uni
     assert_same_run(load_checkpoint(out / "checkpoint.pth"), uninterrupted)
 
 
-def _torchrun(out, data, worker=None, env=ENV):
+def _torchrun(out, data, worker=None, env=ENV, extra=()):
     mod = ["-m", "tests.dino_core.train.preempt_worker", *worker, "--"] if worker else \
         ["-m", "dino_core.cli.train"]
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
          "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-         "--max-restarts", "0", *mod, *_sets(data, out, batch=1)],
+         "--max-restarts", "0", *mod, *_sets(data, out, batch=1, extra=extra)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
