@@ -43,7 +43,9 @@ HELP = {
             "the reference row (goal on CPU: >= 3x faster, >= 5x less memory).",
     "step": "one training step's images/s and MFU next to a recreated reference step "
             "(pair-loop loss, Python EMA loop, per-tensor host syncs). Read: the ratio "
-            "(goal >= 2x on the same GPU).",
+            "(goal >= 2x on the same GPU). With --parallel ddp,fsdp: the step under each "
+            "strategy on every GPU (CPU: 2 gloo ranks), images/s and memory per rank side "
+            "by side (--activation-checkpointing adds those rows).",
     "e2e": "a real training run through a backend next to the same run fed by the "
            "reference executor, on the ImageNet-like corpus: training images/s, the share of "
            "step time spent waiting for data, CPU cores busy. Read: data_wait_share (goal <= "
@@ -199,11 +201,20 @@ def cmd_loss(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .model.step import run_step_benchmark
     given = {"quick": args.quick, "iters": args.iters, "batch": args.batch,
              "archs": tuple(args.archs) if args.archs else None, "patch": args.patch,
-             "precision": args.precision, "seconds": args.seconds,
-             "compile": args.compile or None}
+             "precision": args.precision, "seconds": args.seconds}
+    if args.parallel:
+        from .model.parallel_step import parse_parallel, run_parallel_step_benchmark
+        given["world_size"] = args.world_size
+        kwargs = {k: v for k, v in given.items() if v is not None}
+        # writes its own files, as step.py does
+        return run_parallel_step_benchmark(parse_parallel(args.parallel),
+                                           args.activation_checkpointing, device=device,
+                                           output_dir=args.output_dir, argv=argv,
+                                           **kwargs), WRITTEN
+    from .model.step import run_step_benchmark
+    given["compile"] = args.compile or None
     kwargs = {k: v for k, v in given.items() if v is not None}
     # benchmarks/model/step.py writes its own files (it plots MFU against its own ceilings)
     return run_step_benchmark(device=device, output_dir=args.output_dir, argv=argv,
@@ -357,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="timed seconds per measurement (GPU default 5)")
     p.add_argument("--compile", action="store_true",
                    help="add an ours+compile row (backbones through torch.compile)")
+    p.add_argument("--parallel", metavar="ddp,fsdp",
+                   help="instead: our step under each of these strategies on several ranks "
+                   "(benchmarks/model/parallel_step.py)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="with --parallel: also each strategy with activation checkpointing")
+    p.add_argument("--world-size", type=int,
+                   help="with --parallel: ranks (default every GPU; 2 on the CPU)")
     _precision(p)
 
     p = sub.add_parser("e2e", help="short real training run: images/s and data-wait share",

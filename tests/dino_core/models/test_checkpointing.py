@@ -1,14 +1,13 @@
 """Activation checkpointing per block (``--activation-checkpointing``): the same numbers in
 float64 (drop path on: the recomputation replays its masks), the same names, and a lower
 peak of live activation memory, counted by a dispatch hook that sees every tensor an op
-creates and when it is freed (the CPU allocator keeps no statistics)."""
+creates and when it is freed (``benchmarks.harness.memory.TensorPeak``: the CPU allocator
+keeps no statistics)."""
 import copy
-import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from benchmarks.harness.memory import TensorPeak
 from dino_core.models import VisionTransformer
 from dino_core.models.checkpointing import checkpoint_blocks
 
@@ -52,42 +51,11 @@ def test_checkpointed_blocks_give_the_same_outputs_and_gradients():
     assert type(copy.deepcopy(checkpointed).blocks[0]) is type(checkpointed.blocks[0])
 
 
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the storages that ops created and that are still alive (``live``), and the
-    most at once (``peak``): each storage counted once, until the last tensor seen on it
-    is freed."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.tensors: dict[int, int] = {}  # storage address -> tensors seen on it, alive
-
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.tensors[key] -= 1
-        if not self.tensors[key]:
-            del self.tensors[key]
-            self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key, nbytes = storage.data_ptr(), storage.nbytes()
-                if key not in self.tensors:
-                    self.tensors[key] = 0
-                    self.live += nbytes
-                    self.peak = max(self.peak, self.live)
-                self.tensors[key] += 1
-                weakref.finalize(t, self._freed, key, nbytes)
-        return out
-
-
 def peak_bytes(model: torch.nn.Module) -> int:
     """The peak of live bytes over one forward and backward (activations, the saved
     tensors, the gradients)."""
     x = images()
-    with LiveBytes() as counter:
+    with TensorPeak() as counter:
         out = model(x)
         out.square().sum().backward()
         del out
