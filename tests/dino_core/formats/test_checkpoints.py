@@ -129,6 +129,17 @@ def test_export_then_import_round_trips_bit_exactly(tmp_path, tiny_teacher):
     assert torch.equal(reloaded(x), teacher.backbone(x))
 
 
+def test_export_reads_a_sharded_checkpoint_bit_exactly(tmp_path, tiny_teacher):
+    """A --parallel fsdp checkpoint (a folder of DCP shards, here written by one process)
+    exports the same backbone as the single file."""
+    from dino_core.train.sharded_store import LAST, ShardedStore
+    state = {**project_checkpoint(tiny_teacher), "rng": {"torch": torch.get_rng_state()}}
+    ShardedStore(tmp_path).save(lambda: state)
+    info = export_backbone(tmp_path / LAST, tmp_path / "backbone.pth")
+    assert (info.kind, info.arch) == ("project", "vit_tiny")
+    assert_same(tiny_teacher.backbone, torch.load(tmp_path / "backbone.pth", weights_only=True))
+
+
 def test_declared_architecture_disagreeing_with_weights_names_both(tmp_path, tiny_teacher):
     torch.save(project_checkpoint(tiny_teacher, declared="vit_small"), tmp_path / "c.pth")
     with pytest.raises(CheckpointError, match=r"vit_tiny/16.*vit_small/16"):
