@@ -226,9 +226,41 @@ def _aug_preset(aug: dict) -> dict:
         raise ConfigError(f"training config data.aug: {e}") from None
 
 
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"  # shipped presets, by name
+
+
+def _read_config_file(path: Path, known: set[str], seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping of the YAML file ``path``, on top of the file its ``extends`` key names
+    (a shipped preset's name, or a path relative to ``path``'s folder), recursively."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} extends itself (through "
+                          f"{' -> '.join(str(p) for p in seen)})")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    unknown = sorted(set(loaded) - known - {"extends"})
+    if unknown:
+        raise ConfigError(f"training config field '{unknown[0]}' (in {path}): unknown key "
+                          f"(known keys: {', '.join(sorted(known))})")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: 'extends' must name a preset or a file")
+    preset = PRESETS_DIR / f"{base}.yaml"
+    base_path = preset if preset.is_file() else path.parent / base
+    return deep_merge(_read_config_file(base_path, known, seen + (path.resolve(),)), loaded)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None
                 ) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides.
+    """Defaults, then the YAML file at ``path`` (if any; an ``extends: NAME`` key in it
+    loads the preset or file NAME first), then ``key.sub=value`` overrides.
 
     ``data.aug`` may name an augmentation preset (``pipelines.spec.SPEC_PRESETS``): in the
     YAML as ``aug: {preset: dinov2, ...}`` (the other keys change the preset), on the
@@ -237,20 +269,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """
     data = TrainConfig().to_dict()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}"
-                              ) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at top level")
-        unknown = sorted(set(loaded) - set(data))
-        if unknown:
-            raise ConfigError(f"training config field '{unknown[0]}' (in {path}): unknown key "
-                              f"(known keys: {', '.join(sorted(data))})")
+        loaded = _read_config_file(Path(path), set(data))
         section = loaded.get("data")
         if isinstance(section, dict) and isinstance(section.get("aug"), dict):
             loaded = {**loaded, "data": {**section, "aug": _aug_preset(section["aug"])}}
