@@ -88,6 +88,10 @@ class OptimConfig:
     patch_embed_lr_mult: float = 1.0  # extra lr factor of the patch embedding (DINOv2: 0.2)
     lr_scaling: str = "linear"    # linear: lr x global batch / 256 (DINO); sqrt: lr x
     #                               sqrt(global batch / 1024) (DINOv2's base_lr rule)
+    clip_mode: str = "per_tensor"  # clip_grad per tensor (DINO) | per_part: one norm per
+    #                                part of the student, backbone and each head (DINOv2)
+    freeze_mode: str = "drop_grad"  # freeze_last_layer by dropping the gradients (DINO) |
+    #                                 zero_lr: lr 0, AdamW moments still updated (DINOv2)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,11 @@ class TrainConfig:
         _check(self.optim.patch_embed_lr_mult > 0, "optim.patch_embed_lr_mult", "must be > 0")
         _check(self.optim.lr_scaling in ("linear", "sqrt"), "optim.lr_scaling",
                f"must be linear or sqrt, got {self.optim.lr_scaling!r}")
+        from .train.optim import CLIP_MODES, FREEZE_MODES
+        _check(self.optim.clip_mode in CLIP_MODES, "optim.clip_mode",
+               f"must be one of {', '.join(CLIP_MODES)}, got {self.optim.clip_mode!r}")
+        _check(self.optim.freeze_mode in FREEZE_MODES, "optim.freeze_mode",
+               f"must be one of {', '.join(FREEZE_MODES)}, got {self.optim.freeze_mode!r}")
         _check(self.loss.impl in ("auto", "reference", "fused", "cuda"), "loss.impl",
                f"must be auto, reference, fused or cuda, got {self.loss.impl!r}")
         _check(self.loss.teacher_temp > 0 and self.loss.student_temp > 0, "loss.teacher_temp",

@@ -29,6 +29,8 @@ def test_dinov2_presets_load_with_dinov2s_settings(name):
     assert c.data.aug == spec_preset("dinov2")
     assert (o.layer_decay, o.patch_embed_lr_mult, o.lr, o.lr_scaling) == (0.9, 0.2, 0.004, "sqrt")
     assert (o.momentum_teacher, o.weight_decay, o.weight_decay_end) == (0.992, 0.04, 0.4)
+    assert (o.clip_grad, o.clip_mode, o.freeze_last_layer, o.freeze_mode) == (
+        3.0, "per_part", 1, "zero_lr")
     assert m.drop_path_rate == (0.3 if arch == "vit_large" else 0.1)
 
 
@@ -65,6 +67,7 @@ def test_dino_defaults_are_unchanged_and_build_the_dino_vit():
                                "interpolate_antialias": False}
     o = TrainConfig().optim
     assert (o.layer_decay, o.patch_embed_lr_mult, o.lr_scaling) == (1.0, 1.0, "linear")
+    assert (o.clip_mode, o.freeze_mode) == ("per_tensor", "drop_grad")
 
 
 @pytest.mark.parametrize("override,field", [

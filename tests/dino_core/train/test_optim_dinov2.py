@@ -107,7 +107,8 @@ def test_lr_scaling_linear_per_256_or_sqrt_per_1024():
 
 
 @pytest.mark.parametrize("field,value", [("layer_decay", 0.0), ("layer_decay", 1.5),
-                                         ("patch_embed_lr_mult", 0.0), ("lr_scaling", "log")])
+                                         ("patch_embed_lr_mult", 0.0), ("lr_scaling", "log"),
+                                         ("clip_mode", "global"), ("freeze_mode", "none")])
 def test_bad_optim_fields_name_the_field(field, value):
     from dino_core.config import TrainConfig
     from pipelines.config_io import ConfigError
