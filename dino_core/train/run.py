@@ -157,8 +157,8 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     recipe.to(device)
     step = TrainStep(recipe, student, teacher, optimizer, device,
                      resolve_precision(cfg.precision, device), cfg.optim.clip_grad,
-                     cfg.optim.freeze_last_layer, cfg.optim.clip_mode, cfg.optim.freeze_mode,
-                     strategy=strategy)
+                     cfg.optim.freeze_last_layer, strategy=strategy,
+                     clip_mode=cfg.optim.clip_mode, freeze_mode=cfg.optim.freeze_mode)
     schedules = Schedules.build(cfg.optim, recipe.teacher_temp_settings, cfg.epochs, iters,
                                 cfg.data.batch_size * env.world_size)
     gate = StepGate(cfg.checkpoint.every_minutes, cfg.checkpoint.every_steps, StopSignals(),
