@@ -224,10 +224,18 @@ def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 def cmd_convert(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     from .data.convert import CONVERT_PLOT, ConvertBenchConfig, run_convert_benchmark
 
+    if args.images:
+        from .data.convert_scale import SCALE_PLOT, ScaleConfig, run_scale_benchmark
+        workers = args.workers[-1] if args.workers else ConvertBenchConfig().workers[-1]
+        fields = _overrides(args, {n: n for n in ("max_side", "quality", "scratch")})
+        scale = ScaleConfig(images=args.images, base=args.scale_base, workers=workers, **fields)
+        return (run_scale_benchmark(_data_choice(args, QUICK_CONVERT_IMAGES), scale,
+                                    describe_machine(device, argv)), SCALE_PLOT)
     fields = _overrides(args, {n: n for n in ("workers", "max_side", "quality", "repeats",
                                               "scratch")})
     cfg = ConvertBenchConfig(source=_data_choice(args, QUICK_CONVERT_IMAGES),
-                             verify=not args.no_verify, **fields)
+                             verify=not args.no_verify,
+                             whole_process=not args.in_process_only, **fields)
     return run_convert_benchmark(cfg, describe_machine(device, argv)), CONVERT_PLOT
 
 
@@ -334,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {c.repeats})")
     p.add_argument("--scratch", help="folder for the outputs (default: the system temp folder)")
     p.add_argument("--no-verify", action="store_true", help="do not time --verify")
+    p.add_argument("--images", type=int, help="scale check instead: convert the corpus "
+                   "replicated to --scale-base and to this many images (whole processes), "
+                   "peak memory and images/s of both, and an ImageNet-1k time projection")
+    p.add_argument("--scale-base", type=int, default=10_000, help="the scale check's "
+                   "reference size (default 10000)")
+    p.add_argument("--in-process-only", action="store_true", help="do not also time each "
+                   "converter as a process of its own (start to exit)")
 
     p = sub.add_parser("loss", help="DINO loss time and memory per implementation",
                        description=HELP["loss"])
