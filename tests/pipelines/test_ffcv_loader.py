@@ -237,6 +237,23 @@ def test_batches_kept_by_the_caller_stay_intact(recipe, recipe_device, raw):
         assert torch.equal(compiled, torch.cat([b[0][v] for b in kept[recipe_device]])), v
 
 
+def test_recycled_outputs_equal_fresh_ones(recipe, raw):
+    """The compiled path refills a previous batch's tensors once the caller dropped them
+    (outputs.py): every batch equals the one a loader with fresh tensors yields."""
+    fresh = recipe_loader(raw, recycle_outputs=False)
+    try:
+        before = recipe.backend._outputs.reused
+        for epoch in (2, 3):
+            want, got = run_epoch(fresh, epoch), run_epoch(recipe, epoch)
+            for (wv, wl, _, wi), (gv, gl, _, gi) in zip(want, got, strict=True):
+                assert all(torch.equal(a, b) for a, b in zip(wv, gv, strict=True))
+                assert torch.equal(wl, gl) and torch.equal(wi, gi)
+        assert recipe.backend._outputs.reused > before
+        assert fresh.backend._outputs.reused == 0
+    finally:
+        fresh.close()
+
+
 def test_device_path_finishes_the_reference_crops_with_the_reference_rows(recipe_device, raw,
                                                                           monkeypatch):
     """The GPU path, run on the CPU: ``finish_many`` gets each view's crops as cut from one
