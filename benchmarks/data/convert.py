@@ -24,7 +24,6 @@ scale check instead (``convert_scale``).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import tempfile
@@ -32,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..harness.bench_data import DataChoice, prepare_data
+from ..harness.bench_data import DataChoice, measure_on_data
 from ..harness.timing import BenchmarkResult, PlotSpec
 from .convert_process import converter_command, run_process
 from .ffcv_writer import run_ffcv_writer
@@ -201,12 +200,7 @@ def summary(rows: list[dict], workers: tuple[int, ...]) -> list[str]:
 
 
 def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
-    scratch = Path(tempfile.mkdtemp(prefix="dino-bench-data-"))
-    data = prepare_data(cfg.source, scratch, progress=True)
-    load_before = os.getloadavg()
-    rows = measure(Path(data.root), cfg)
-    load_after = os.getloadavg()
-    shutil.rmtree(scratch, ignore_errors=True)
+    data, rows, load = measure_on_data(cfg.source, lambda root: measure(root, cfg))
     settings = {k: v for k, v in asdict(cfg).items() if k != "source"}
     return BenchmarkResult(
         what="convert", title="Conversion images/s per core: dino-convert vs FFCV's writer",
@@ -215,7 +209,8 @@ def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
         rows=rows, columns=COLUMNS, config=settings, **data.result_fields(),
         notes=summary(rows, cfg.workers) + [
             "seconds: wall time of the conversion alone (median of the repeats; runs_s lists "
-            "them, in-process/whole-process); dino-convert ran with --no-verify; verify_s is its read-back check run "
+            "them, in-process/whole-process); dino-convert ran with --no-verify; verify_s is "
+            "its read-back check run "
             "afterwards (a full decode of every stored image with the format's own reader)"
             + ("." if cfg.verify else ", not measured in this run (--no-verify)."),
             "process_s: the same conversion as a process of its own, from start to exit, as a "
@@ -225,10 +220,7 @@ def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
             "included; startup_s = process_s - seconds; process_speedup its ratio to FFCV's "
             "writer, whole process too; peak_mb the peak resident memory of the process and "
             "all its workers (psutil, sampled every 50 ms; RSS summed over processes).",
-            f"machine load average (1/5/15 min) before: "
-            f"{' '.join(f'{v:.2f}' for v in load_before)}, after: "
-            f"{' '.join(f'{v:.2f}' for v in load_after)} (other processes' load competes "
-            "for the same cores).",
+            load,
             "images_per_core_s = images/s / workers (wall clock: on a shared machine another "
             "process's load lowers it and the scaling); cpu_s = CPU seconds of the converter's "
             "process and its workers (user + system), images_per_cpu_s and speedup_per_cpu_s "

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..harness.bench_data import DataChoice, prepare_data
+from ..harness.bench_data import DataChoice, measure_on_data
 from ..harness.timing import BenchmarkResult, PlotSpec
 from .convert_process import converter_command, run_process
 
@@ -181,12 +181,7 @@ SCALE_PLOT = PlotSpec(x="images", group=("format", "workers"), kind="line", xlab
 
 def run_scale_benchmark(source: DataChoice, cfg: ScaleConfig, machine) -> BenchmarkResult:
     """The ``--images N`` run: rows, projection and its assumptions as a result."""
-    scratch = Path(tempfile.mkdtemp(prefix="dino-bench-data-"))
-    data = prepare_data(source, scratch, progress=True)
-    load_before = os.getloadavg()
-    rows = measure_scale(Path(data.root), cfg)
-    load_after = os.getloadavg()
-    shutil.rmtree(scratch, ignore_errors=True)
+    data, rows, load = measure_on_data(source, lambda root: measure_scale(root, cfg))
     flat = [f"dino-convert {r['format']} at {r['images']:,} vs {cfg.base:,} images, "
             f"{r['workers']} workers: images/s x{r['rate_vs_base']:.3f}, peak memory "
             f"x{r['memory_vs_base']:.3f} (flat, both within 10% of 1: "
@@ -205,6 +200,4 @@ def run_scale_benchmark(source: DataChoice, cfg: ScaleConfig, machine) -> Benchm
             "workers (psutil, sampled every 50 ms, RSS summed over processes).",
             f"Inputs: the corpus replicated under new names (hard links): {cfg.base:,} and "
             f"{cfg.images:,} images.",
-            f"machine load average (1/5/15 min) before: "
-            f"{' '.join(f'{v:.2f}' for v in load_before)}, after: "
-            f"{' '.join(f'{v:.2f}' for v in load_after)}."])
+load])
