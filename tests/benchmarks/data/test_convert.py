@@ -51,6 +51,7 @@ def test_cli_writes_results_with_the_command(folder, tmp_path):
     assert (tmp_path / js.name.replace(".json", ".md")).is_file()
 
 
+@pytest.mark.slow  # FFCV's writer as a process imports torch and numba: ~20 s here
 def test_whole_process_columns(folder, tmp_path):
     """Each converter also runs as its own process: its wall time includes start-up (so it
     is longer than the in-process time), its tree's peak memory is sampled, and its ratio to
