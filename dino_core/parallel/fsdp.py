@@ -121,6 +121,23 @@ class FSDPStrategy:
         coefs = squares.sqrt_().add_(1e-6).reciprocal_().mul_(max_norm).clamp_max_(1.0)
         torch._foreach_mul_(grads, list(coefs.unbind()))
 
+    @torch.no_grad()
+    def clip_grads_per_part(self, parts: list[list[torch.Tensor]], max_norm: float) -> None:
+        """DINOv2's clipping (``train.optim.clip_per_part``) over shards: each part's squared
+        norm is the sum of its local shards' squared norms over every rank (one all-reduce
+        for all parts), no host sync."""
+        groups = [g for g in ([local(p.grad) for p in part if p.grad is not None]
+                              for part in parts) if g]
+        if not groups:
+            return
+        squares = torch.stack([torch.stack(torch._foreach_norm(g)).square().sum()
+                               for g in groups])
+        if dist.is_initialized():
+            dist.all_reduce(squares)  # no host wait: the device orders what reads it
+        coefs = squares.sqrt_().add_(1e-6).reciprocal_().mul_(max_norm).clamp_max_(1.0)
+        for grads, coef in zip(groups, coefs.unbind()):
+            torch._foreach_mul_(grads, coef)
+
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
         return get_model_state_dict(model)  # DTensors: each rank its shards, nothing gathered

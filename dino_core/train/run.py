@@ -167,10 +167,13 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     if cfg.activation_checkpointing:
         checkpoint_blocks(student)  # the teacher runs without grad: nothing to recompute
     student, teacher = strategy.wrap(student, teacher, device)
-    optimizer = build_optimizer(strategy.unwrap(student), cfg.optim.optimizer, device)
+    optimizer = build_optimizer(strategy.unwrap(student), cfg.optim.optimizer, device,
+                                cfg.optim.layer_decay, cfg.optim.patch_embed_lr_mult,
+                                split_last_layer=cfg.optim.freeze_mode == "zero_lr")
     recipe.to(device)
     step = TrainStep(recipe, student, teacher, optimizer, device, precision, cfg.optim.clip_grad,
-                     cfg.optim.freeze_last_layer, strategy=strategy, grad_accum=cfg.grad_accum)
+                     cfg.optim.freeze_last_layer, strategy=strategy, grad_accum=cfg.grad_accum,
+                     clip_mode=cfg.optim.clip_mode, freeze_mode=cfg.optim.freeze_mode)
     schedules = Schedules.build(cfg.optim, recipe.teacher_temp_settings, cfg.epochs, iters,
                                 cfg.data.batch_size * env.world_size)
     gate = StepGate(cfg.checkpoint.every_minutes, cfg.checkpoint.every_steps, StopSignals(),

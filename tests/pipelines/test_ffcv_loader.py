@@ -19,6 +19,9 @@ float32 noise; the device path must hand ``finish_many`` exactly those crops and
 reference's rows, and so give the compiled views bitwise.
 Every compiled function sets fastmath explicitly, so FFCV's fastmath does not leak in.
 """
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +34,8 @@ from pipelines.photometric import params as P  # noqa: E402
 from pipelines.photometric import torch_ops as T  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
+from pipelines.ffcv_backend.outputs import RecycledOutputs  # noqa: E402
+from pipelines.ffcv_backend.slots import GuardedEpochIterator  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import MultiCropLoader, build_loader  # noqa: E402
 from pipelines.order import epoch_order  # noqa: E402
@@ -177,6 +182,31 @@ def test_stopping_mid_epoch_then_iterating_again(plain):
     plain.close()
 
 
+def test_stopping_mid_epoch_ends_ffcvs_thread_before_freeing_its_memory(plain, raw):
+    """FFCV's own close only signals its thread, which goes on decoding into memory it frees
+    (a thread left in numba's parallel decode aborts the process at exit), and never ends
+    while it waits to queue its end-of-epoch marker. Two ways to be stopped: ``plain``'s
+    thread has decoded its whole epoch (3 batches, 2 queued) and waits on a full queue;
+    ``recipe``'s (6 batches of 1) is still decoding."""
+    second = recipe_loader(raw)
+    try:
+        for loader, wait_for_full_queue in ((plain, True), (second, False)):
+            loader.set_epoch(0)
+            batches = iter(loader)
+            next(batches)
+            thread = loader.backend._running.iterator
+            deadline = time.monotonic() + 120  # hang guard only
+            while wait_for_full_queue and not thread.output_queue.full():
+                assert time.monotonic() < deadline, "FFCV's thread never filled its queue"
+                time.sleep(0.01)
+            batches.close()  # dropped mid-epoch: the loader stops FFCV
+            assert not thread.is_alive()
+            assert not [t for t in threading.enumerate() if isinstance(t, GuardedEpochIterator)]
+            assert len(list(loader)) == len(loader)  # and the next epoch runs whole
+    finally:
+        second.close()
+
+
 # ------------------------------------------------------------------------------ recipe loader
 def test_raw_samples_are_not_decoded_and_ranks_read_their_slice(recipe, raw):
     _, labels = stored_images(raw)
@@ -235,6 +265,26 @@ def test_batches_kept_by_the_caller_stay_intact(recipe, recipe_device, raw):
     for v in range(RECIPE.num_views):
         compiled = torch.cat([b[0][v] for b in kept[recipe]])
         assert torch.equal(compiled, torch.cat([b[0][v] for b in kept[recipe_device]])), v
+
+
+def test_recycled_outputs_equal_fresh_ones(recipe):
+    """The compiled path refills a previous batch's tensors once the caller dropped them
+    (outputs.py): every batch equals the one the same loader yields into fresh tensors."""
+    backend = recipe.backend
+    pool = backend._outputs
+    try:
+        backend._outputs = RecycledOutputs(keep=0)  # the twin: a fresh tensor per batch
+        want = run_epoch(recipe, 2)
+        assert backend._outputs.reused == 0
+        backend._outputs = pool
+        before = pool.reused
+        got = run_epoch(recipe, 2)
+        assert pool.reused > before
+    finally:
+        backend._outputs = pool
+    for (wv, wl, _, wi), (gv, gl, _, gi) in zip(want, got, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(wv, gv, strict=True))
+        assert torch.equal(wl, gl) and torch.equal(wi, gi)
 
 
 def test_device_path_finishes_the_reference_crops_with_the_reference_rows(recipe_device, raw,

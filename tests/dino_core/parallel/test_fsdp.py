@@ -257,3 +257,26 @@ def test_a_checkpoint_inside_the_last_layer_freeze_loads_without_its_optimizer_s
         shutdown()
     assert "head.last_layer.weight_v" not in want["moments"]
     assert_equal(got, want)
+
+
+def test_per_part_clipping_over_shards_equals_the_plain_one_in_one_process():
+    """DINOv2's per-part clipping: FSDP's (shards, one all-reduce) on whole tensors (one
+    rank, no group) against ``clip_per_part``. Not run on 2 ranks here: its all-reduce of
+    squared norms is clip_grads' one, which the 2-rank tests cover."""
+    from dino_core.train.optim import clip_per_part
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in (7, 3, 5, 2)]
+    scales = (10.0, 0.01, 1.0, 3.0)
+
+    def parts():
+        ps = [torch.zeros_like(g, requires_grad=True) for g in grads]
+        for p, g, k in zip(ps, grads, scales):
+            p.grad = g * k
+        return [ps[:2], ps[2:], []], ps
+    want_parts, want = parts()
+    clip_per_part(want_parts, 1.0)
+    got_parts, got = parts()
+    FSDPStrategy().clip_grads_per_part(got_parts, 1.0)
+    for a, b in zip(got, want):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=0)
+    assert not torch.allclose(got[0].grad, grads[0] * scales[0])  # the first part was clipped
