@@ -3,10 +3,12 @@
 - ``files``: torch files of tensors and plain data (atomic writes, ``weights_only`` reads,
   one clear error per unusable file, strict state loading).
 - ``registry``: backbone layouts (``BackboneFormat``: detect, to and from the canonical
-  layout); ``dino``: the official DINO layout, its first entry.
+  layout); ``dino``: the official DINO layout, its first entry; ``timm``: timm's (the same
+  keys); ``hf``: Hugging Face ``ViTModel``'s, and its model directories.
+- ``safetensors_io``: safetensors files (the optional ``safetensors`` package).
 - ``canonical``: the architecture from the shapes; ViT and DINO head built from tensors.
-- ``checkpoints``: read any supported file (``read_checkpoint``, ``load_backbone``), write a
-  backbone (``export_backbone``).
+- ``checkpoints``: read any supported file or directory (``read_checkpoint``,
+  ``load_backbone``), write a backbone in any layout (``export_backbone``).
 """
 from .checkpoints import (ImportedCheckpoint, build_backbone, build_head, export_backbone,
                           load_backbone, read_checkpoint)

@@ -1,8 +1,11 @@
 """Weight files in, weight files out: this project's checkpoints, the official DINO ones,
-backbone-only files.
+backbone-only files, safetensors files and Hugging Face model directories.
 
-A file is a container around a state dict; three kinds of container are recognised by their
-content, never by their name:
+A path is read by its content, never by its name: a directory is a Hugging Face model
+directory (``hf.read_directory``: ``config.json`` checked, then its weights); a file that
+starts like a safetensors file is one (``safetensors_io``); anything else is a torch file.
+What comes out is a container around a state dict; three kinds of container are recognised
+by their content:
 
 - ``project``: a dino-train checkpoint (``teacher`` / ``student`` entries,
   ``config["model"]`` with ``arch`` / ``patch_size`` / ``out_dim``; layout in
@@ -12,7 +15,8 @@ content, never by their name:
 - ``backbone``: a bare state dict as released, possibly under ``state_dict`` / ``model``.
 
 The state dict's layout is detected from its keys by the format registry (``registry.py``;
-the official DINO layout, ``dino.py``, is its first entry) and converted to the canonical
+the official DINO layout, ``dino.py``, is its first entry, then timm's, ``timm.py``, and
+Hugging Face's, ``hf.py``) and converted to the canonical
 layout; the architecture is read from the weights themselves (``canonical.py``). A declared
 architecture (the file's config, or the caller's ``arch``) that disagrees is one clear error
 naming both.
@@ -29,10 +33,12 @@ from pathlib import Path
 import torch
 
 from ..models import DINOHead, VisionTransformer
-from .canonical import head_from_state, infer_backbone, vit_from_state
+from .canonical import head_from_state, infer_backbone, module_order, vit_from_state
 from .dino import DINO
+from . import timm, hf  # registered after dino, in this order
 from .files import CheckpointError, load_checkpoint, save_checkpoint
 from .registry import FORMATS, detect_format
+from .safetensors_io import is_safetensors, read_safetensors, write_safetensors
 
 # Old DINO releases named the small models after DeiT.
 ARCH_ALIASES = {"deit_tiny": "vit_tiny", "deit_small": "vit_small"}
@@ -62,6 +68,16 @@ class ImportedCheckpoint:
 
 
 # ----------------------------------------------------------------------------- reading
+def load_weights(path: str | Path) -> dict:
+    """The dict a weight path holds, by its content (module docstring)."""
+    path = Path(path)
+    if path.is_dir():
+        return hf.read_directory(path)
+    if is_safetensors(path):
+        return read_safetensors(path)
+    return load_checkpoint(path)
+
+
 def _declared(obj: dict) -> tuple[str | None, int | None]:
     """The (arch, patch_size) a full checkpoint declares in its config / args, if any."""
     cfg = obj.get("config")
@@ -94,7 +110,7 @@ def read_checkpoint(path: str | Path, checkpoint_key: str = "teacher", arch: str
         error naming both.
     """
     source = str(path)
-    obj = load_checkpoint(path)
+    obj = load_weights(path)
     center = None
     if checkpoint_key in obj and isinstance(obj[checkpoint_key], dict):
         state = obj[checkpoint_key]
@@ -111,12 +127,15 @@ def read_checkpoint(path: str | Path, checkpoint_key: str = "teacher", arch: str
         state, kind = obj, "backbone"
     fmt = detect_format(state, source)
     canonical = fmt.to_canonical(state, source)
-    found_arch, found_patch, _ = infer_backbone(canonical.backbone, source)
+    backbone = canonical.backbone
+    if is_safetensors(path):  # its names are sorted: take the module's order
+        backbone = module_order(backbone, source)
+    found_arch, found_patch, _ = infer_backbone(backbone, source)
     _check_arch(source, (found_arch, found_patch), _declared(obj), "its own config declares")
     _check_arch(source, (found_arch, found_patch), (arch, patch_size),
                 "the requested architecture (--arch / --patch-size) is")
-    return ImportedCheckpoint(source, kind, found_arch, found_patch, canonical.backbone,
-                              canonical.head, center, fmt.name)
+    return ImportedCheckpoint(source, kind, found_arch, found_patch, backbone, canonical.head,
+                              center, fmt.name)
 
 
 # ----------------------------------------------------------------------------- building
@@ -142,13 +161,21 @@ def export_backbone(checkpoint: str | Path, output: str | Path,
                     checkpoint_key: str = "teacher", layout: str = "dino") -> ImportedCheckpoint:
     """Write the ``checkpoint_key`` backbone of ``checkpoint`` in the registered ``layout``.
 
-    ``dino`` (the default): a plain dict of tensors with bare ViT keys (as the released
-    ``dino_deitsmall16_pretrain.pth``), which the reference code and this project both load
-    strictly. Tensors are written exactly as stored (no dtype change).
+    ``dino`` (the default) and ``timm``: a plain dict of tensors with bare ViT keys (as the
+    released ``dino_deitsmall16_pretrain.pth``), which the reference code, timm and this
+    project load strictly; a ``.pth`` torch file, or a safetensors file when ``output`` ends
+    in ``.safetensors``. ``hf``: a Hugging Face model directory (``hf.write_directory``).
+    Tensors are written exactly as stored (no dtype change).
     """
     if layout not in FORMATS:
         raise ValueError(f"unknown backbone layout {layout!r}; choose from {', '.join(FORMATS)}")
+    fmt = FORMATS[layout]
     ck = read_checkpoint(checkpoint, checkpoint_key)
     build_backbone(ck)  # refuse to write a file that would not load strictly
-    save_checkpoint(FORMATS[layout].from_canonical(ck.backbone), output)
+    if fmt.write is not None:
+        fmt.write(ck.backbone, Path(output))
+    elif str(output).endswith(".safetensors"):
+        write_safetensors(fmt.from_canonical(ck.backbone), output)
+    else:
+        save_checkpoint(fmt.from_canonical(ck.backbone), output)
     return ck
