@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..formats import read_checkpoint
+from ..formats import build_backbone, read_checkpoint
 from ..formats.files import CheckpointError, load_state
 from ..models import VisionTransformer
 
@@ -34,6 +34,7 @@ def read_init_backbone(path: str | Path, arch: str, patch_size: int
         raise CheckpointError(f"--init-backbone file not found: {path}")
     try:
         ck = read_checkpoint(path, "teacher")
+        build_backbone(ck)  # every tensor of the ViT present, or one error now (no copy)
     except CheckpointError as e:
         raise CheckpointError(f"--init-backbone: {e}") from None
     if (ck.arch, ck.patch_size) != (arch, patch_size):
