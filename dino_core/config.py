@@ -48,6 +48,9 @@ class DataConfig:
     backend: str = "reference"    # reference | dali | ffcv
     batch_size: int = 64          # per rank
     num_workers: int = 4
+    # ffcv: "IMAGE,LABEL", the fields of a .beton to read (default: the first RGB image
+    # field and the first int field, as FFCV's own DatasetWriter names them)
+    ffcv_fields: str | None = None
     aug: AugmentationSpec = field(default_factory=AugmentationSpec)
 
 

@@ -68,6 +68,7 @@ OPTION_KEYS = {
     "max_iters_per_epoch": "max_iters_per_epoch", "compile": "model.compile",
     "init_backbone": "init_backbone", "checkpoint_every_min": "checkpoint.every_minutes",
     "keep_epoch_checkpoints": "saveckp_freq", "recipe": "recipe",
+    "ffcv_fields": "data.ffcv_fields",
 }
 
 
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
       "(dali); default: the embedded dataset")
     a("--backend", choices=tuple(BACKENDS),
       help="data pipeline: reference (PIL, CPU workers), dali (GPU decode + augment), ffcv")
+    a("--ffcv-fields", metavar="IMAGE,LABEL",
+      help="ffcv: the image and label fields of the .beton (default: the first RGB image "
+      "field and the first int field)")
     a("--arch", choices=("vit_tiny", "vit_small", "vit_base", "vit_large"))
     a("--patch-size", type=int, help="ViT patch size (16, 14, 8, 5 ...)")
     a("--out-dim", type=int, help="K, prototypes of the DINO head (65536 in the paper)")
