@@ -154,3 +154,16 @@ def test_dino_train_on_a_cut_shard_says_so_in_one_line(shards, tmp_path, capsys)
     assert train_main(argv + ["--backend", "dali"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dino-train: error: ") and str(tar) in err[0]
+
+
+@pytest.mark.dali
+@pytest.mark.slow  # ~20 s on a busy 2-core machine; the loader test above reads the same
+def test_dino_train_runs_on_stock_shards(shards, tmp_path, capsys):
+    from dino_core.cli.train import main as train_main
+    from tests.dino_core.train.train_helpers import tiny_overrides
+
+    argv = [a for o in tiny_overrides(shards, tmp_path / "run", epochs=1, batch=5, iters=2)
+            for a in ("--set", o)]
+    assert train_main(argv + ["--backend", "dali"]) == 0
+    assert "final loss" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoint.pth").is_file()

@@ -184,3 +184,14 @@ def test_dino_train_names_the_file_and_the_fields_in_one_line(betons, tmp_path, 
     assert len(err) == 1 and err[0].startswith("dino-train: error: ")
     assert "data.beton: --ffcv-fields names 'label' as the label" in err[0]
     assert "n (IntField), img (RGBImageField), y (IntField)" in err[0]
+
+
+@pytest.mark.slow
+def test_dino_train_runs_on_a_stock_beton(betons, tmp_path, capsys):
+    from dino_core.cli.train import main as train_main
+    from tests.dino_core.train.train_helpers import tiny_overrides
+
+    argv = [a for o in tiny_overrides(betons["smart"], tmp_path / "run", epochs=1, iters=2)
+            for a in ("--set", o)]
+    assert train_main(argv + ["--backend", "ffcv", "--ffcv-fields", "img,y"]) == 0
+    assert "final loss" in capsys.readouterr().out
