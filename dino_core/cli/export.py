@@ -13,6 +13,12 @@ Export the backbone of a checkpoint (teacher by default) for the code that will 
                      a backbone-only state dict with bare ViT keys (cls_token, pos_embed,
                      patch_embed.proj.*, blocks.i.*, norm.*), no head, no optimizer. Loads
                      with strict=True into the reference code's ViT and into this project.
+                     A backbone with DINOv2's parts (LayerScale, registers, SwiGLU; --recipe
+                     dinov2) is written in the released DINOv2 weights' layout instead
+                     (dinov2_vits14_pretrain.pth: the same keys plus mask_token,
+                     register_tokens, blocks.i.ls1/ls2.gamma), which DINOv2's
+                     DinoVisionTransformer built with the same options loads strictly.
+                     (--format dino / dinov2 name one of the two; auto = official.)
   --format timm      the same keys, which are timm's: timm.create_model(
                      "vit_small_patch16_224.dino", pretrained=True,
                      pretrained_cfg_overlay=dict(file=OUTPUT)) loads it.
@@ -36,7 +42,9 @@ examples:
 """
 
 # --format -> the layout's name in dino_core.formats.FORMATS
-LAYOUTS = {"official": "dino", "timm": "timm", "hf": "hf"}
+# --format -> registered layout; official (auto): dino, or dinov2 for DINOv2's parts
+LAYOUTS = {"official": "auto", "timm": "timm", "hf": "hf", "auto": "auto", "dino": "dino",
+           "dinov2": "dinov2"}
 
 
 def build_parser() -> argparse.ArgumentParser:

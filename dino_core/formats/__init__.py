@@ -3,8 +3,10 @@
 - ``files``: torch files of tensors and plain data (atomic writes, ``weights_only`` reads,
   one clear error per unusable file, strict state loading).
 - ``registry``: backbone layouts (``BackboneFormat``: detect, to and from the canonical
-  layout); ``dino``: the official DINO layout, its first entry; ``timm``: timm's (the same
-  keys); ``hf``: Hugging Face ``ViTModel``'s, and its model directories.
+  layout); ``dino``: the official DINO layout, its first entry; ``dinov2``: the official
+  DINOv2 layout (LayerScale, registers, SwiGLU, chunked blocks), tried before DINO's;
+  ``timm``: timm's (DINO's keys); ``hf``: Hugging Face ``ViTModel``'s, and its model
+  directories.
 - ``safetensors_io``: safetensors files (the optional ``safetensors`` package).
 - ``canonical``: the architecture from the shapes; ViT and DINO head built from tensors.
 - ``checkpoints``: read any supported file or directory (``read_checkpoint``,
