@@ -25,7 +25,9 @@ Export the backbone of a checkpoint (teacher by default) for the code that will 
   --format hf        a Hugging Face model directory: config.json + model.safetensors in the
                      hub's names (q, k, v split); transformers.ViTModel.from_pretrained(OUTPUT,
                      add_pooling_layer=False) loads it with no missing or unexpected keys,
-                     and its last_hidden_state[:, 0] is this backbone's output.
+                     and its last_hidden_state[:, 0] is this backbone's output. A backbone
+                     with DINOv2's parts is written for Dinov2Model (registers:
+                     Dinov2WithRegistersModel) instead (--format hf-dinov2 names it).
 
 official and timm write a torch file, or a safetensors file when OUTPUT ends in .safetensors
 (that needs the safetensors package: pip install 'dino-fast[interop]'; so does hf). Tensors
@@ -44,7 +46,7 @@ examples:
 # --format -> the layout's name in dino_core.formats.FORMATS
 # --format -> registered layout; official (auto): dino, or dinov2 for DINOv2's parts
 LAYOUTS = {"official": "auto", "timm": "timm", "hf": "hf", "auto": "auto", "dino": "dino",
-           "dinov2": "dinov2"}
+           "dinov2": "dinov2", "hf-dinov2": "hf-dinov2"}
 
 
 def build_parser() -> argparse.ArgumentParser:

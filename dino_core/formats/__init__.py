@@ -6,7 +6,7 @@
   layout); ``dino``: the official DINO layout, its first entry; ``dinov2``: the official
   DINOv2 layout (LayerScale, registers, SwiGLU, chunked blocks), tried before DINO's;
   ``timm``: timm's (DINO's keys); ``hf``: Hugging Face ``ViTModel``'s, and its model
-  directories.
+  directories; ``hf_dinov2``: Hugging Face ``Dinov2Model``'s (tried before ``hf``).
 - ``safetensors_io``: safetensors files (the optional ``safetensors`` package).
 - ``canonical``: the architecture from the shapes; ViT and DINO head built from tensors.
 - ``checkpoints``: read any supported file or directory (``read_checkpoint``,

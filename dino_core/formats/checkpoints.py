@@ -37,7 +37,7 @@ from ..models import DINOHead, VisionTransformer
 from .canonical import head_from_state, infer_backbone, module_order, vit_from_state
 from .dino import DINO
 from .dinov2 import DINOV2, has_dinov2_parts, release_interpolation
-from . import timm, hf  # registered after dino and dinov2, in this order
+from . import timm, hf, hf_dinov2  # registered after dino and dinov2, in this order
 from .files import CheckpointError, load_checkpoint, save_checkpoint
 from .registry import FORMATS, detect_format
 from .safetensors_io import is_safetensors, read_safetensors, write_safetensors
@@ -187,7 +187,8 @@ def export_backbone(checkpoint: str | Path, output: str | Path,
     project load strictly; ``timm``: the same keys. ``dinov2``: the DINOv2 hub models' layout
     (``dinov2.py``). These are one file: a ``.pth`` torch file, or a safetensors file when
     ``output`` ends in ``.safetensors``. ``hf``: a Hugging Face model directory
-    (``hf.write_directory``; a backbone with DINOv2's parts is an error naming them).
+    (``hf.write_directory``: ``ViTModel``; for a backbone with DINOv2's parts
+    ``hf_dinov2.write_directory``: ``Dinov2Model`` / ``Dinov2WithRegistersModel``).
     Tensors are written exactly as stored (no dtype change).
     """
     if layout != "auto" and layout not in FORMATS:
@@ -197,6 +198,8 @@ def export_backbone(checkpoint: str | Path, output: str | Path,
     build_backbone(ck)  # refuse to write a file that would not load strictly
     if layout == "auto":
         layout = DINOV2.name if has_dinov2_parts(ck.backbone) else DINO.name
+    elif layout == hf.HF.name and has_dinov2_parts(ck.backbone):
+        layout = hf_dinov2.HF_DINOV2.name  # Dinov2Model's names: ViTModel has no place for them
     fmt = FORMATS[layout]
     if fmt.write is not None:
         fmt.write(ck.backbone, Path(output))

@@ -27,8 +27,8 @@ name: ``pooler.*`` (the tanh pooler, which DINO features do not use: they are
 ``last_hidden_state[:, 0]``) and ``classifier.*`` (a task head). Every other tensor must be
 placed, or the conversion fails naming it.
 
-Not read: ``Dinov2Model`` directories (``model_type`` "dinov2"; layer scale and SwiGLU have
-no place in this ViT), which ``config.json`` identifies, in one error.
+``Dinov2Model`` directories (``model_type`` "dinov2" / "dinov2_with_registers") are read
+here too; their tensor names are ``hf_dinov2.py``'s.
 
 ``config.json`` (written for ``ViTModel``): hidden size, layers, heads (the ``ARCHS`` entry),
 intermediate size, patch size, image size (the stored position grid), ``layer_norm_eps``
@@ -87,6 +87,7 @@ REQUIRED = tuple(list(EMBEDDINGS)[:3])
 _HUB_BLOCK = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
 _MODULE_BLOCK = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
 _CANONICAL_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
+READ_TYPES = ("vit", "dinov2", "dinov2_with_registers")  # hf_dinov2.py: the DINOv2 names
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -132,9 +133,18 @@ def to_canonical(state: dict, source: str) -> Canonical:
             qkv.setdefault((int(m.group(1)), m.group(3)), {})[part.split(".")[-1]] = value
         else:
             unplaced.append(key)
+    return joined(backbone, qkv, unplaced, source, "ViT")
+
+
+def joined(backbone: dict[str, torch.Tensor],
+           qkv: dict[tuple[int, str], dict[str, torch.Tensor]], unplaced: list[str],
+           source: str, layout: str) -> Canonical:
+    """The end of a Hugging Face conversion: an error for tensors without a place, every
+    block's q, k, v rows joined into ``attn.qkv`` (``qkv[(block, weight|bias)][query|key|
+    value]``), the module's key order."""
     if unplaced:
         raise CheckpointError(f"checkpoint {source}: {len(unplaced)} tensor(s) of the Hugging "
-                              f"Face ViT layout have no place in this ViT: "
+                              f"Face {layout} layout have no place in this ViT: "
                               f"{', '.join(unplaced[:5])}")
     for (block, param), parts in sorted(qkv.items()):
         missing = [n for n in QKV if n not in parts]
@@ -184,16 +194,22 @@ def vit_config(backbone: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def write_directory(backbone: dict[str, torch.Tensor], path: str | Path) -> None:
-    """``path`` as a model directory ``ViTModel.from_pretrained`` loads with no missing,
-    unexpected or mismatched key: ``model.safetensors`` (hub names), then ``config.json``."""
+def write_model_directory(path: str | Path, config: dict, tensors: dict[str, torch.Tensor],
+                          flag: str) -> None:
+    """``path`` as a Hugging Face model directory: ``model.safetensors`` (``tensors``, hub
+    names), then ``config.json`` (written last: a directory without it is not a model)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise CheckpointError(f"--format hf writes a directory, and {path} is a file")
-    config = vit_config(backbone)
+        raise CheckpointError(f"--format {flag} writes a directory, and {path} is a file")
     path.mkdir(parents=True, exist_ok=True)
-    write_safetensors(from_canonical(backbone), path / "model.safetensors")
+    write_safetensors(tensors, path / "model.safetensors")
     atomic_write_bytes(path / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+
+
+def write_directory(backbone: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``path`` as a model directory ``ViTModel.from_pretrained`` loads with no missing,
+    unexpected or mismatched key."""
+    write_model_directory(path, vit_config(backbone), from_canonical(backbone), "hf")
 
 
 def check_config(config: dict, source: str) -> None:
@@ -203,9 +219,9 @@ def check_config(config: dict, source: str) -> None:
                                "(model_type vit, gelu, 3 channels, qkv bias, the ARCHS heads)")
 
     kind = config.get("model_type", "vit")
-    if kind != "vit":
-        raise bad(f"model_type is {kind!r}, and only Hugging Face ViT (ViTModel) "
-                  "directories are read")
+    if kind not in READ_TYPES:
+        raise bad(f"model_type is {kind!r}, and only Hugging Face ViT (ViTModel) and DINOv2 "
+                  "(Dinov2Model, Dinov2WithRegistersModel) directories are read")
     if config.get("hidden_act", "gelu") != "gelu":
         raise bad(f"hidden_act is {config['hidden_act']!r}")
     if config.get("num_channels", 3) != 3 or not config.get("qkv_bias", True):

@@ -104,7 +104,7 @@ def test_a_directory_with_another_model_or_no_weights_is_one_error(tmp_path, cap
     export_backbone(tmp_path / "b.pth", tmp_path / "hf", layout="hf")
     config_path = tmp_path / "hf" / "config.json"
     config = json.loads(config_path.read_text())
-    cases = {"model_type": ("dinov2", "model_type is 'dinov2'"),
+    cases = {"model_type": ("swin", "model_type is 'swin'"),
              "hidden_act": ("relu", "hidden_act is 'relu'"),
              "num_attention_heads": (4, "4 attention heads for hidden size 192, where "
                                         "vit_tiny has 3")}
