@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 
-WATCHDOG_S = 150.0
+WATCHDOG_S = 300.0  # a hang guard, not a speed check: numba compiles the op in the first epoch (~20 s quiet, 90 s seen at load 10 on 2 cores)
 
 
 def _epoch(data: str) -> dict:
