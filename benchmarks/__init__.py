@@ -1,16 +1,17 @@
-"""dino-bench: one timing harness and the sub-benchmarks built on it.
+"""dino-bench: one timing harness and the benchmarks built on it, grouped by what they measure.
 
-Modules:
-- ``harness``   warm-up, repeated timing (median, IQR, min-max; CUDA events on a GPU), peak
-  memory, machine description; re-exports the result writing of ``report``.
-- ``report``    results as JSON, CSV, markdown, a PNG plot and tensorboard scalars.
-- ``flops``     analytic FLOP counts for ViT forwards and DINO train steps; MFU.
-- ``trainstep`` student/teacher + ``dino_core.train.step.TrainStep`` ready to time.
-- ``patch``     images/s against patch size (forward-only and the full DINO step).
-- ``pipeline``  multi-crop loader throughput per backend next to the reference backend.
-- ``e2e``       a short training run: images/s and the share of step time waiting for data.
-- ``feed``      CPU time per image of the DALI host feed (batched draw vs per-sample draw).
-- ``loss``, ``step``  the loss and step benchmarks (issues 5 and 6).
+- ``harness/``  what every benchmark shares: timing (median, IQR, min-max; CUDA events on a
+  GPU), peak memory and the machine description (``timing``); results as JSON, CSV,
+  markdown, a PNG plot and tensorboard scalars (``report``); backends run in processes of
+  their own with limits (``runs``); the ImageNet-like corpus and the data choice
+  (``corpus``, ``corpus_images``, ``folder_stats``, ``bench_data``); CUDA-graph timing.
+- ``data/``     loaders per backend against the reference (``pipeline``), conversion
+  (``convert``), the DALI host feed (``feed``), the photometric finish (``photometric``), a
+  short training run fed by each loader (``e2e``: images/s, data-wait share).
+- ``model/``    images/s and MFU against patch size (``patch``), our step against the
+  reference step (``step``, built by ``trainstep``), the DINO loss (``loss``), FLOP counts.
+- ``gpu/``      the time-boxed GPU check, its plan of device calls, the machine report and
+  compute-sanitizer runs.
 - ``cli``       the ``dino-bench`` console entry point.
 
 Results live in ``benchmarks/results/<machine>_<yyyymm>_<what>.*``.

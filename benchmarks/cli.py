@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .harness import BenchmarkResult, PlotSpec, describe_machine, resolve_device, write_results
-from .report import render_markdown
+from .harness.timing import BenchmarkResult, PlotSpec, describe_machine, resolve_device, write_results
+from .harness.report import render_markdown
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WRITTEN = PlotSpec(x="", panels=())  # marks a result whose sub-benchmark wrote its own files
@@ -106,7 +106,7 @@ def _backend_data(pairs: list[str] | None) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_patch(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .patch import PATCH_PLOT, PatchBenchConfig, run_patch_benchmark
+    from .model.patch import PATCH_PLOT, PatchBenchConfig, run_patch_benchmark
 
     base = PatchBenchConfig.quick() if args.quick else PatchBenchConfig()
     fields = _overrides(args, {"archs": "archs", "patches": "patches", "batch": "train_batch",
@@ -121,8 +121,8 @@ def _data_choice(args, quick_images: int | None = None):
     """--data / --corpus / --corpus-dir / --corpus-images / --backend-data as a DataChoice
     (options a sub-command lacks keep DataChoice's defaults); ``quick_images``: the corpus
     size under --quick (default: the pipeline benchmark's)."""
-    from .bench_data import DataChoice
-    from .pipeline import QUICK_CORPUS_IMAGES
+    from .harness.bench_data import DataChoice
+    from .data.pipeline import QUICK_CORPUS_IMAGES
 
     quick = quick_images or QUICK_CORPUS_IMAGES
     images = args.corpus_images or (quick if args.quick else DataChoice.corpus_images)
@@ -134,7 +134,7 @@ def _data_choice(args, quick_images: int | None = None):
 def _data_bench_config(cls, args, device, names: dict[str, str]):
     """The config of a data benchmark (pipeline, e2e): ``cls.quick`` with --quick,
     ``cls.gpu`` on a CUDA device, else ``cls``; options given override its fields."""
-    from .backend_runs import RunLimits
+    from .harness.runs import RunLimits
 
     fields = _overrides(args, names)
     fields["source"] = _data_choice(args)
@@ -153,7 +153,7 @@ def _partial_writer(args):
 
 
 def cmd_pipeline(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .pipeline import PIPELINE_PLOT, PipelineBenchConfig, run_pipeline_benchmark
+    from .data.pipeline import PIPELINE_PLOT, PipelineBenchConfig, run_pipeline_benchmark
 
     cfg = _data_bench_config(PipelineBenchConfig, args, device, {
         "backends": "backends", "batch_size": "batch_size", "workers": "num_workers",
@@ -163,7 +163,7 @@ def cmd_pipeline(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 def cmd_e2e(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .e2e import E2E_PLOT, E2EConfig, run_e2e_benchmark
+    from .data.e2e import E2E_PLOT, E2EConfig, run_e2e_benchmark
 
     cfg = _data_bench_config(E2EConfig, args, device, {
         "backends": "backends", "arch": "arch", "patch": "patch", "batch_size": "batch_size",
@@ -174,7 +174,7 @@ def cmd_e2e(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 def cmd_feed(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .feed import FEED_PLOT, FeedBenchConfig, run_feed_benchmark
+    from .data.feed import FEED_PLOT, FeedBenchConfig, run_feed_benchmark
 
     fields = _overrides(args, {"data": "data", "batch_size": "batch_size",
                                "local_crops": "local_crops", "batches": "batches",
@@ -186,7 +186,7 @@ def cmd_feed(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 def cmd_loss(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .loss import LOSS_PLOT, LossBenchShape, build_result, run_loss_benchmark
+    from .model.loss import LOSS_PLOT, LossBenchShape, build_result, run_loss_benchmark
     shape = LossBenchShape.resolve(device, args.quick, args.batch, args.out_dim, args.iters,
                                    args.dtype)
     threads = torch.get_num_threads()
@@ -199,19 +199,19 @@ def cmd_loss(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .step import run_step_benchmark
+    from .model.step import run_step_benchmark
     given = {"quick": args.quick, "iters": args.iters, "batch": args.batch,
              "archs": tuple(args.archs) if args.archs else None, "patch": args.patch,
              "precision": args.precision, "seconds": args.seconds,
              "compile": args.compile or None}
     kwargs = {k: v for k, v in given.items() if v is not None}
-    # benchmarks/step.py writes its own files (it plots MFU against its own ceilings)
+    # benchmarks/model/step.py writes its own files (it plots MFU against its own ceilings)
     return run_step_benchmark(device=device, output_dir=args.output_dir, argv=argv,
                               **kwargs), WRITTEN
 
 
 def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .photometric import PHOTOMETRIC_PLOT, PhotometricBenchConfig, run_photometric_benchmark
+    from .data.photometric import PHOTOMETRIC_PLOT, PhotometricBenchConfig, run_photometric_benchmark
 
     fields = _overrides(args, {"images": "images", "local_crops": "local_crops",
                                "dtype": "dtype", "iters": "iters", "warmup": "warmup",
@@ -222,7 +222,7 @@ def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 
 
 def cmd_convert(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
-    from .convert import CONVERT_PLOT, ConvertBenchConfig, run_convert_benchmark
+    from .data.convert import CONVERT_PLOT, ConvertBenchConfig, run_convert_benchmark
 
     fields = _overrides(args, {n: n for n in ("workers", "max_side", "quality", "repeats",
                                               "scratch")})
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-seconds", type=float,
                    help="untimed seconds first (at least; default on CUDA 3)")
 
-    from .convert import ConvertBenchConfig
+    from .data.convert import ConvertBenchConfig
     p = sub.add_parser("convert", help="dino-convert vs FFCV's writer, images/s per core",
                        description=HELP["convert"])
     _common(p)
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dino-bench``; returns the process exit status."""
     args_list = sys.argv[1:] if argv is None else list(argv)
     if args_list[:1] == ["gpu"]:  # its own parser: parts, time boxes, one summary
-        from .gpu_check import main as gpu_main
+        from .gpu.check import main as gpu_main
         return gpu_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     if args.threads is not None:

@@ -4,7 +4,7 @@
 # Installs the carried wheels that the machine lacks (.carry/ffcv, made by
 # tools/gpu_carry.sh; DALI once tools/gpu_dali_part.sh has unpacked it into the same
 # target), points Python at them and at this tree, and runs `dino-bench gpu OUTDIR`
-# (benchmarks/gpu_check.py): every GPU part, each in its own time box, then a one-screen
+# (benchmarks/gpu/check.py): every GPU part, each in its own time box, then a one-screen
 # summary. Options go to dino-bench gpu (--parts, --only dali, --budget-s); see its --help.
 # On a machine without a GPU every part is skipped with its reason (a dry run).
 set -uo pipefail
@@ -17,4 +17,4 @@ if [ -d .carry/ffcv ] && ! PYTHONPATH=$site python3 -c "import ffcv" 2>/dev/null
     || echo "gpu_check: installing .carry/ffcv failed; FFCV parts will be skipped" >&2
 fi
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec python3 -m benchmarks.gpu_check "$out" "$@"
+exec python3 -m benchmarks.gpu.check "$out" "$@"

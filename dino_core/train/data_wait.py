@@ -18,7 +18,7 @@ when the batch came first), and includes data work queued on the same stream (th
 executor's GPU augmentation runs on the current stream). Events are only read by
 ``totals()``, which the loop calls on logging steps; that is its one host sync.
 
-The training loop and the benchmarks' loop engine (``benchmarks/e2e.py``) both account with
+The training loop and the benchmarks' loop engine (``benchmarks/data/e2e.py``) both account with
 this clock; the benchmark keeps the per-step figures too (``keep_steps``).
 """
 from __future__ import annotations

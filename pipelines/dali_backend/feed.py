@@ -173,7 +173,7 @@ class EpochFeed:
         sizes ``wh`` int64 [n, 2].
 
         One compiled draw for the whole batch; a method of its own so that
-        ``benchmarks/feed.py`` can time this callback against the per-sample Python twin."""
+        ``benchmarks/data/feed.py`` can time this callback against the per-sample Python twin."""
         keys = batch_keys(np.uint64(epoch_key(self.plan.seed, self.plan.rank, epoch)),
                           np.asarray(indices, dtype=np.int64))
         rows = draw_batch_rows(keys, wh[:, 0], wh[:, 1], *self._arrays)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import cli
-from benchmarks.pipeline import make_image_folder
+from benchmarks.data.pipeline import make_image_folder
 
 QUICK = ["--quick", "--device", "cpu", "--threads", "1", "--no-tensorboard"]
 
@@ -111,10 +111,10 @@ def test_e2e_quick(tmp_path, folder, engine, steps, images):
 
 
 def test_loss_and_step_are_wired_to_their_modules(tmp_path, monkeypatch):
-    """``dino-bench loss`` writes what ``python3 -m benchmarks.loss`` writes (its columns,
+    """``dino-bench loss`` writes what ``python3 -m benchmarks.model.loss`` writes (its columns,
     notes and plot), with the same defaults; ``dino-bench step`` hands its options over."""
-    from benchmarks import loss, step
-    from benchmarks.harness import BenchmarkResult, describe_machine
+    from benchmarks.model import loss, step
+    from benchmarks.harness.timing import BenchmarkResult, describe_machine
     seen = {}
 
     def run_loss_benchmark(device, batch, views, out_dim, iters, dtype):
@@ -162,8 +162,8 @@ def test_cuda_defaults_and_time_budget_options():
     bounded by a time budget; --time-budget and --in-process override it."""
     import torch
 
-    from benchmarks.e2e import E2EConfig
-    from benchmarks.pipeline import PipelineBenchConfig
+    from benchmarks.data.e2e import E2EConfig
+    from benchmarks.data.pipeline import PipelineBenchConfig
 
     def config(cls, *argv):
         args = cli.build_parser().parse_args(list(argv))
