@@ -16,7 +16,7 @@ import yaml
 from pipelines.config_io import (ConfigError, apply_overrides, deep_merge, from_plain, to_plain,
                                  yaml_problem)
 from pipelines.loader import BACKENDS
-from pipelines.spec import AugmentationSpec, SpecError
+from pipelines.spec import AugmentationSpec, SpecError, expand_preset
 
 from .recipes.dinov2_config import DINOv2Config, check_dinov2
 
@@ -42,6 +42,26 @@ class ModelConfig:
     # Opt-in until a GPU measurement (dino-bench step --compile) shows it pays for its
     # compile time; state_dict keys are unchanged.
     compile: bool = False
+    # Backbone options of DINOv2 (dino_core/models/vit.py); the defaults are DINO's ViT.
+    img_size: int = 0             # position grid in pixels; 0: 224 rounded down to a multiple
+    #                               of patch_size (DINOv2's released models: 518, 37x37 at 14)
+    layerscale: float = 0.0       # LayerScale init of ls1/ls2.gamma; 0: none (DINOv2: 1e-5)
+    register_tokens: int = 0      # register tokens after CLS (DINOv2 with registers: 4)
+    ffn_layer: str = "mlp"        # mlp (GELU) | swiglu (DINOv2's ViT-g/14)
+    drop_path_uniform: bool = False   # one drop-path rate in every block (DINOv2) instead of
+    #                                   a rate rising linearly over depth (DINO)
+    interpolate_offset: float = 0.1   # position-embedding resize; DINOv2 with registers: 0.0
+    interpolate_antialias: bool = False  # DINOv2 with registers: true
+
+    def vit_options(self) -> dict:
+        """The backbone keywords of ``models.build_vit`` these fields give (every recipe
+        builds its backbone with them; it adds its own drop path and mask token)."""
+        grid = {"img_size": self.img_size} if self.img_size else {}
+        return {**grid, "layerscale": self.layerscale,
+                "num_register_tokens": self.register_tokens, "ffn_layer": self.ffn_layer,
+                "drop_path_uniform": self.drop_path_uniform,
+                "interpolate_offset": self.interpolate_offset,
+                "interpolate_antialias": self.interpolate_antialias}
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,12 @@ class OptimConfig:
     freeze_last_layer: int = 1    # epochs during which the last layer's gradient is dropped
     momentum_teacher: float = 0.996
     optimizer: str = "adamw"      # adamw (torch, fused on CUDA) | apex (apex FusedAdam if installed)
+    # DINOv2's parameter groups (dino_core/train/optim.py); 1.0 and 1.0 give DINO's two groups.
+    layer_decay: float = 1.0      # lr x layer_decay^(depth + 1 - layer) (DINOv2: 0.9; 1.0 in
+    #                               its ViT-L/14 and ViT-g/14 LVD-142M configs)
+    patch_embed_lr_mult: float = 1.0  # extra lr factor of the patch embedding (DINOv2: 0.2)
+    lr_scaling: str = "linear"    # linear: lr x global batch / 256 (DINO); sqrt: lr x
+    #                               sqrt(global batch / 1024) (DINOv2's base_lr rule)
 
 
 @dataclass(frozen=True)
@@ -130,6 +156,7 @@ class TrainConfig:
         _check(self.model.patch_size >= 1, "model.patch_size", "must be >= 1")
         _check(self.model.out_dim >= 2, "model.out_dim", "must be >= 2")
         _check(0 <= self.model.drop_path_rate < 1, "model.drop_path_rate", "must be in [0, 1)")
+        self._check_backbone_options()
         _check(self.data.backend in BACKENDS, "data.backend",
                f"must be one of {', '.join(BACKENDS)}, got {self.data.backend!r}")
         _check(self.data.batch_size >= 1, "data.batch_size", "must be >= 1")
@@ -142,6 +169,10 @@ class TrainConfig:
         _check(self.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)")
         _check(self.optim.optimizer in ("adamw", "apex"), "optim.optimizer",
                f"must be adamw or apex, got {self.optim.optimizer!r}")
+        _check(0 < self.optim.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]")
+        _check(self.optim.patch_embed_lr_mult > 0, "optim.patch_embed_lr_mult", "must be > 0")
+        _check(self.optim.lr_scaling in ("linear", "sqrt"), "optim.lr_scaling",
+               f"must be linear or sqrt, got {self.optim.lr_scaling!r}")
         _check(self.loss.impl in ("auto", "reference", "fused", "cuda"), "loss.impl",
                f"must be auto, reference, fused or cuda, got {self.loss.impl!r}")
         _check(self.loss.teacher_temp > 0 and self.loss.student_temp > 0, "loss.teacher_temp",
@@ -156,6 +187,22 @@ class TrainConfig:
         _check(self.saveckp_freq >= 0, "saveckp_freq", "must be >= 0 (0: never)")
         if self.recipe == "dinov2":
             check_dinov2(self)
+
+    def _check_backbone_options(self) -> None:
+        from .models.vit import FFN_LAYERS
+        m = self.model
+        _check(m.img_size == 0 or (m.img_size >= m.patch_size and m.img_size % m.patch_size == 0),
+               "model.img_size", f"must be 0 (224 px) or a multiple of model.patch_size "
+               f"{m.patch_size}, got {m.img_size}")
+        _check(m.layerscale >= 0, "model.layerscale", "must be >= 0 (0: no LayerScale)")
+        _check(m.register_tokens >= 0, "model.register_tokens", "must be >= 0")
+        _check(m.ffn_layer in FFN_LAYERS, "model.ffn_layer",
+               f"must be one of {', '.join(FFN_LAYERS)}, got {m.ffn_layer!r}")
+        _check(m.interpolate_offset >= 0, "model.interpolate_offset", "must be >= 0")
+        try:
+            self.data.aug.check_patch_size(m.patch_size)
+        except SpecError as e:
+            raise ConfigError(f"training config data.aug: {e}") from None
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
@@ -176,9 +223,23 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _aug_preset(aug: dict) -> dict:
+    """``data.aug`` with a ``preset`` key expanded (``pipelines.spec.expand_preset``)."""
+    try:
+        return expand_preset(aug)
+    except SpecError as e:
+        raise ConfigError(f"training config data.aug: {e}") from None
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None
                 ) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
+    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides.
+
+    ``data.aug`` may name an augmentation preset (``pipelines.spec.SPEC_PRESETS``): in the
+    YAML as ``aug: {preset: dinov2, ...}`` (the other keys change the preset), on the
+    command line as ``data.aug.preset=dinov2``, which replaces the whole section before the
+    other overrides apply.
+    """
     data = TrainConfig().to_dict()
     if path is not None:
         path = Path(path)
@@ -195,6 +256,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if unknown:
             raise ConfigError(f"training config field '{unknown[0]}' (in {path}): unknown key "
                               f"(known keys: {', '.join(sorted(data))})")
+        section = loaded.get("data")
+        if isinstance(section, dict) and isinstance(section.get("aug"), dict):
+            loaded = {**loaded, "data": {**section, "aug": _aug_preset(section["aug"])}}
         data = deep_merge(data, loaded)
-    data = apply_overrides(data, overrides or [], "training config")
+    overrides = list(overrides or [])
+    presets = [o for o in overrides if o.partition("=")[0].strip() == "data.aug.preset"]
+    if presets:  # the last one wins, as for any key
+        name = yaml.safe_load(presets[-1].partition("=")[2] or "''")
+        data["data"]["aug"] = _aug_preset({"preset": name})
+        overrides = [o for o in overrides if o not in presets]
+    data = apply_overrides(data, overrides, "training config")
     return TrainConfig.from_dict(data)

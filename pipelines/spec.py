@@ -12,6 +12,11 @@ colour jitter with p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1,
 order), grayscale p=0.2, gaussian blur sigma in [0.1, 2.0], solarize threshold 128, then
 ImageNet normalisation.
 
+Named presets (``SPEC_PRESETS``, ``spec_preset(name)``): ``dino`` (the defaults above) and
+``dinov2`` (``dinov2_spec``). A spec mapping (YAML) may name one with a ``preset`` key; its
+other keys then change that preset (``expand_preset``), e.g. ``{preset: dinov2,
+local_crops: 4}``; the training config takes the same in its ``data.aug`` section.
+
 Executors (reference PIL, DALI, FFCV + batched tensor ops) read every number from here; none
 of them restates a parameter. ``AugmentationSpec.views()`` expands the recipe into the
 ordered list of per-view specs: the global views first, then ``local_crops`` local views.
@@ -25,11 +30,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import yaml
 
-from .config_io import from_plain, to_plain, yaml_problem
+from .config_io import deep_merge, from_plain, to_plain, yaml_problem
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
@@ -254,6 +259,16 @@ class AugmentationSpec:
         stacked into one tensor and finished in one call by the loaders (``size_runs``)."""
         return size_runs([view.size for view in self.views()])
 
+    def check_patch_size(self, patch_size: int) -> None:
+        """Every view size must be a multiple of the ViT's ``patch_size`` (the model refuses
+        other inputs): one SpecError naming the first view that is not."""
+        named = [(f"global_views[{i}].size", v.size) for i, v in enumerate(self.global_views)]
+        if self.local_crops:
+            named.append(("local_view.size", self.local_view.size))
+        for name, size in named:
+            _check(size % patch_size == 0, name,
+                   f"{size} px is not a multiple of the patch size {patch_size}")
+
     def with_overrides(self, **changes: Any) -> "AugmentationSpec":
         """A copy with top-level fields replaced (validated)."""
         return dataclasses.replace(self, **changes)
@@ -264,7 +279,8 @@ class AugmentationSpec:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "AugmentationSpec":
-        return from_plain(cls, data or {}, "augmentation spec", SpecError)
+        """From plain data; a ``preset`` key starts from that preset (``expand_preset``)."""
+        return from_plain(cls, expand_preset(data or {}), "augmentation spec", SpecError)
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -282,3 +298,58 @@ class AugmentationSpec:
         if data is not None and not isinstance(data, dict):
             raise SpecError(f"augmentation spec file {path} must hold a mapping at top level")
         return cls.from_dict(data)
+
+
+def dinov2_spec() -> AugmentationSpec:
+    """DINOv2's multi-crop recipe at patch 14 (Oquab et al. 2023; facebookresearch/dinov2,
+    ``ssl_default_config.yaml`` ``crops``, ``configs/train/vitl14.yaml`` / ``vitg14.yaml``
+    and ``data/augmentations.py``):
+
+        view      size  crop scale    blur p  solarize p
+        global 1  224   (0.32, 1.0)   0.0     0.0
+        global 2  224   (0.32, 1.0)   0.9     0.2
+        local x8   98   (0.05, 0.32)  0.5     0.0
+
+    Sizes: 224 = 16 x 14 and 98 = 7 x 14 patches (DINOv2's patch-16 default is 96 px local
+    crops: set ``local_view.size`` with the patch size). Blur probabilities: DINOv2's code
+    names 1.0 / 0.1 / 0.5 (DINO's), but its ``GaussianBlur`` hands ``1 - p`` to torchvision's
+    ``RandomApply``, which applies with the probability it is given, so the released models
+    were trained with 0.0 / 0.9 / 0.5 (facebookresearch/dinov2 PR #411; confirmed for the
+    same code in DINOv3, facebookresearch/dinov3 issue #286): this preset states what was
+    trained. Every other setting equals DINO's (the defaults): ratio 3/4..4/3, bicubic, flip
+    0.5, colour jitter 0.8 x (0.4, 0.4, 0.2, 0.1), grayscale 0.2, blur sigma 0.1..2.0,
+    solarize threshold 128, ImageNet mean/std. Not represented: DINOv2 blurs with
+    torchvision's 9-tap kernel (radius 4 px), this project with a window of 3 sigma
+    (``photometric/torch_ops.py``): equal up to the tails for sigma <= 4/3, wider above.
+    """
+    return AugmentationSpec(
+        global_views=(ViewSpec(224, (0.32, 1.0), blur_p=0.0, solarize_p=0.0),
+                      ViewSpec(224, (0.32, 1.0), blur_p=0.9, solarize_p=0.2)),
+        local_view=ViewSpec(98, (0.05, 0.32), blur_p=0.5, solarize_p=0.0),
+        local_crops=8)
+
+
+SPEC_PRESETS: dict[str, Callable[[], AugmentationSpec]] = {
+    "dino": AugmentationSpec,
+    "dinov2": dinov2_spec,
+}
+
+
+def spec_preset(name: str) -> AugmentationSpec:
+    """The named preset spec (``SPEC_PRESETS``)."""
+    if name not in SPEC_PRESETS:
+        raise SpecError(f"augmentation spec field 'preset': unknown preset {name!r}; choose "
+                        f"from {', '.join(SPEC_PRESETS)}")
+    return SPEC_PRESETS[name]()
+
+
+def expand_preset(data: dict) -> dict:
+    """A spec mapping with its ``preset`` key (if any) replaced by that preset's fields, the
+    mapping's other keys merged over them; a mapping without one is returned as is."""
+    if not isinstance(data, dict) or "preset" not in data:
+        return data
+    rest = {k: v for k, v in data.items() if k != "preset"}
+    name = data["preset"]
+    if not isinstance(name, str):
+        raise SpecError(f"augmentation spec field 'preset': expected a preset name, got {name!r}")
+    return deep_merge(spec_preset(name).to_dict(), rest)

@@ -3,7 +3,8 @@
 - ``files``: torch files of tensors and plain data (atomic writes, ``weights_only`` reads,
   one clear error per unusable file, strict state loading).
 - ``registry``: backbone layouts (``BackboneFormat``: detect, to and from the canonical
-  layout); ``dino``: the official DINO layout, its first entry.
+  layout); ``dino``: the official DINO layout, its first entry; ``dinov2``: the official
+  DINOv2 layout (LayerScale, registers, SwiGLU, chunked blocks), tried before DINO's.
 - ``canonical``: the architecture from the shapes; ViT and DINO head built from tensors.
 - ``checkpoints``: read any supported file (``read_checkpoint``, ``load_backbone``), write a
   backbone (``export_backbone``).

@@ -56,11 +56,26 @@ def materialise(make: Callable[[], nn.Module], state: dict[str, torch.Tensor], w
     return module
 
 
-def vit_from_state(backbone: dict[str, torch.Tensor], source: str) -> VisionTransformer:
-    """The ViT of ``backbone``'s architecture and grid with exactly its weights (eval mode)."""
+def options_from_state(state: dict[str, torch.Tensor]) -> dict[str, object]:
+    """The ViT options a canonical state dict's tensors show, as ``build_vit`` keywords:
+    register tokens (their count), LayerScale (on or off; its init value is irrelevant to
+    a model whose weights are then loaded), SwiGLU, a mask token."""
+    registers = state.get("register_tokens")
+    return {"num_register_tokens": 0 if registers is None else int(registers.shape[1]),
+            "layerscale": 1.0 if any(k.endswith(".ls1.gamma") for k in state) else 0.0,
+            "ffn_layer": "swiglu" if any(".mlp.w12." in k for k in state) else "mlp",
+            "mask_token": "mask_token" in state}
+
+
+def vit_from_state(backbone: dict[str, torch.Tensor], source: str,
+                   interpolation: dict[str, object] | None = None) -> VisionTransformer:
+    """The ViT of ``backbone``'s architecture, grid and options (``options_from_state``)
+    with exactly its weights (eval mode). ``interpolation``: its position-embedding resize
+    (``interpolate_offset`` / ``interpolate_antialias``), which no weight shows (None: DINO's)."""
     arch, patch, img_size = infer_backbone(backbone, source)
-    model = materialise(lambda: build_vit(arch, patch, img_size=img_size), backbone,
-                        "backbone", source)
+    options = {**options_from_state(backbone), **(interpolation or {})}
+    model = materialise(lambda: build_vit(arch, patch, img_size=img_size, **options),
+                        backbone, "backbone", source)
     return model.eval()
 
 

@@ -9,10 +9,12 @@ content, never by their name:
   ``dino_core/train/checkpoint.py``);
 - ``official``: a full checkpoint of the reference code (``student``, ``teacher``,
   ``dino_loss``, and ``args`` saved as a plain dict);
-- ``backbone``: a bare state dict as released, possibly under ``state_dict`` / ``model``.
+- ``backbone``: a bare state dict as released, possibly under ``state_dict`` / ``model``
+  (DINO's and DINOv2's released backbones, ``dinov2.py``).
 
 The state dict's layout is detected from its keys by the format registry (``registry.py``;
-the official DINO layout, ``dino.py``, is its first entry) and converted to the canonical
+the official DINO layout, ``dino.py``, is its first entry; DINOv2's, ``dinov2.py``, is tried
+before it) and converted to the canonical
 layout; the architecture is read from the weights themselves (``canonical.py``). A declared
 architecture (the file's config, or the caller's ``arch``) that disagrees is one clear error
 naming both.
@@ -23,7 +25,7 @@ convert them once, in a trusted environment.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +33,7 @@ import torch
 from ..models import DINOHead, VisionTransformer
 from .canonical import head_from_state, infer_backbone, vit_from_state
 from .dino import DINO
+from .dinov2 import DINOV2, has_dinov2_parts, release_interpolation
 from .files import CheckpointError, load_checkpoint, save_checkpoint
 from .registry import FORMATS, detect_format
 
@@ -45,6 +48,9 @@ class ImportedCheckpoint:
     backbone: keys as ``VisionTransformer.state_dict()`` (``cls_token`` [1, 1, D] ...).
     head: keys as ``DINOHead.state_dict()`` or None for backbone-only files.
     center: the DINO loss center [1, K] when the file holds one.
+    interpolation: how the backbone resizes its position embeddings (``VisionTransformer``
+        keywords ``interpolate_offset`` / ``interpolate_antialias``): from a project
+        checkpoint's config, else DINOv2's release convention (``dinov2.py``).
     """
 
     source: str
@@ -55,6 +61,7 @@ class ImportedCheckpoint:
     head: dict[str, torch.Tensor] | None = None
     center: torch.Tensor | None = None
     layout: str = DINO.name  # the registered format the state dict was in
+    interpolation: dict[str, object] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -73,6 +80,18 @@ def _declared(obj: dict) -> tuple[str | None, int | None]:
     arch = ARCH_ALIASES.get(arch, arch) if isinstance(arch, str) else None
     patch = decl.get("patch_size")
     return arch, patch if isinstance(patch, int) else None
+
+
+def _interpolation(obj: dict, backbone: dict[str, torch.Tensor]) -> dict[str, object]:
+    """The position-embedding resize of the backbone in ``obj``: what a project checkpoint's
+    config says, else the convention of DINOv2's released models (``release_interpolation``:
+    DINO's settings for every file without registers)."""
+    cfg = obj.get("config")
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if isinstance(model, dict) and "interpolate_offset" in model:
+        return {"interpolate_offset": float(model["interpolate_offset"]),
+                "interpolate_antialias": bool(model.get("interpolate_antialias", False))}
+    return release_interpolation(backbone)
 
 
 def _check_arch(source: str, found: tuple[str, int], wanted: tuple[str | None, int | None],
@@ -116,13 +135,15 @@ def read_checkpoint(path: str | Path, checkpoint_key: str = "teacher", arch: str
     _check_arch(source, (found_arch, found_patch), (arch, patch_size),
                 "the requested architecture (--arch / --patch-size) is")
     return ImportedCheckpoint(source, kind, found_arch, found_patch, canonical.backbone,
-                              canonical.head, center, fmt.name)
+                              canonical.head, center, fmt.name,
+                              _interpolation(obj, canonical.backbone))
 
 
 # ----------------------------------------------------------------------------- building
 def build_backbone(ck: ImportedCheckpoint) -> VisionTransformer:
-    """A ViT of the file's architecture with its weights loaded strictly (eval mode)."""
-    return vit_from_state(ck.backbone, ck.source)
+    """A ViT of the file's architecture and options with its weights loaded strictly (eval
+    mode), resizing position embeddings as the file's model did."""
+    return vit_from_state(ck.backbone, ck.source, ck.interpolation)
 
 
 def build_head(ck: ImportedCheckpoint) -> DINOHead:
@@ -139,16 +160,23 @@ def load_backbone(path: str | Path, arch: str | None = None, patch_size: int | N
 
 # ----------------------------------------------------------------------------- writing
 def export_backbone(checkpoint: str | Path, output: str | Path,
-                    checkpoint_key: str = "teacher", layout: str = "dino") -> ImportedCheckpoint:
+                    checkpoint_key: str = "teacher", layout: str = "auto") -> ImportedCheckpoint:
     """Write the ``checkpoint_key`` backbone of ``checkpoint`` in the registered ``layout``.
 
-    ``dino`` (the default): a plain dict of tensors with bare ViT keys (as the released
-    ``dino_deitsmall16_pretrain.pth``), which the reference code and this project both load
-    strictly. Tensors are written exactly as stored (no dtype change).
+    ``auto`` (the default): the official layout of the backbone's family, whatever layout it
+    was read in: ``dinov2`` for a backbone with DINOv2's parts (LayerScale, registers, mask
+    token, SwiGLU), else ``dino``. ``dino``: a plain dict of tensors with bare ViT keys (as
+    the released ``dino_deitsmall16_pretrain.pth``), which the reference code and this
+    project both load strictly. ``dinov2``: the DINOv2 hub models' layout (``dinov2.py``).
+    Tensors are written exactly as stored (no dtype change).
     """
-    if layout not in FORMATS:
-        raise ValueError(f"unknown backbone layout {layout!r}; choose from {', '.join(FORMATS)}")
+    if layout != "auto" and layout not in FORMATS:
+        raise ValueError(f"unknown backbone layout {layout!r}; choose from auto, "
+                         f"{', '.join(FORMATS)}")
     ck = read_checkpoint(checkpoint, checkpoint_key)
     build_backbone(ck)  # refuse to write a file that would not load strictly
-    save_checkpoint(FORMATS[layout].from_canonical(ck.backbone), output)
+    if layout == "auto":
+        layout = DINOV2.name if has_dinov2_parts(ck.backbone) else DINO.name
+    fmt = FORMATS[layout]
+    save_checkpoint(fmt.from_canonical(ck.backbone), output)
     return ck

@@ -8,11 +8,12 @@ checkpoints' prefixes today; Hugging Face or timm names later) is a ``BackboneFo
 ``detect`` says from the keys whether a state dict uses it, ``to_canonical`` converts it
 (placing every tensor, or failing with one clear error), ``from_canonical`` writes it.
 Readers (``checkpoints.read_checkpoint``) take the first registered format that detects
-the state; a state no format detects is one error naming what was found.
+the state (a format that ``refines`` another is tried before it); a state no format
+detects is one error naming what was found.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
@@ -22,10 +23,15 @@ from .files import CheckpointError
 
 @dataclass(frozen=True)
 class Canonical:
-    """Tensors in the canonical layout: a backbone, and a DINO head when the file has one."""
+    """Tensors in the canonical layout: a backbone, and a DINO head when the file has one.
+
+    extra: other named parts a layout recognises and places (DINOv2's separate iBOT head,
+    ``"ibot_head"``), each a state dict; readers of backbones and heads leave them be.
+    """
 
     backbone: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor] | None = None
+    extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class BackboneFormat:
     detect(state) -> bool, from the keys only.
     to_canonical(state, source) -> Canonical; ``source`` names the file in errors.
     from_canonical(backbone) -> the layout's backbone state dict.
+    refines: the registered format whose states this one's are a special case of (DINOv2's
+        keys are DINO's plus some), so that detection tries it first; None for most.
     """
 
     name: str
@@ -44,15 +52,18 @@ class BackboneFormat:
     detect: Callable[[Mapping[str, object]], bool]
     to_canonical: Callable[[dict, str], Canonical]
     from_canonical: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    refines: str | None = None
 
 
 FORMATS: dict[str, BackboneFormat] = {}
 
 
 def register_format(fmt: BackboneFormat) -> BackboneFormat:
-    """Add ``fmt`` to the registry (detection tries formats in registration order)."""
+    """Add ``fmt`` to the registry (detection order: ``detect_format``)."""
     if fmt.name in FORMATS:
         raise ValueError(f"a backbone format named {fmt.name!r} is already registered")
+    if fmt.refines is not None and fmt.refines not in FORMATS:
+        raise ValueError(f"format {fmt.name!r} refines {fmt.refines!r}, which is not registered")
     FORMATS[fmt.name] = fmt
     return fmt
 
@@ -67,8 +78,10 @@ def found_keys(state: Mapping[str, object], n: int = 5) -> str:
 
 
 def detect_format(state: Mapping[str, object], source: str) -> BackboneFormat:
-    """The first registered format whose ``detect`` accepts ``state``."""
-    for fmt in FORMATS.values():
+    """The first format whose ``detect`` accepts ``state``: those that refine another
+    first, then the others, each in registration order."""
+    ordered = sorted(FORMATS.values(), key=lambda f: f.refines is None)  # stable
+    for fmt in ordered:
         if fmt.detect(state):
             return fmt
     known = "; ".join(f"{f.name}: {f.summary}" for f in FORMATS.values())

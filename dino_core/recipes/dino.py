@@ -36,14 +36,15 @@ def build_models(model: ModelConfig, init_backbone: str | None = None,
     both backbones from the file ``init_backbone`` when given (the head stays fresh).
 
     The one place a DINO student and teacher are put together: the trainer and the
-    benchmarks both build them here. ``img_size``: the position grid in pixels (None: 224
-    rounded down to a multiple of the patch size).
+    benchmarks both build them here. ``img_size``: the position grid in pixels (None:
+    ``model.img_size``, whose 0 means 224 rounded down to a multiple of the patch size). The
+    backbone takes every option of ``model`` (``ModelConfig.vit_options``).
     """
     m = model
-    grid = {} if img_size is None else {"img_size": img_size}
+    options = {**m.vit_options(), **({} if img_size is None else {"img_size": img_size})}
 
     def make(drop_path: float) -> MultiCropWrapper:
-        backbone = build_vit(m.arch, m.patch_size, drop_path_rate=drop_path, **grid)
+        backbone = build_vit(m.arch, m.patch_size, drop_path_rate=drop_path, **options)
         head = DINOHead(backbone.embed_dim, m.out_dim, use_bn=m.use_bn_in_head,
                         norm_last_layer=m.norm_last_layer, hidden_dim=m.head_hidden_dim,
                         bottleneck_dim=m.head_bottleneck_dim)

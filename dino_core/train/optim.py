@@ -1,6 +1,8 @@
 """Optimiser construction and the gradient surgery of the DINO step.
 
-- Parameter groups: weight decay on weights only (no decay on biases and 1-d parameters).
+- Parameter groups: weight decay on weights only (no decay on biases and 1-d parameters:
+  norms, LayerScale gammas). With the DINOv2 options (``layer_decay``,
+  ``patch_embed_lr_mult``) the groups also carry DINOv2's per-parameter lr multipliers.
 - AdamW: torch's fused kernel on CUDA, foreach elsewhere; apex's FusedAdam only when asked
   for and installed (never required).
 - Clipping per parameter tensor (not a global norm), done with foreach kernels and no host
@@ -14,21 +16,90 @@ import logging
 import torch
 from torch import nn
 
+from ..models import VisionTransformer
+
 log = logging.getLogger(__name__)
 
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """Two groups: decayed weights and undecayed biases / norms / 1-d tensors / tokens."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+# Backbone parameters DINOv2 counts as layer 0 (with the patch embedding): the input tokens.
+INPUT_TOKENS = ("cls_token", "pos_embed", "mask_token", "register_tokens")
 
 
-def build_optimizer(model: nn.Module, kind: str, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model)
+def decayed(name: str, p: torch.Tensor) -> bool:
+    """Whether weight decay applies: not to biases, nor to 1-d tensors (norm weights,
+    LayerScale gammas). On every parameter of this project's ViTs and heads this equals
+    DINOv2's rule by name (no decay when the name ends in ``.bias`` or contains ``norm`` or
+    ``gamma``: tokens and position embeddings ARE decayed in both), except a DINO head built
+    with BatchNorm (``use_bn_in_head``, off in both recipes), whose BN weights DINOv2 would
+    decay."""
+    return not (name.endswith(".bias") or p.ndim <= 1)
+
+
+def vit_layer(name: str, depth: int) -> int:
+    """DINOv2's layer id of a ViT parameter (``name`` relative to the ViT): 0 for the input
+    tokens and the patch embedding, i + 1 for block i, depth + 1 for the rest (final norm)."""
+    if name in INPUT_TOKENS or name.startswith("patch_embed."):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def lr_scales(model: nn.Module, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0
+              ) -> dict[str, float]:
+    """DINOv2's lr multiplier of every parameter of ``model``, by name (its
+    ``get_params_groups_with_decay``): a parameter of a ``VisionTransformer`` of depth L in
+    layer l (``vit_layer``) gets ``layer_decay ** (L + 1 - l)``, times
+    ``patch_embed_lr_mult`` for the patch embedding; everything else (heads) 1.0."""
+    vits = [(prefix, m) for prefix, m in model.named_modules()
+            if isinstance(m, VisionTransformer)]
+    scales = {}
+    for name, _ in model.named_parameters():
+        scale = 1.0
+        for prefix, vit in vits:
+            if prefix and not name.startswith(prefix + "."):
+                continue
+            rel = name[len(prefix) + 1:] if prefix else name
+            scale = layer_decay ** (vit.depth + 1 - vit_layer(rel, vit.depth))
+            if rel.startswith("patch_embed."):
+                scale *= patch_embed_lr_mult
+            break
+        scales[name] = scale
+    return scales
+
+
+def param_groups(model: nn.Module, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0
+                 ) -> list[dict]:
+    """The optimizer's parameter groups (trainable parameters only).
+
+    Both multipliers 1.0 (DINO): two groups, decayed weights and undecayed ones
+    (``decayed``), with no extra keys (the optimizer state of a DINO run is unchanged).
+    Otherwise (DINOv2): one group per (lr multiplier, decayed) pair, in order of first
+    appearance, each with ``lr_scale`` (``lr_scales``) and ``wd_scale`` (1.0 or 0.0), which
+    ``set_hyperparams`` applies to every step's lr and wd.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if layer_decay == 1.0 and patch_embed_lr_mult == 1.0:
+        decay = [p for n, p in named if decayed(n, p)]
+        no_decay = [p for n, p in named if not decayed(n, p)]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    scales = lr_scales(model, layer_decay, patch_embed_lr_mult)
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, p in named:
+        key = (scales[name], decayed(name, p))
+        if key not in groups:
+            groups[key] = {"params": [], "lr_scale": key[0], "wd_scale": float(key[1])}
+            if not key[1]:
+                groups[key]["weight_decay"] = 0.0
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, kind: str, device: torch.device,
+                    layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0
+                    ) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups(model, layer_decay, patch_embed_lr_mult)``; lr and wd are
+    written every step by ``set_hyperparams``."""
+    groups = param_groups(model, layer_decay, patch_embed_lr_mult)
     if kind == "apex":
         try:
             from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
@@ -42,10 +113,14 @@ def build_optimizer(model: nn.Module, kind: str, device: torch.device) -> torch.
 
 
 def set_hyperparams(opt: torch.optim.Optimizer, lr: float, wd: float) -> None:
-    """Write this iteration's lr into every group and wd into the decayed group (group 0)."""
+    """Write this iteration's lr and wd into every group: a group with ``lr_scale`` /
+    ``wd_scale`` (DINOv2's, ``param_groups``) gets lr and wd times them; DINO's two groups
+    get lr, and wd in the decayed group (group 0) only. Host floats only: no device sync."""
     for i, g in enumerate(opt.param_groups):
-        g["lr"] = lr
-        if i == 0:
+        g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
+        if "wd_scale" in g:
+            g["weight_decay"] = wd * g["wd_scale"]
+        elif i == 0:
             g["weight_decay"] = wd
 
 

@@ -151,7 +151,8 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     resuming = resume_from is not None or store.exists()
     recipe = build_recipe(cfg)
     student, teacher = strategy.wrap(*recipe.build_models(init_backbone=not resuming), device)
-    optimizer = build_optimizer(strategy.unwrap(student), cfg.optim.optimizer, device)
+    optimizer = build_optimizer(strategy.unwrap(student), cfg.optim.optimizer, device,
+                                cfg.optim.layer_decay, cfg.optim.patch_embed_lr_mult)
     recipe.to(device)
     step = TrainStep(recipe, student, teacher, optimizer, device,
                      resolve_precision(cfg.precision, device), cfg.optim.clip_grad,

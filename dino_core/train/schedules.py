@@ -8,6 +8,7 @@ only here: the loss takes it from the caller, and the loop logs the same value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,8 +83,12 @@ class Schedules:
     def build(cls, optim, temps: TeacherTempSettings, epochs: int, iters_per_epoch: int,
               global_batch: int) -> "Schedules":
         """``optim`` is an OptimConfig, ``temps`` the recipe's teacher temperature settings;
-        lr scales linearly with the global batch (per 256)."""
-        base_lr = optim.lr * global_batch / 256.0
+        lr scales with the global batch as ``optim.lr_scaling`` says: linearly per 256 (DINO)
+        or with the square root per 1024 (DINOv2's ``sqrt_wrt_1024``)."""
+        if optim.lr_scaling == "sqrt":
+            base_lr = optim.lr * math.sqrt(global_batch / 1024.0)
+        else:
+            base_lr = optim.lr * global_batch / 256.0
         return cls(
             lr=cosine_schedule(base_lr, optim.min_lr, epochs, iters_per_epoch, optim.warmup_epochs),
             wd=cosine_schedule(optim.weight_decay, optim.weight_decay_end, epochs, iters_per_epoch),

@@ -100,7 +100,7 @@ def test_bad_inputs_raise_clear_errors():
         build_vit("vit_huge")
     with pytest.raises(ValueError, match="not a multiple of patch size"):
         vit_tiny()(torch.randn(1, 3, 30, 32))
-    assert set(ARCHS) == {"vit_tiny", "vit_small", "vit_base", "vit_large"}
+    assert set(ARCHS) == {"vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"}
 
 
 def test_forward_tokens_split_the_normed_tokens_and_cls_equals_forward():
