@@ -39,10 +39,10 @@ from torch import nn
 from ..config import ModelConfig
 from ..formats.files import CheckpointError
 from ..loss import MaskedPositions, TeacherCentering, fused_dino_loss, ibot_patch_loss, koleo_loss
-from ..models import DINOHead, VisionTransformer, build_vit
+from ..models import DINOHead, build_vit
 from ..models.dinov2_wrapper import GLOBAL_CROPS, DINOv2Wrapper
 from .base import Recipe
-from .dino import compile_backbones
+from .dino import student_and_teacher
 from .dinov2_config import DINOv2Config
 
 if TYPE_CHECKING:
@@ -52,25 +52,20 @@ if TYPE_CHECKING:
     from ..train.schedules import StepValues
 
 
-def make_backbone(model: ModelConfig, drop_path: float, mask_token: bool,
-                  img_size: int | None) -> VisionTransformer:
-    """The recipe's ViT: the one call that builds a backbone (backbone options plug in here).
-    ``img_size``: the position grid in pixels (None: 224 rounded down to the patch size)."""
-    grid = {} if img_size is None else {"img_size": img_size}
-    return build_vit(model.arch, model.patch_size, drop_path_rate=drop_path,
-                     mask_token=mask_token, **grid)
-
-
 def build_models(model: ModelConfig, settings: DINOv2Config, init_backbone: str | None = None,
                  img_size: int | None = None) -> tuple[DINOv2Wrapper, DINOv2Wrapper]:
-    """Student (with drop path) and teacher (without), the teacher a gradient-free copy; both
-    backbones from the file ``init_backbone`` when given (heads fresh; a file without a mask
-    token keeps the fresh one). The mask token and the iBOT head exist only when the iBOT
-    term does."""
+    """Student (with drop path) and teacher (without), the teacher a gradient-free copy; the
+    backbones take every option of ``model`` (``ModelConfig.vit_options``: LayerScale,
+    registers, SwiGLU ...) and, when the iBOT term is on, a mask token; from the file
+    ``init_backbone`` when given (heads fresh; a file without a mask token keeps the fresh
+    one). The iBOT head exists only when the iBOT term does and is separate.
+    ``img_size``: the position grid in pixels (None: ``model.img_size``)."""
     ibot = settings.ibot_weight > 0
+    options = {**model.vit_options(), **({} if img_size is None else {"img_size": img_size})}
 
     def make(drop_path: float) -> DINOv2Wrapper:
-        backbone = make_backbone(model, drop_path, ibot, img_size)
+        backbone = build_vit(model.arch, model.patch_size, drop_path_rate=drop_path,
+                             mask_token=ibot, **options)
         head = DINOHead(backbone.embed_dim, model.out_dim, use_bn=False,
                         norm_last_layer=model.norm_last_layer, hidden_dim=model.head_hidden_dim,
                         bottleneck_dim=model.head_bottleneck_dim)
@@ -82,19 +77,7 @@ def build_models(model: ModelConfig, settings: DINOv2Config, init_backbone: str 
                                  bottleneck_dim=settings.ibot_head_bottleneck_dim)
         return DINOv2Wrapper(backbone, head, ibot_head)
 
-    student, teacher = make(model.drop_path_rate), make(0.0)
-    if init_backbone:
-        from ..train.init_backbone import load_init_backbone, read_init_backbone
-        state = read_init_backbone(init_backbone, model.arch, model.patch_size)
-        if student.backbone.mask_token is not None:
-            state.setdefault("mask_token", student.backbone.mask_token.detach().clone())
-        load_init_backbone(student.backbone, state, init_backbone)
-    teacher.load_state_dict(student.state_dict())
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    if model.compile:
-        compile_backbones(student, teacher)
-    return student, teacher
+    return student_and_teacher(make, model, init_backbone)
 
 
 @dataclass
