@@ -318,7 +318,8 @@ def dinov2_spec() -> AugmentationSpec:
     same code in DINOv3, facebookresearch/dinov3 issue #286): this preset states what was
     trained. Every other setting equals DINO's (the defaults): ratio 3/4..4/3, bicubic, flip
     0.5, colour jitter 0.8 x (0.4, 0.4, 0.2, 0.1), grayscale 0.2, blur sigma 0.1..2.0,
-    solarize threshold 128, ImageNet mean/std. Not represented: DINOv2 blurs with
+    solarize threshold 128, ImageNet mean/std. Masks (iBOT term): DINOv2's defaults
+    (``MaskingSpec``) at patch 14. Not represented: DINOv2 blurs with
     torchvision's 9-tap kernel (radius 4 px), this project with a window of 3 sigma
     (``photometric/torch_ops.py``): equal up to the tails for sigma <= 4/3, wider above.
     """
@@ -326,7 +327,7 @@ def dinov2_spec() -> AugmentationSpec:
         global_views=(ViewSpec(224, (0.32, 1.0), blur_p=0.0, solarize_p=0.0),
                       ViewSpec(224, (0.32, 1.0), blur_p=0.9, solarize_p=0.2)),
         local_view=ViewSpec(98, (0.05, 0.32), blur_p=0.5, solarize_p=0.0),
-        local_crops=8)
+        local_crops=8, masking=MaskingSpec(patch_size=14))  # DINOv2's masks, 16 x 16 grids
 
 
 SPEC_PRESETS: dict[str, Callable[[], AugmentationSpec]] = {

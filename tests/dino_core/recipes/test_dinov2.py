@@ -160,3 +160,16 @@ def test_a_batch_without_masks_is_one_clear_error():
 def test_config_checks_name_the_field(extra, field):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         tiny_cfg(*extra)
+
+
+def test_the_quickstart_dinov2_preset_is_the_dino_quickstart_with_the_dinov2_recipe():
+    """Same data, crops, schedule and batch as the DINO quickstart (so the two k-NN figures
+    compare); the recipe, its masks at the model's patch size and all three terms on."""
+    from dino_core.cli.train import resolve_config_path
+    v2 = load_config(resolve_config_path("quickstart-dinov2"), [])
+    v1 = load_config(resolve_config_path("quickstart"), [])
+    assert (v2.recipe, v1.recipe) == ("dinov2", "dino")
+    assert v2.data.aug.masking.patch_size == v2.model.patch_size
+    assert v2.data.aug.with_overrides(masking=None) == v1.data.aug
+    assert (v2.epochs, v2.data.batch_size, v2.optim) == (v1.epochs, v1.data.batch_size, v1.optim)
+    assert min(v2.dinov2.dino_weight, v2.dinov2.ibot_weight, v2.dinov2.koleo_weight) > 0

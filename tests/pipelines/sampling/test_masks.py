@@ -165,3 +165,10 @@ def test_spec_masking_section_is_validated_and_omitted_when_off():
                            ("aspect", {"aspect": (0.0, 2.0)})):
         with pytest.raises(SpecError, match=f"'masking.{field}'"):
             AugmentationSpec(masking=MaskingSpec(patch_size=16, **changes))
+
+
+def test_the_dinov2_preset_masks_its_224_px_globals_at_patch_14():
+    from pipelines.spec import spec_preset
+    spec = spec_preset("dinov2")
+    assert spec.masking == MaskingSpec(patch_size=14) and spec.mask_grid == (16, 16)
+    assert spec_preset("dino").masking is None  # DINO's spec is unchanged
