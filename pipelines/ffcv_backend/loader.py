@@ -282,7 +282,9 @@ class FFCVMultiCropLoader:
         until the next epoch's thread (or ``close``) has waited for their copies."""
         running, self._running = self._running, None
         if running is not None:
-            running.iterator.close()
+            if not running.iterator.stop():
+                log.warning("FFCV's decoding thread for %s did not stop; its buffers are "
+                            "freed anyway", self.path)
             self._retired = running
 
     def close(self) -> None:

@@ -26,6 +26,8 @@ epoch's thread has waited for the pending copies, before its first fill (``Retir
 from __future__ import annotations
 
 import threading
+import time
+from queue import Empty
 from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -106,9 +108,43 @@ class GuardedEpochIterator(EpochIterator):
         super().__init__(loader, order)
 
     def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+        if self.terminate_event.is_set():
+            # FFCV checks its terminate event only while its queue is full, and ends an
+            # epoch by putting an end marker with no timeout: the consumer has gone, so
+            # empty the queue and end the epoch here (FFCV's run() returns on StopIteration)
+            _empty(self.output_queue)
+            raise StopIteration
         self.guard.before_fill(b_ix, batch_slot)
         outputs = super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
         return (*outputs, np.array(batch_indices, dtype=np.int64))
+
+    def stop(self, timeout: float = 120.0) -> bool:
+        """End the epoch's thread, wait for it, then free its memory; True if it ended.
+
+        FFCV's ``close`` only signals the thread and frees the epoch's memory at once: the
+        thread may still be decoding into it, and a thread left inside numba's parallel
+        decode when the interpreter exits aborts the process ("terminate called without an
+        active exception"). Emptying the queue frees a thread blocked on FFCV's end marker
+        (put with no timeout) or on a batch; the batch after that ends the epoch
+        (``run_pipeline``). ``timeout`` only guards against a hang.
+        """
+        self.terminate_event.set()
+        deadline = time.monotonic() + timeout
+        while (self.is_alive() and threading.current_thread() is not self
+               and time.monotonic() < deadline):
+            _empty(self.output_queue)  # batches nobody will read
+            self.join(0.05)  # host wait: at most one batch's decode in all
+        self.close()
+        return not self.is_alive()
+
+
+def _empty(queue) -> None:
+    """Drop every item of ``queue`` (a ``queue.Queue``) without blocking."""
+    while True:
+        try:
+            queue.get_nowait()
+        except Empty:
+            return
 
 
 class GuardedLoader(Loader):

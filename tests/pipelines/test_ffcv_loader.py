@@ -19,6 +19,9 @@ float32 noise; the device path must hand ``finish_many`` exactly those crops and
 reference's rows, and so give the compiled views bitwise.
 Every compiled function sets fastmath explicitly, so FFCV's fastmath does not leak in.
 """
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +34,7 @@ from pipelines.photometric import params as P  # noqa: E402
 from pipelines.photometric import torch_ops as T  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
+from pipelines.ffcv_backend.slots import GuardedEpochIterator  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import MultiCropLoader, build_loader  # noqa: E402
 from pipelines.order import epoch_order  # noqa: E402
@@ -175,6 +179,31 @@ def test_stopping_mid_epoch_then_iterating_again(plain):
     again = next(iter(plain)).views[0]
     assert torch.equal(first, again)
     plain.close()
+
+
+def test_stopping_mid_epoch_ends_ffcvs_thread_before_freeing_its_memory(plain, raw):
+    """FFCV's own close only signals its thread, which goes on decoding into memory it frees
+    (a thread left in numba's parallel decode aborts the process at exit), and never ends
+    while it waits to queue its end-of-epoch marker. Two ways to be stopped: ``plain``'s
+    thread has decoded its whole epoch (3 batches, 2 queued) and waits on a full queue;
+    ``recipe``'s (6 batches of 1) is still decoding."""
+    second = recipe_loader(raw)
+    try:
+        for loader, wait_for_full_queue in ((plain, True), (second, False)):
+            loader.set_epoch(0)
+            batches = iter(loader)
+            next(batches)
+            thread = loader.backend._running.iterator
+            deadline = time.monotonic() + 120  # hang guard only
+            while wait_for_full_queue and not thread.output_queue.full():
+                assert time.monotonic() < deadline, "FFCV's thread never filled its queue"
+                time.sleep(0.01)
+            batches.close()  # dropped mid-epoch: the loader stops FFCV
+            assert not thread.is_alive()
+            assert not [t for t in threading.enumerate() if isinstance(t, GuardedEpochIterator)]
+            assert len(list(loader)) == len(loader)  # and the next epoch runs whole
+    finally:
+        second.close()
 
 
 # ------------------------------------------------------------------------------ recipe loader
