@@ -90,6 +90,10 @@ class OptimConfig:
     patch_embed_lr_mult: float = 1.0  # extra lr factor of the patch embedding (DINOv2: 0.2)
     lr_scaling: str = "linear"    # linear: lr x global batch / 256 (DINO); sqrt: lr x
     #                               sqrt(global batch / 1024) (DINOv2's base_lr rule)
+    clip_mode: str = "per_tensor"  # clip_grad per tensor (DINO) | per_part: one norm per
+    #                                part of the student, backbone and each head (DINOv2)
+    freeze_mode: str = "drop_grad"  # freeze_last_layer by dropping the gradients (DINO) |
+    #                                 zero_lr: lr 0, AdamW moments still updated (DINOv2)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,11 @@ class TrainConfig:
         _check(self.optim.patch_embed_lr_mult > 0, "optim.patch_embed_lr_mult", "must be > 0")
         _check(self.optim.lr_scaling in ("linear", "sqrt"), "optim.lr_scaling",
                f"must be linear or sqrt, got {self.optim.lr_scaling!r}")
+        from .train.optim import CLIP_MODES, FREEZE_MODES
+        _check(self.optim.clip_mode in CLIP_MODES, "optim.clip_mode",
+               f"must be one of {', '.join(CLIP_MODES)}, got {self.optim.clip_mode!r}")
+        _check(self.optim.freeze_mode in FREEZE_MODES, "optim.freeze_mode",
+               f"must be one of {', '.join(FREEZE_MODES)}, got {self.optim.freeze_mode!r}")
         _check(self.loss.impl in ("auto", "reference", "fused", "cuda"), "loss.impl",
                f"must be auto, reference, fused or cuda, got {self.loss.impl!r}")
         _check(self.loss.teacher_temp > 0 and self.loss.student_temp > 0, "loss.teacher_temp",
@@ -231,9 +240,41 @@ def _aug_preset(aug: dict) -> dict:
         raise ConfigError(f"training config data.aug: {e}") from None
 
 
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"  # shipped presets, by name
+
+
+def _read_config_file(path: Path, known: set[str], seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping of the YAML file ``path``, on top of the file its ``extends`` key names
+    (a shipped preset's name, or a path relative to ``path``'s folder), recursively."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} extends itself (through "
+                          f"{' -> '.join(str(p) for p in seen)})")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    unknown = sorted(set(loaded) - known - {"extends"})
+    if unknown:
+        raise ConfigError(f"training config field '{unknown[0]}' (in {path}): unknown key "
+                          f"(known keys: {', '.join(sorted(known))})")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: 'extends' must name a preset or a file")
+    preset = PRESETS_DIR / f"{base}.yaml"
+    base_path = preset if preset.is_file() else path.parent / base
+    return deep_merge(_read_config_file(base_path, known, seen + (path.resolve(),)), loaded)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None
                 ) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides.
+    """Defaults, then the YAML file at ``path`` (if any; an ``extends: NAME`` key in it
+    loads the preset or file NAME first), then ``key.sub=value`` overrides.
 
     ``data.aug`` may name an augmentation preset (``pipelines.spec.SPEC_PRESETS``): in the
     YAML as ``aug: {preset: dinov2, ...}`` (the other keys change the preset), on the
@@ -242,20 +283,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """
     data = TrainConfig().to_dict()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}"
-                              ) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at top level")
-        unknown = sorted(set(loaded) - set(data))
-        if unknown:
-            raise ConfigError(f"training config field '{unknown[0]}' (in {path}): unknown key "
-                              f"(known keys: {', '.join(sorted(data))})")
+        loaded = _read_config_file(Path(path), set(data))
         section = loaded.get("data")
         if isinstance(section, dict) and isinstance(section.get("aug"), dict):
             loaded = {**loaded, "data": {**section, "aug": _aug_preset(section["aug"])}}

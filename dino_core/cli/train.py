@@ -20,7 +20,10 @@ configuration:
   10 warm-up epochs, wd 0.04 -> 0.4, teacher momentum 0.996 -> 1, clip 3.0, 2x224 + 10x96
   crops, K=65536). Layers of precedence: defaults < --config FILE < options < --set.
   The resolved config is written to OUTPUT_DIR/config.yaml and into every checkpoint.
-  --config quickstart loads the shipped CPU-sized preset (dino_core/configs/quickstart.yaml).
+  --config quickstart loads the shipped CPU-sized preset (dino_core/configs/quickstart.yaml);
+  --config dinov2_vits14 (vitb14, vitl14; each also _reg4, with 4 registers) DINOv2's recipe.
+  A config file may start from another with `extends: NAME`; `data.aug: {preset: dinov2}`
+  takes DINOv2's crops (pipelines/spec.py).
 
 tuning, from experience with the recipe:
   * batch size: lr scales linearly with the global batch (lr * batch * world / 256).
@@ -79,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dino-train", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--config", help="YAML config file, or the name of a shipped preset (quickstart)")
+    a("--config", help="YAML config file, or the name of a shipped preset (quickstart, "
+      "dinov2_vits14, dinov2_vits14_reg4, ... vitb14, vitl14)")
     a("--recipe", choices=tuple(RECIPES),
       help="the method: dino (default; the paper's recipe, its settings under loss.*) or "
       "dinov2 (iBOT patch loss, KoLeo, Sinkhorn-Knopp; its settings under dinov2.*, its "
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
       "(dali); default: the embedded dataset")
     a("--backend", choices=tuple(BACKENDS),
       help="data pipeline: reference (PIL, CPU workers), dali (GPU decode + augment), ffcv")
-    a("--arch", choices=("vit_tiny", "vit_small", "vit_base", "vit_large"))
+    a("--arch", choices=("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"))
     a("--patch-size", type=int, help="ViT patch size (16, 14, 8, 5 ...)")
     a("--out-dim", type=int, help="K, prototypes of the DINO head (65536 in the paper)")
     a("--epochs", type=int)
@@ -124,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config_path(name: str | None) -> Path | None:
     if name is None:
         return None
-    preset = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    from ..config import PRESETS_DIR
+    preset = PRESETS_DIR / f"{name}.yaml"
     return preset if (not Path(name).exists() and preset.is_file()) else Path(name)
 
 

@@ -29,7 +29,10 @@ bit for bit. The names are those of the official DINOv2 checkpoints
   ``get_intermediate_layers`` returns no registers.
 - ``ffn_layer="swiglu"``: the SwiGLU FFN (``mlp.w12``, ``mlp.w3``; ``dinov2_layers.py``).
 - ``drop_path_uniform``: every block drops its branches with the same rate (DINOv2's
-  default) instead of a rate rising linearly over depth (DINO's).
+  default) instead of a rate rising linearly over depth (DINO's). Drop path itself is
+  DINO's per-sample ``DropPath`` for both: DINOv2's block, at rates above 0.1, instead
+  runs each branch on a random subset of (1 - rate) of the batch and scales it by
+  B / subset (the same expectation, less compute, other random draws); not reproduced.
 - ``interpolate_offset`` / ``interpolate_antialias``: the position-embedding resize
   (``interpolate_pos_encoding``). DINO and the first DINOv2 release (2023-04) use offset 0.1
   without antialiasing; the registers release (2023-10) made both settings arguments and

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..formats.files import load_state
-from ..train.optim import clip_per_tensor
+from ..train.optim import clip_per_part, clip_per_tensor
 from ..train.store import SingleFileStore
 from .env import DistEnv, barrier
 
@@ -71,6 +71,9 @@ class DDPStrategy:
 
     def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> None:
         clip_per_tensor(params, max_norm)
+
+    def clip_grads_per_part(self, parts: list[list[torch.Tensor]], max_norm: float) -> None:
+        clip_per_part(parts, max_norm)  # every rank holds the whole reduced gradients
 
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return self.unwrap(model).state_dict()

@@ -52,6 +52,11 @@ class ParallelStrategy(Protocol):
     def clip_grads(self, params: list[torch.Tensor], max_norm: float) -> None:
         """Scale each gradient whose norm exceeds ``max_norm`` down to it; no host sync."""
 
+    def clip_grads_per_part(self, parts: list[list[torch.Tensor]], max_norm: float) -> None:
+        """Scale each part's gradients so that their joint norm (over every rank's share) is
+        at most ``max_norm`` (DINOv2's clipping, ``train.optim.clip_per_part``); no host
+        sync."""
+
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The state dict of the plain module, for a checkpoint."""
 

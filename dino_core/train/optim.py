@@ -5,9 +5,17 @@
   ``patch_embed_lr_mult``) the groups also carry DINOv2's per-parameter lr multipliers.
 - AdamW: torch's fused kernel on CUDA, foreach elsewhere; apex's FusedAdam only when asked
   for and installed (never required).
-- Clipping per parameter tensor (not a global norm), done with foreach kernels and no host
-  sync; ``clip_per_tensor_reference`` is the plain loop it is tested against.
-- Last-layer freeze: the head's last layer gets no update during the first epochs.
+- Clipping (``CLIP_MODES``): DINO's per parameter tensor (``clip_per_tensor``), or
+  DINOv2's one global L2 norm per part of the student (``clip_per_part``: the backbone and
+  each head, as DINOv2 calls ``clip_grad_norm_`` on each of its student's modules); both
+  with foreach kernels and no host sync, each tested against a plain loop
+  (``*_reference``).
+- Last-layer freeze (``FREEZE_MODES``): the head's last layer gets no update during the
+  first epochs. DINO drops its gradients (``drop_grad``: AdamW then skips it, its moments
+  untouched); DINOv2 sets its lr to 0 (``zero_lr``: AdamW still updates its moments from
+  the gradients, so they are warm when the freeze ends; the weights do not move, weight
+  decay included, being decoupled and scaled by the lr). ``zero_lr`` needs the last layer
+  in groups of its own (``param_groups(split_last_layer=True)``).
 """
 from __future__ import annotations
 
@@ -22,6 +30,14 @@ log = logging.getLogger(__name__)
 
 # Backbone parameters DINOv2 counts as layer 0 (with the patch embedding): the input tokens.
 INPUT_TOKENS = ("cls_token", "pos_embed", "mask_token", "register_tokens")
+CLIP_MODES = ("per_tensor", "per_part")   # DINO | DINOv2 (module docstring)
+FREEZE_MODES = ("drop_grad", "zero_lr")   # DINO | DINOv2 (module docstring)
+
+
+def is_last_layer(name: str) -> bool:
+    """Whether a parameter belongs to a head's last layer (DINO's and DINOv2's rule by name:
+    ``last_layer`` in it; the DINO head's and the iBOT head's)."""
+    return "last_layer" in name
 
 
 def decayed(name: str, p: torch.Tensor) -> bool:
@@ -67,27 +83,30 @@ def lr_scales(model: nn.Module, layer_decay: float = 1.0, patch_embed_lr_mult: f
     return scales
 
 
-def param_groups(model: nn.Module, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0
-                 ) -> list[dict]:
+def param_groups(model: nn.Module, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0,
+                 split_last_layer: bool = False) -> list[dict]:
     """The optimizer's parameter groups (trainable parameters only).
 
-    Both multipliers 1.0 (DINO): two groups, decayed weights and undecayed ones
+    Both multipliers 1.0 and no split (DINO): two groups, decayed weights and undecayed ones
     (``decayed``), with no extra keys (the optimizer state of a DINO run is unchanged).
-    Otherwise (DINOv2): one group per (lr multiplier, decayed) pair, in order of first
-    appearance, each with ``lr_scale`` (``lr_scales``) and ``wd_scale`` (1.0 or 0.0), which
-    ``set_hyperparams`` applies to every step's lr and wd.
+    Otherwise (DINOv2): one group per (lr multiplier, decayed, last layer) triple, in order
+    of first appearance, each with ``lr_scale`` (``lr_scales``) and ``wd_scale`` (1.0 or
+    0.0), which ``set_hyperparams`` applies to every step's lr and wd, and ``last_layer``
+    (``is_last_layer``; always False without ``split_last_layer``), which the ``zero_lr``
+    freeze reads.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if layer_decay == 1.0 and patch_embed_lr_mult == 1.0:
+    if layer_decay == 1.0 and patch_embed_lr_mult == 1.0 and not split_last_layer:
         decay = [p for n, p in named if decayed(n, p)]
         no_decay = [p for n, p in named if not decayed(n, p)]
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     scales = lr_scales(model, layer_decay, patch_embed_lr_mult)
-    groups: dict[tuple[float, bool], dict] = {}
+    groups: dict[tuple[float, bool, bool], dict] = {}
     for name, p in named:
-        key = (scales[name], decayed(name, p))
+        key = (scales[name], decayed(name, p), split_last_layer and is_last_layer(name))
         if key not in groups:
-            groups[key] = {"params": [], "lr_scale": key[0], "wd_scale": float(key[1])}
+            groups[key] = {"params": [], "lr_scale": key[0], "wd_scale": float(key[1]),
+                           "last_layer": key[2]}
             if not key[1]:
                 groups[key]["weight_decay"] = 0.0
         groups[key]["params"].append(p)
@@ -95,11 +114,11 @@ def param_groups(model: nn.Module, layer_decay: float = 1.0, patch_embed_lr_mult
 
 
 def build_optimizer(model: nn.Module, kind: str, device: torch.device,
-                    layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0
-                    ) -> torch.optim.Optimizer:
-    """AdamW over ``param_groups(model, layer_decay, patch_embed_lr_mult)``; lr and wd are
-    written every step by ``set_hyperparams``."""
-    groups = param_groups(model, layer_decay, patch_embed_lr_mult)
+                    layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0,
+                    split_last_layer: bool = False) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups(model, layer_decay, patch_embed_lr_mult,
+    split_last_layer)``; lr and wd are written every step by ``set_hyperparams``."""
+    groups = param_groups(model, layer_decay, patch_embed_lr_mult, split_last_layer)
     if kind == "apex":
         try:
             from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
@@ -154,8 +173,68 @@ def clip_per_tensor_reference(params: list[torch.Tensor], max_norm: float) -> li
     return norms
 
 
+def clip_parts(model: nn.Module) -> list[list[torch.Tensor]]:
+    """The parts ``clip_per_part`` clips together: the trainable parameters of each direct
+    child of ``model`` that has some (a ``MultiCropWrapper``: backbone, head; DINOv2's
+    student: backbone, DINO head, iBOT head), then ``model``'s own direct parameters."""
+    parts = [[p for p in child.parameters() if p.requires_grad]
+             for child in model.children()]
+    parts.append([p for p in model.parameters(recurse=False) if p.requires_grad])
+    return [part for part in parts if part]
+
+
+@torch.no_grad()
+def clip_per_part(parts: list[list[torch.Tensor]], max_norm: float) -> None:
+    """Scale the gradients of each part by ``min(1, max_norm / (norm + 1e-6))``, ``norm``
+    the L2 norm of all the part's gradients together (``torch.nn.utils.clip_grad_norm_``'s
+    rule, per part), with foreach kernels and no host sync."""
+    for part in parts:
+        grads = [p.grad for p in part if p.grad is not None]
+        if not grads:
+            continue
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        coef = (max_norm / (total + 1e-6)).clamp_max_(1.0)  # a device scalar: no host sync
+        torch._foreach_mul_(grads, coef)
+
+
+@torch.no_grad()
+def clip_per_part_reference(parts: list[list[torch.Tensor]], max_norm: float) -> list[float]:
+    """The plain loop: each part's norm summed from its tensors' squares on the host."""
+    norms = []
+    for part in parts:
+        grads = [p.grad for p in part if p.grad is not None]
+        if not grads:
+            continue
+        # host sync per tensor: the reference, not the fast path
+        n = sum(g.double().pow(2).sum().item() for g in grads) ** 0.5
+        norms.append(n)
+        coef = max_norm / (n + 1e-6)
+        if coef < 1:
+            for g in grads:
+                g.mul_(coef)
+    return norms
+
+
 def drop_last_layer_grad(model: nn.Module) -> None:
     """Freeze the head's last layer for this step by dropping its gradients."""
     for name, p in model.named_parameters():
-        if "last_layer" in name:
+        if is_last_layer(name):
             p.grad = None
+
+
+def apply_last_layer_freeze(model: nn.Module, opt: torch.optim.Optimizer, mode: str) -> None:
+    """Freeze the heads' last layer for this step (after ``set_hyperparams``, before the
+    optimizer step): ``drop_grad`` drops its gradients (``drop_last_layer_grad``),
+    ``zero_lr`` sets the lr of its groups to 0 (the next ``set_hyperparams`` restores it).
+    Host floats only."""
+    if mode == "drop_grad":
+        drop_last_layer_grad(model)
+        return
+    if mode != "zero_lr":
+        raise ValueError(f"unknown freeze mode {mode!r}; choose from {', '.join(FREEZE_MODES)}")
+    marked = [g for g in opt.param_groups if g.get("last_layer")]
+    if not marked:
+        raise ValueError("freeze mode zero_lr needs the last layer in groups of its own: "
+                         "build the optimizer with split_last_layer=True")
+    for g in marked:
+        g["lr"] = 0.0

@@ -152,11 +152,13 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     recipe = build_recipe(cfg)
     student, teacher = strategy.wrap(*recipe.build_models(init_backbone=not resuming), device)
     optimizer = build_optimizer(strategy.unwrap(student), cfg.optim.optimizer, device,
-                                cfg.optim.layer_decay, cfg.optim.patch_embed_lr_mult)
+                                cfg.optim.layer_decay, cfg.optim.patch_embed_lr_mult,
+                                split_last_layer=cfg.optim.freeze_mode == "zero_lr")
     recipe.to(device)
     step = TrainStep(recipe, student, teacher, optimizer, device,
                      resolve_precision(cfg.precision, device), cfg.optim.clip_grad,
-                     cfg.optim.freeze_last_layer, strategy=strategy)
+                     cfg.optim.freeze_last_layer, strategy=strategy,
+                     clip_mode=cfg.optim.clip_mode, freeze_mode=cfg.optim.freeze_mode)
     schedules = Schedules.build(cfg.optim, recipe.teacher_temp_settings, cfg.epochs, iters,
                                 cfg.data.batch_size * env.world_size)
     gate = StepGate(cfg.checkpoint.every_minutes, cfg.checkpoint.every_steps, StopSignals(),

@@ -9,7 +9,8 @@
               EMA launched, its all-reduce overlapping the backward)
     backward  (GradScaler-scaled in fp16)
     clip      per-tensor clipping with foreach norms (the parallel strategy's)
-    freeze    drop the last layer's gradient during the first epochs
+    freeze    drop the last layer's gradient during the first epochs (DINO; DINOv2's
+              ``clip_mode`` per_part and ``freeze_mode`` zero_lr: ``train/optim.py``)
     optimizer AdamW (fused on CUDA)
     ema       teacher <- m teacher + (1 - m) student, one foreach call
 
@@ -36,7 +37,7 @@ from torch import nn
 
 from ..parallel.ddp import DDPStrategy
 from .ema import ema_update, paired_params
-from .optim import drop_last_layer_grad, set_hyperparams
+from .optim import CLIP_MODES, apply_last_layer_freeze, clip_parts, set_hyperparams
 
 if TYPE_CHECKING:
     from pipelines.batch import Batch
@@ -133,6 +134,8 @@ class TrainStep:
     precision: str = "fp32"            # fp32 | bf16 | fp16
     clip_grad: float = 3.0
     freeze_last_layer: int = 1
+    clip_mode: str = "per_tensor"      # per_tensor (DINO) | per_part (DINOv2; train/optim.py)
+    freeze_mode: str = "drop_grad"     # drop_grad (DINO) | zero_lr (DINOv2; train/optim.py)
     scaler: torch.amp.GradScaler | None = None
     strategy: "ParallelStrategy" = field(default_factory=DDPStrategy)  # default: one process
 
@@ -145,6 +148,11 @@ class TrainStep:
         self.grads_to_none = self.strategy.grads_to_none(self.student)
         if self.precision == "fp16" and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type)
+        # DINOv2's clipping: one norm per part of the student (backbone, each head)
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"unknown clip mode {self.clip_mode!r}; choose from "
+                             f"{', '.join(CLIP_MODES)}")
+        self.clip_parts = clip_parts(self.bare_student) if self.clip_mode == "per_part" else None
 
     def __call__(self, batch: "Batch", at: "StepValues") -> torch.Tensor:
         """Run one step on ``batch`` with this step's schedule values ``at``; returns the
@@ -170,11 +178,13 @@ class TrainStep:
         else:
             loss.backward()
         # clip
-        if self.clip_grad > 0:
+        if self.clip_grad > 0 and self.clip_parts is not None:
+            self.strategy.clip_grads_per_part(self.clip_parts, self.clip_grad)
+        elif self.clip_grad > 0:
             self.strategy.clip_grads(self.trainable, self.clip_grad)
         # freeze
         if at.epoch < self.freeze_last_layer:
-            drop_last_layer_grad(self.bare_student)
+            apply_last_layer_freeze(self.bare_student, self.optimizer, self.freeze_mode)
         # optimizer
         if self.scaler is not None:
             # Fused AdamW consumes the scaler's found_inf on the device; the unfused path of

@@ -33,10 +33,12 @@ def cubic_weights(t: float) -> list[float]:
     return [far(1 + t), near(t), near(1 - t), far(2 - t)]
 
 
-def resize_axis(a: np.ndarray, axis: int, factor: float) -> np.ndarray:
-    """Bicubic resize of ``a`` along ``axis`` by ``factor`` (output floor(n * factor))."""
+def resize_axis(a: np.ndarray, axis: int, factor: float, out_n: int | None = None
+                ) -> np.ndarray:
+    """Bicubic resize of ``a`` along ``axis`` by ``factor`` (output floor(n * factor), or
+    ``out_n`` when given: a resize to a size samples with factor out_n / n)."""
     n = a.shape[axis]
-    out_n = int(math.floor(n * factor))
+    out_n = int(math.floor(n * factor)) if out_n is None else out_n
     rows = []
     for i in range(out_n):
         src = (i + 0.5) / factor - 0.5
