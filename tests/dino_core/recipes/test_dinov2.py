@@ -173,3 +173,28 @@ def test_the_quickstart_dinov2_preset_is_the_dino_quickstart_with_the_dinov2_rec
     assert v2.data.aug.with_overrides(masking=None) == v1.data.aug
     assert (v2.epochs, v2.data.batch_size, v2.optim) == (v1.epochs, v1.data.batch_size, v1.optim)
     assert min(v2.dinov2.dino_weight, v2.dinov2.ibot_weight, v2.dinov2.koleo_weight) > 0
+
+
+def test_a_short_run_with_dinov2s_backbone_and_optimiser_logs_each_term(tmp_path):
+    """The trainer end to end with the recipe, DINOv2's backbone options (LayerScale,
+    registers) and optimiser (layer-wise decay, patch-embedding lr, per-part clipping over
+    backbone / head / iBOT head, last layer frozen by lr 0): every term is logged on its own
+    and the total is their sum."""
+    import json
+    import math
+
+    from dino_core.train.loop import train
+    from tests.pipelines.images import write_image_folder
+
+    data = write_image_folder(tmp_path / "data", num_classes=2, per_class=2)
+    extra = TINY_DINOV2 + ["model.layerscale=1.0e-5", "model.register_tokens=2",
+                           "optim.layer_decay=0.9", "optim.patch_embed_lr_mult=0.2",
+                           "optim.clip_mode=per_part", "optim.freeze_mode=zero_lr"]
+    out = tmp_path / "run"
+    train(load_config(None, tiny_overrides(data, out, epochs=1, batch=2, iters=2) + extra))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        terms = [r[f"loss_{t}"] for t in ("dino", "ibot", "koleo")]
+        assert all(math.isfinite(t) for t in terms)
+        assert math.isclose(r["loss"], sum(terms), rel_tol=1e-5)
