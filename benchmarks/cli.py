@@ -56,7 +56,14 @@ HELP = {
     "convert": "dino-convert --format ffcv and --format wds next to FFCV's own DatasetWriter "
                "(RGBImageField jpg, same max side 500 and quality 90, same workers) on the "
                "ImageNet-like corpus, at 1 and 2 workers, in one run. Read: speedup_per_core "
-               "(goals: ffcv >= 1.5x, wds >= 3x) and scaling (near the worker ratio).",
+               "(goals: ffcv >= 1.5x, wds >= 3x), process_speedup (whole processes, start "
+               "to exit; goal >= 3x) and scaling (near the worker ratio). --images N: the "
+               "scale check (peak memory and images/s at 10k vs N images, flat within 10%) "
+               "and an ImageNet-1k time projection.",
+    "stages": "where the FFCV CPU executor's time goes: ms per image of decode, parameter "
+              "draw, crop+resize per view size, each photometric op and the loader's copy, "
+              "on one core, next to each stage's floor (libjpeg-turbo alone, one resize "
+              "pass, one memory pass per view). Read: x_floor per stage.",
     "photometric": "the fused photometric kernel on one multi-crop batch (64 images x (2 x "
                    "224 + 10 x 96) uint8 crops -> normalised bf16) under CUDA-graph capture, "
                    "with GB/s against the bytes it must move, next to the torch ops. Read: "
@@ -225,17 +232,34 @@ def cmd_photometric(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
 def cmd_convert(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
     from .data.convert import CONVERT_PLOT, ConvertBenchConfig, run_convert_benchmark
 
+    if args.images:
+        from .data.convert_scale import SCALE_PLOT, ScaleConfig, run_scale_benchmark
+        workers = args.workers[-1] if args.workers else ConvertBenchConfig().workers[-1]
+        fields = _overrides(args, {n: n for n in ("max_side", "quality", "scratch")})
+        scale = ScaleConfig(images=args.images, base=args.scale_base, workers=workers, **fields)
+        return (run_scale_benchmark(_data_choice(args, QUICK_CONVERT_IMAGES), scale,
+                                    describe_machine(device, argv)), SCALE_PLOT)
     fields = _overrides(args, {n: n for n in ("workers", "max_side", "quality", "repeats",
                                               "scratch")})
     cfg = ConvertBenchConfig(source=_data_choice(args, QUICK_CONVERT_IMAGES),
-                             verify=not args.no_verify, **fields)
+                             verify=not args.no_verify,
+                             whole_process=not args.in_process_only, **fields)
     return run_convert_benchmark(cfg, describe_machine(device, argv)), CONVERT_PLOT
 
 
 QUICK_CONVERT_IMAGES = 256
+def cmd_stages(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
+    from .data.stages import STAGES_PLOT, StagesBenchConfig, run_stages_benchmark
+
+    fields = _overrides(args, {"images": "images", "repeats": "repeats",
+                               "local_crops": "local_crops"})
+    cfg = StagesBenchConfig(source=_data_choice(args, QUICK_CONVERT_IMAGES), **fields)
+    return run_stages_benchmark(cfg, describe_machine(device, argv)), STAGES_PLOT
+
+
 COMMANDS = {"patch": cmd_patch, "convert": cmd_convert, "pipeline": cmd_pipeline,
             "loss": cmd_loss, "step": cmd_step, "e2e": cmd_e2e, "feed": cmd_feed,
-            "photometric": cmd_photometric}
+            "photometric": cmd_photometric, "stages": cmd_stages}
 
 
 # ----------------------------------------------------------------------------- parser
@@ -295,6 +319,15 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    "takes the whole run down)")
 
 
+def _folder_options(p: argparse.ArgumentParser) -> None:
+    """Where convert and stages read: the user's ImageFolder or the corpus."""
+    p.add_argument("--data", help="your own ImageFolder (default: the ImageNet-like corpus)")
+    p.add_argument("--corpus-dir", help="cache folder of the corpus (default $DINO_FAST_CACHE "
+                   "or ~/.cache/dino-fast)")
+    p.add_argument("--corpus-images", type=int, help="images in the corpus (default 8192; "
+                   f"quick {QUICK_CONVERT_IMAGES})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dino-bench", description=DESCRIPTION, epilog=_epilog(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -327,11 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="dino-convert vs FFCV's writer, images/s per core",
                        description=HELP["convert"])
     _common(p)
-    p.add_argument("--data", help="your own ImageFolder (default: the ImageNet-like corpus)")
-    p.add_argument("--corpus-dir", help="cache folder of the corpus (default $DINO_FAST_CACHE "
-                   "or ~/.cache/dino-fast)")
-    p.add_argument("--corpus-images", type=int, help="images in the corpus (default 8192; "
-                   f"quick {QUICK_CONVERT_IMAGES})")
+    _folder_options(p)
     c = ConvertBenchConfig()
     p.add_argument("--workers", type=int, nargs="+", help="worker counts to measure (default "
                    f"{' '.join(map(str, c.workers))}); scaling is against the first")
@@ -341,6 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {c.repeats})")
     p.add_argument("--scratch", help="folder for the outputs (default: the system temp folder)")
     p.add_argument("--no-verify", action="store_true", help="do not time --verify")
+    p.add_argument("--images", type=int, help="scale check instead: convert the corpus "
+                   "replicated to --scale-base and to this many images (whole processes), "
+                   "peak memory and images/s of both, and an ImageNet-1k time projection")
+    p.add_argument("--scale-base", type=int, default=10_000, help="the scale check's "
+                   "reference size (default 10000)")
+    p.add_argument("--in-process-only", action="store_true", help="do not also time each "
+                   "converter as a process of its own (start to exit)")
+
+    from .data.stages import StagesBenchConfig
+    p = sub.add_parser("stages", help="FFCV CPU executor: ms per image by stage vs floors",
+                       description=HELP["stages"])
+    _common(p)
+    _folder_options(p)
+    s = StagesBenchConfig()
+    p.add_argument("--images", type=int, help=f"images timed, in memory (default {s.images})")
+    p.add_argument("--repeats", type=int, help=f"passes per figure, best reported "
+                   f"(default {s.repeats})")
+    p.add_argument("--local-crops", type=int, help=f"local views (default {s.local_crops})")
 
     p = sub.add_parser("loss", help="DINO loss time and memory per implementation",
                        description=HELP["loss"])

@@ -127,6 +127,7 @@ ALWAYS = ("env", "kernels")
 
 
 REHEARSAL_CORPUS_IMAGES = 256
+REHEARSAL_BOX_S = 600  # a rehearsal part's time box: a hang guard, not the GPU's box
 
 
 def rehearsal(part: Part) -> Part:
@@ -134,7 +135,9 @@ def rehearsal(part: Part) -> Part:
     ``--device cpu --quick``, pytest collecting only, a 256-image corpus). It measures
     nothing; it finds a broken import, option or wiring before GPU minutes are spent on
     it. ``env`` and ``kernels`` have nothing to rehearse without a GPU and keep needing one;
-    ``sanitize`` lists the runs it would make (``--dry-run``)."""
+    ``sanitize`` lists the runs it would make (``--dry-run``). Its time box is
+    ``REHEARSAL_BOX_S`` (the budget still bounds it): a GPU part's box sizes GPU work, and a
+    shared CPU running the same code small may take longer without anything being wrong."""
     argv = list(part.argv)
     if "benchmarks.gpu.env" in argv:
         return part
@@ -148,7 +151,7 @@ def rehearsal(part: Part) -> Part:
         argv.append("--collect-only")
     if "benchmarks.harness.corpus" in argv:
         argv += ["--images", str(REHEARSAL_CORPUS_IMAGES)]
-    return dataclasses.replace(part, argv=tuple(argv),
+    return dataclasses.replace(part, argv=tuple(argv), timeout_s=REHEARSAL_BOX_S,
                                needs=tuple(n for n in part.needs if n != "cuda"))
 
 

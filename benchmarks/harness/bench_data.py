@@ -126,3 +126,24 @@ def prepare_data(choice: DataChoice, scratch: Path, progress: bool = True) -> Be
                           progress=progress)
     return BenchData(corpus.train, "imagenet-like", describe_folder(corpus.train),
                      corpus.label(), backend_data, scratch, corpus)
+
+
+def measure_on_data(source: DataChoice, measure) -> tuple[BenchData, list[dict], str]:
+    """Prepare ``source`` in a temporary folder, run ``measure(ImageFolder root)`` -> rows,
+    and return (data, rows, a note with the machine's load average before and after)."""
+    import os
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="dino-bench-data-"))
+    try:
+        data = prepare_data(source, scratch, progress=True)
+        before = os.getloadavg()
+        rows = measure(Path(data.root))
+        after = os.getloadavg()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    note = (f"machine load average (1/5/15 min) before: {' '.join(f'{v:.2f}' for v in before)}"
+            f", after: {' '.join(f'{v:.2f}' for v in after)} (other processes' load competes "
+            "for the same cores).")
+    return data, rows, note

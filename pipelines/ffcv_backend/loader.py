@@ -52,6 +52,7 @@ from ..sampling.param_row import WIDTH
 from ..spec import AugmentationSpec
 from . import reader_fix
 from .decode_once import DECODE_FAILED, MultiCropDecoder
+from .outputs import KEEP, RecycledOutputs
 from .slots import GuardedLoader, Retired, SlotGuard
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,16 @@ class FFCVOptions:
         "auto": compiled on the CPU, device on a GPU.
     finish_impl: ``finish_many``'s implementation for "device" ("auto", "cuda",
         "cpu_kernel" or "torch"; see ``pipelines.photometric.finish``).
+    recycle_outputs: "compiled" only: copy each batch's finished views into a previous
+        batch's tensors once nothing references them any more (``outputs.py``; saves
+        mapping fresh pages every batch); False: a fresh tensor per batch.
     """
 
     photometric: str = "auto"
     finish_impl: str = "auto"
     os_cache: bool = True
     batches_ahead: int = 2
+    recycle_outputs: bool = True
 
 
 class RankSliceOrder(TraversalOrder):
@@ -172,6 +177,9 @@ class FFCVMultiCropLoader:
                              f"(or 'auto') for device {device}")
         self.finish_impl = options.finish_impl
         self._copies = CopyStream(device)  # the side stream of the device path's copies
+        # the compiled path's output tensors, refilled once the consumer dropped them
+        self._outputs = RecycledOutputs(KEEP * len(spec.size_runs()) if options.recycle_outputs
+                                        else 0)
         self.decoder = MultiCropDecoder(spec, self.plan.seed, self.plan.rank,
                                         finish=self.compiled)
         self._loader = GuardedLoader(
@@ -239,9 +247,10 @@ class FFCVMultiCropLoader:
             first_bad = int((counts == DECODE_FAILED).nonzero()[0, 0])
             raise DatasetError(f"{self.path}: the JPEG of sample {int(ids[first_bad])} does "
                                "not decode (corrupt .beton? convert again)")
-        if self.compiled:  # finished float32 views in FFCV's buffer: copy them out
+        if self.compiled:  # finished float32 views in FFCV's buffer: copy them out, into
+            # memory already mapped where a previous batch's tensor is free (outputs.py)
             views = [v for finished in host.groups
-                     for v in finished.to(self._dtype, copy=True).split(n)]
+                     for v in self._outputs.copy(finished, self._dtype).split(n)]
             label = torch.from_numpy(labels).view(-1).clone()
             guard.copied(batch, None)
             return views, label, sample_ids

@@ -34,6 +34,7 @@ from pipelines.photometric import params as P  # noqa: E402
 from pipelines.photometric import torch_ops as T  # noqa: E402
 from pipelines.ffcv_backend import decode_once  # noqa: E402
 from pipelines.ffcv_backend import loader as L  # noqa: E402
+from pipelines.ffcv_backend.outputs import RecycledOutputs  # noqa: E402
 from pipelines.ffcv_backend.slots import GuardedEpochIterator  # noqa: E402
 from pipelines.folder import DatasetError  # noqa: E402
 from pipelines.loader import MultiCropLoader, build_loader  # noqa: E402
@@ -264,6 +265,26 @@ def test_batches_kept_by_the_caller_stay_intact(recipe, recipe_device, raw):
     for v in range(RECIPE.num_views):
         compiled = torch.cat([b[0][v] for b in kept[recipe]])
         assert torch.equal(compiled, torch.cat([b[0][v] for b in kept[recipe_device]])), v
+
+
+def test_recycled_outputs_equal_fresh_ones(recipe):
+    """The compiled path refills a previous batch's tensors once the caller dropped them
+    (outputs.py): every batch equals the one the same loader yields into fresh tensors."""
+    backend = recipe.backend
+    pool = backend._outputs
+    try:
+        backend._outputs = RecycledOutputs(keep=0)  # the twin: a fresh tensor per batch
+        want = run_epoch(recipe, 2)
+        assert backend._outputs.reused == 0
+        backend._outputs = pool
+        before = pool.reused
+        got = run_epoch(recipe, 2)
+        assert pool.reused > before
+    finally:
+        backend._outputs = pool
+    for (wv, wl, _, wi), (gv, gl, _, gi) in zip(want, got, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(wv, gv, strict=True))
+        assert torch.equal(wl, gl) and torch.equal(wi, gi)
 
 
 def test_device_path_finishes_the_reference_crops_with_the_reference_rows(recipe_device, raw,

@@ -1,7 +1,7 @@
 """A conversion killed with SIGKILL half-way: resumable (wds) and never half-accepted (ffcv).
 
-The converter runs as a subprocess with its per-image work slowed down
-(``slow_convert.py``) and is killed once some output exists, as a crash would kill it.
+The converter runs as a subprocess that stalls after a given number of images
+(``stalled_convert.py``) and is killed there, as a crash would kill it.
 """
 from __future__ import annotations
 
@@ -36,10 +36,13 @@ def src(tmp_path_factory):
     return root
 
 
-def _start_slow(delay: float, *argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.reliability.slow_convert", str(delay),
-                             "--no-progress", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _start_stalling(images: int, marker: Path, *argv: str) -> subprocess.Popen:
+    """The converter, stalled for good at its worker's input ``images`` (``marker`` then
+    exists)."""
+    return subprocess.Popen([sys.executable, "-m", "tests.reliability.stalled_convert", str(images),
+                             str(marker), "--no-progress", *argv], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
@@ -89,11 +92,12 @@ def test_killed_wds_conversion_resumes_to_the_same_shards(src, tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert convert_main(args + ["--no-progress", str(src), str(clean)]) == 0
 
-    proc = _start_slow(0.1, *args, str(src), str(killed))
-    _wait_for(proc, lambda: (killed / "000001.shard.json").exists(), "two finished shards")
-    time.sleep(0.15)  # into the third shard
+    stalled = tmp_path / "stalled"
+    proc = _start_stalling(2 * SHARD_SIZE + 1, stalled, *args, str(src), str(killed))
+    _wait_for(proc, stalled.exists, "the stall in the third shard")
     _crash(proc)
     assert proc.returncode == -signal.SIGKILL
+    assert (killed / "000001.shard.json").exists(), "two shards were finished before the kill"
     assert not (killed / "manifest.json").exists(), "killed too late: the run had finished"
     with pytest.raises(DatasetError, match="no manifest at"):
         ShardDataset(killed)  # a half-converted folder is refused
@@ -115,11 +119,11 @@ def test_killed_ffcv_conversion_leaves_nothing_a_reader_accepts(src, tmp_path):
     assert convert_main(args + ["--no-progress", "--jpeg-quality", "80", str(src), str(dst)]) == 0
     build_loader(dst, "ffcv", batch_size=2, num_workers=1)  # accepted (not iterated)
 
-    proc = _start_slow(0.2, *args, str(src), str(dst))
+    stalled = tmp_path / "stalled"
+    proc = _start_stalling(10, stalled, *args, str(src), str(dst))
     partial = dst / ".train.beton.partial"
-    _wait_for(proc, lambda: partial.exists() and partial.stat().st_size > 0,
-              "a partial .beton")
-    time.sleep(0.5)  # the writer is writing
+    _wait_for(proc, stalled.exists, "the stall after 10 images")  # the writer is writing
+    assert partial.exists() and partial.stat().st_size > 0
     _crash(proc)
     assert proc.returncode == -signal.SIGKILL
     assert not (dst / "manifest.json").exists(), "killed too late: the run had finished"

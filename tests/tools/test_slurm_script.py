@@ -42,12 +42,12 @@ def test_usr1_checkpoints_through_sigterm_and_requeues(tmp_path):
     assert "#SBATCH --signal=B:USR1@" in script.read_text()
     shell = subprocess.Popen(["bash", str(script), "--epochs", "1"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 30
+    deadline = time.time() + 120  # a hang guard: the loop ends when the trainer is up
     while not (tmp_path / "trainer.pid").exists():
         assert time.time() < deadline and shell.poll() is None
         time.sleep(0.05)
     shell.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 does
-    out = shell.communicate(timeout=30)[0]
+    out = shell.communicate(timeout=120)[0]
     assert shell.returncode == 143, out
     calls = (tmp_path / "calls").read_text().splitlines()
     assert "scancel --signal=TERM 42" in calls and calls[-1] == "scontrol requeue 42", calls

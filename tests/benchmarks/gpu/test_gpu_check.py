@@ -4,8 +4,10 @@ import json
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -31,19 +33,21 @@ def test_dry_run_skips_every_part_and_says_why(tmp_path):
 
 
 def test_a_hanging_part_is_killed_at_its_time_box_and_the_next_still_runs(tmp_path):
-    marker = tmp_path / "child_survived"
-    child = tmp_path / "child.py"  # would write the marker after 5 s: the whole group must die
-    child.write_text(f"import time\ntime.sleep(5)\nopen({str(marker)!r}, 'w').close()\n")
-    hang = fake("hang", f"import subprocess, sys, time; subprocess.Popen([sys.executable, "
-                f"{str(child)!r}]); time.sleep(60)", timeout_s=2)
-    start = time.monotonic()
-    outcomes = G.run_check(tmp_path, [hang, fake("after", "print('still ran')")], budget_s=60)
-    assert time.monotonic() - start < 30
+    pid_file = tmp_path / "child.pid"  # a process the part started: the whole group must die
+    hang = fake("hang", "import subprocess, time; child = subprocess.Popen(['sleep', '600']); "
+                f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(600)",
+                timeout_s=5)
+    outcomes = G.run_check(tmp_path, [hang, fake("after", "print('still ran')")], budget_s=600)
+    # the statuses, not a clock, say that the box ended the hang
     assert [o.status for o in outcomes] == ["timed out", "ok"]
     assert outcomes[1].detail == "still ran"
     assert "killed after its time box" in (tmp_path / "logs" / "hang.log").read_text()
-    time.sleep(6)
-    assert not marker.exists()
+    assert pid_file.exists(), "the part did not start its child within its 5 s box"
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 60  # a hang guard only: the child would sleep 600 s
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the part's child outlived its time box"
+        time.sleep(0.05)
 
 
 def test_failure_is_reported_with_its_last_line_and_the_exit_status(tmp_path, monkeypatch):
@@ -57,11 +61,20 @@ def test_failure_is_reported_with_its_last_line_and_the_exit_status(tmp_path, mo
     assert "| bad | failed (rc 3) |" in (tmp_path / "summary.md").read_text()
 
 
-def test_parts_after_the_budget_are_skipped_with_the_reason(tmp_path):
-    slow = fake("slow", "import time; time.sleep(1.5)")
-    outcomes = G.run_check(tmp_path, [slow, fake("late", "pass")], budget_s=11)
+def test_parts_after_the_budget_are_skipped_with_the_reason(tmp_path, monkeypatch):
+    """The check's clock is the test's: a part "takes" 1.5 s of it, whatever the load."""
+    now = [0.0]
+
+    def run_part(part, out, timeout_s):
+        now[0] += 1.5
+        return G.Outcome(part.name, part.what, "ok", 1.5, "")
+    monkeypatch.setattr(G, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(G, "run_part", run_part)
+    outcomes = G.run_check(tmp_path, [fake("slow", "pass"), fake("late", "pass")], budget_s=11)
     assert outcomes[0].status == "ok"
-    assert outcomes[1].status == "skipped" and "budget" in outcomes[1].detail
+    assert outcomes[1].status == "skipped" and "budget of 11 s" in outcomes[1].detail
+    outcomes = G.run_check(tmp_path, [fake("a", "pass"), fake("b", "pass")], budget_s=12)
+    assert [o.status for o in outcomes] == ["ok", "ok"]  # 10.5 s left: enough for a part
 
 
 def test_missing_prerequisites_name_the_package(monkeypatch):
@@ -107,6 +120,7 @@ def test_rehearsal_runs_the_same_commands_small_on_the_cpu():
         if name in ("env", "kernels"):
             continue
         assert "cuda" not in part.needs and set(part.needs) <= set(original.needs), name
+        assert part.timeout_s == G.REHEARSAL_BOX_S, name  # not the GPU's box: a hang guard
         assert "cuda" not in part.argv, name
         if "benchmarks.cli" in part.argv:
             assert part.argv[part.argv.index("--device") + 1] == "cpu" and "--quick" in part.argv

@@ -2,11 +2,10 @@
 import json
 
 import numpy as np
-import time
-
 import pytest
 import torch
 
+from benchmarks.harness import timing
 from benchmarks.harness.timing import (BenchmarkResult, PeakMemory, PlotSpec, describe_machine,
                                 machine_slug, summarize, time_fn, write_results)
 from benchmarks.harness.report import format_value, markdown_table
@@ -47,12 +46,26 @@ def test_time_fn_calls_warmup_plus_iters():
         time_fn(lambda: None, "cpu", warmup=0, iters=0)
 
 
-def test_time_fn_runs_setup_before_every_call_untimed():
-    events = []
-    t = time_fn(lambda: events.append("call"), "cpu", warmup=1, iters=3,
-                setup=lambda: (events.append("setup"), time.sleep(0.05)))
+class StepClock:
+    """``time.perf_counter`` as the test decides: it moves only when ``advance`` is called."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_time_fn_runs_setup_before_every_call_untimed(monkeypatch):
+    clock, events = StepClock(), []
+    monkeypatch.setattr(timing, "time", clock)  # load on the machine cannot move this clock
+    t = time_fn(lambda: (events.append("call"), clock.advance(0.25)), "cpu", warmup=1,
+                iters=3, setup=lambda: (events.append("setup"), clock.advance(1.0)))
     assert events == ["setup", "call"] * 4
-    assert t.max < 0.05  # the setup's sleep is outside every sample
+    assert t.samples == (0.25, 0.25, 0.25)  # each call's own time; the setup's is outside
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():

@@ -157,7 +157,7 @@ def test_close_shuts_workers_down(folder):
     workers = [psutil.Process(pid) for pid in _children() - before]
     assert len(workers) == 2
     loader.close()
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    gone, alive = psutil.wait_procs(workers, timeout=60)  # a hang guard: ends when they do
     assert not alive
     next_epoch = epoch(loader, 1)  # a closed loader can start again
     assert len(next_epoch) == len(loader)
@@ -172,6 +172,6 @@ def test_abandoned_epoch_does_not_leak_workers(folder):
     first = [psutil.Process(pid) for pid in _children() - before]
     it2 = iter(loader)  # start over without finishing: the first epoch's workers must go
     next(it2)
-    gone, alive = psutil.wait_procs(first, timeout=10)
+    gone, alive = psutil.wait_procs(first, timeout=60)  # a hang guard: ends when they do
     assert not alive
     loader.close()
