@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML config file, or the name of a shipped preset (quickstart, "
       "dinov2_vits14, dinov2_vits14_reg4, ... vitb14, vitl14)")
     a("--recipe", choices=tuple(RECIPES),
-      help="the method: dino (default; the paper's recipe, its settings under loss.*)")
+      help="the method: dino (default; the paper's recipe, its settings under loss.*) or "
+      "dinov2 (iBOT patch loss, KoLeo, Sinkhorn-Knopp; its settings under dinov2.*, its "
+      "masks under data.aug.masking)")
     a("--data", help="ImageFolder root (class folders), a .beton (ffcv) or a shard folder "
       "(dali); default: the embedded dataset")
     a("--backend", choices=tuple(BACKENDS),
