@@ -19,7 +19,8 @@ Implementations, all with the same value and gradient:
   into the gradient in place (directly in the gradient for float32/float64 logits; through
   the chunk buffer, rounded once, for bfloat16/float16). Memory: the gradient plus one
   chunk, nothing else of size ``[M, K]``.
-- ``patch_cuda.cuda_patch_ce``: the CUDA kernel (``csrc/patch_loss_kernel.cu``).
+- ``patch_cuda``: where the CUDA kernel plugs in; none is built yet, so ``auto`` runs the
+  fused path on a GPU too.
 Accumulation in float32 (float64 for float64 logits); ``q`` and ``w`` in that dtype.
 """
 from __future__ import annotations

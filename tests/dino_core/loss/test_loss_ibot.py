@@ -99,3 +99,17 @@ def test_fused_equals_the_twin_in_low_precision(dtype, bound, monkeypatch):
     # bf16 gradients round once (fused) or differ by a bf16 ulp after rounding (twin)
     grad_bound = 1e-5 if dtype == torch.float32 else 2 ** -7
     assert rel_err(grad, ref_grad) <= grad_bound
+
+
+def test_implementation_choice_never_reaches_a_missing_kernel():
+    """auto on CPU tensors is the fused path; 'cuda' is refused with the reason while no
+    patch-loss kernel exists (not an ImportError or a missing symbol)."""
+    from dino_core.loss import patch_cuda
+    from dino_core.loss.ibot import resolve_impl
+
+    logits = torch.zeros(3, 5)
+    assert resolve_impl("auto", logits, set()) == "fused"
+    reason = patch_cuda.unavailable_reason()
+    if reason is not None:
+        with pytest.raises(RuntimeError, match="no patch-loss kernel"):
+            resolve_impl("cuda", logits, set())
