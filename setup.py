@@ -18,7 +18,12 @@ EXTRAS = {
     "dali": [f"nvidia-dali-cuda120=={DALI_VERSION}", "numba"],        # CUDA 12.x
     "dali-cuda13": [f"nvidia-dali-cuda130=={DALI_VERSION}", "numba"],  # CUDA 13.x (H100/H200 here)
     "ffcv": ["ffcv==1.0.2", "numba"],
-    "dev": ["pytest>=7", "pytest-timeout"],
+    # webdataset: the tests write stock shards with the library itself
+    "dev": ["pytest>=7", "pytest-timeout", "webdataset"],
+    # Weights in and out of Hugging Face and timm files (dino_core/formats): safetensors
+    # reads and writes them; transformers is what the tests check the exports against.
+    # Installed with "cpu", the CPU torch pin holds (transformers does not pull a CUDA torch).
+    "interop": ["transformers>=4.40", "safetensors>=0.4"],
     # The CPU wheel. A CUDA machine keeps its own torch build: install without this extra.
     # (An open torch requirement alone pulls the newest CUDA build, several GB, on a CPU box.)
     "cpu": ["torch==2.13.0"],

@@ -178,7 +178,7 @@ def cmd_e2e(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
         "backends": "backends", "arch": "arch", "patch": "patch", "batch_size": "batch_size",
         "workers": "num_workers", "local_crops": "local_crops", "steps": "steps",
         "warmup_steps": "warmup_steps", "out_dim": "out_dim", "precision": "precision",
-        "engine": "engine", "seconds": "seconds"})
+        "engine": "engine", "seconds": "seconds", "recipes": "recipes"})
     return run_e2e_benchmark(cfg, device, argv, _partial_writer(args)), E2E_PLOT
 
 
@@ -222,6 +222,7 @@ def cmd_step(args, device, argv) -> tuple[BenchmarkResult, PlotSpec]:
                                            **kwargs), WRITTEN
     from .model.step import run_step_benchmark
     given["compile"] = args.compile or None
+    given["recipes"] = tuple(args.recipes) if args.recipes else None
     kwargs = {k: v for k, v in given.items() if v is not None}
     # benchmarks/model/step.py writes its own files (it plots MFU against its own ceilings)
     return run_step_benchmark(device=device, output_dir=args.output_dir, argv=argv,
@@ -289,6 +290,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
                    help="autocast precision of the model (default auto: bf16 on GPU, fp32 on CPU)")
+
+
+def _recipes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipes", nargs="+", choices=("dino", "dinov2"),
+                   help="training recipes to measure, each a column value (default both: "
+                   "dino dinov2)")
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -422,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --parallel: also each strategy with activation checkpointing")
     p.add_argument("--world-size", type=int,
                    help="with --parallel: ranks (default every GPU; 2 on the CPU)")
+    _recipes(p)
     _precision(p)
 
     p = sub.add_parser("e2e", help="short real training run: images/s and data-wait share",
@@ -437,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trainer (default): dino_core.train.train and its own accounting; "
                    "loop: loader + step with warm-up excluded and, on a GPU, the stream's idle "
                    "time from CUDA events")
+    _recipes(p)
     _precision(p)
 
     p = sub.add_parser("feed", help="CPU time per image of the DALI host feed",

@@ -18,6 +18,8 @@ from pipelines.config_io import (ConfigError, apply_overrides, deep_merge, from_
 from pipelines.loader import BACKENDS
 from pipelines.spec import AugmentationSpec, SpecError, expand_preset
 
+from .recipes.dinov2_config import DINOv2Config, check_dinov2
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -68,6 +70,9 @@ class DataConfig:
     backend: str = "reference"    # reference | dali | ffcv
     batch_size: int = 64          # per rank
     num_workers: int = 4
+    # ffcv: "IMAGE,LABEL", the fields of a .beton to read (default: the first RGB image
+    # field and the first int field, as FFCV's own DatasetWriter names them)
+    ffcv_fields: str | None = None
     aug: AugmentationSpec = field(default_factory=AugmentationSpec)
 
 
@@ -130,8 +135,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # The method (dino_core.recipes): what is built, computed per step and kept. Each reads
-    # its own section (dino: loss) besides model, data, optim.
+    # its own section (dino: loss; dinov2: dinov2) besides model, data, optim.
     recipe: str = "dino"
+    dinov2: DINOv2Config = field(default_factory=DINOv2Config)
     epochs: int = 100
     output_dir: str = "runs/dino"
     seed: int = 0
@@ -210,6 +216,8 @@ class TrainConfig:
         _check(self.checkpoint.every_steps >= 0, "checkpoint.every_steps",
                "must be >= 0 (0: off)")
         _check(self.saveckp_freq >= 0, "saveckp_freq", "must be >= 0 (0: never)")
+        if self.recipe == "dinov2":
+            check_dinov2(self)
 
     def _check_backbone_options(self) -> None:
         from .models.vit import FFN_LAYERS

@@ -19,9 +19,12 @@ class ConfigError(ValueError):
 
 
 def to_plain(obj: Any) -> Any:
-    """Dataclasses, tuples and lists to dicts and lists (YAML-safe)."""
+    """Dataclasses, tuples and lists to dicts and lists (YAML-safe). A dataclass field whose
+    metadata has ``omit_none`` is left out while it is None (an optional section that is off
+    keeps the files written before it existed unchanged)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_none") and getattr(obj, f.name) is None)}
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -20,6 +20,10 @@ local_crops: 4}``; the training config takes the same in its ``data.aug`` sectio
 Executors (reference PIL, DALI, FFCV + batched tensor ops) read every number from here; none
 of them restates a parameter. ``AugmentationSpec.views()`` expands the recipe into the
 ordered list of per-view specs: the global views first, then ``local_crops`` local views.
+
+``masking`` (off by default, and then absent from the spec's YAML): block-wise patch masks of
+the global views for masked-image-modelling recipes (iBOT / DINOv2), drawn by the loader
+(``pipelines.sampling.masks``); see ``MaskingSpec``.
 """
 from __future__ import annotations
 
@@ -122,6 +126,44 @@ class ColorJitterSpec:
                f"must be in [0, 0.5] (fraction of a turn), got {self.hue!r}")
 
 
+@dataclass(frozen=True)
+class MaskingSpec:
+    """Block-wise masks of the global views' patch grids, DINOv2's defaults (Oquab et al.
+    2023, arXiv 2304.07193; the block generator is BEiT's, Bao et al. 2021).
+
+    Per batch, ``int(probability * G)`` of its ``G = num_global * B`` global crops are masked
+    (the others not at all), crop i of them aiming at ``int(N * r_i)`` of its ``N`` patches
+    with ``r_i`` uniform in the i-th of equal parts of ``ratio`` (so the ratios spread over
+    the whole range in every batch); the masked crops land at random rows. A crop's mask is
+    the union of rectangles: each of area uniform in [``min_block_patches``, the patches
+    still to mask, at most ``max_block_fraction * N``] and aspect ratio log-uniform in
+    ``aspect``, strictly smaller than the grid; ``pipelines.sampling.masks`` has the exact
+    draw. ``patch_size``: the backbone's, which turns a global view's size into its grid.
+    """
+
+    patch_size: int = 16
+    probability: float = 0.5
+    ratio: tuple[float, float] = (0.1, 0.5)
+    min_block_patches: int = 4
+    max_block_fraction: float = 0.5
+    aspect: tuple[float, float] = (0.3, 1 / 0.3)
+
+    def validate(self, prefix: str) -> None:
+        _check(isinstance(self.patch_size, int) and not isinstance(self.patch_size, bool)
+               and self.patch_size >= 1, f"{prefix}.patch_size",
+               f"must be an integer >= 1, got {self.patch_size!r}")
+        _check_prob(self.probability, f"{prefix}.probability")
+        _check_range(self.ratio, f"{prefix}.ratio", 0.0, 1.0)
+        _check(isinstance(self.min_block_patches, int) and self.min_block_patches >= 1,
+               f"{prefix}.min_block_patches",
+               f"must be an integer >= 1, got {self.min_block_patches!r}")
+        _check(isinstance(self.max_block_fraction, (int, float))
+               and 0 < self.max_block_fraction <= 1, f"{prefix}.max_block_fraction",
+               f"must be in (0, 1], got {self.max_block_fraction!r}")
+        _check_range(self.aspect, f"{prefix}.aspect", 1e-3, 1e3)
+        _check(self.aspect[0] > 0, f"{prefix}.aspect", "minimum must be > 0")
+
+
 def _default_globals() -> tuple[ViewSpec, ...]:
     return (ViewSpec(224, (0.4, 1.0), blur_p=1.0, solarize_p=0.0),
             ViewSpec(224, (0.4, 1.0), blur_p=0.1, solarize_p=0.2))
@@ -144,6 +186,8 @@ class AugmentationSpec:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     output_dtype: str = "float32"
+    # None: no masks (DINO); omitted from the YAML then, so DINO's spec files are unchanged.
+    masking: MaskingSpec | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -178,6 +222,16 @@ class AugmentationSpec:
         _check(all(s > 0 for s in self.std), "std", "every entry must be > 0")
         _check(self.output_dtype in OUTPUT_DTYPES, "output_dtype",
                f"must be one of {OUTPUT_DTYPES}, got {self.output_dtype!r}")
+        if self.masking is not None:
+            _check(isinstance(self.masking, MaskingSpec), "masking", "must be a masking spec")
+            self.masking.validate("masking")
+            sizes = {v.size for v in self.global_views}
+            _check(len(sizes) == 1, "masking",
+                   f"masks need one global view size (one patch grid), got {sorted(sizes)}")
+            p = self.masking.patch_size
+            _check(self.global_views[0].size % p == 0, "masking.patch_size",
+                   f"global view size {self.global_views[0].size} is not a multiple of the "
+                   f"patch size {p}")
 
     # ----------------------------------------------------------------- views
     @property
@@ -191,6 +245,14 @@ class AugmentationSpec:
     def views(self) -> list[ViewSpec]:
         """Per-view specs in output order: globals first, then the local crops."""
         return list(self.global_views) + [self.local_view] * self.local_crops
+
+    @property
+    def mask_grid(self) -> tuple[int, int]:
+        """(rows, columns) of a global view's patch grid, the shape of one mask (masking on)."""
+        if self.masking is None:
+            raise ValueError("the spec has no masking section: no mask grid")
+        side = self.global_views[0].size // self.masking.patch_size
+        return side, side
 
     def size_runs(self) -> list[tuple[int, int, int]]:
         """Runs of consecutive views of one size, ``(first view, views, size)``: each is
@@ -256,7 +318,8 @@ def dinov2_spec() -> AugmentationSpec:
     same code in DINOv3, facebookresearch/dinov3 issue #286): this preset states what was
     trained. Every other setting equals DINO's (the defaults): ratio 3/4..4/3, bicubic, flip
     0.5, colour jitter 0.8 x (0.4, 0.4, 0.2, 0.1), grayscale 0.2, blur sigma 0.1..2.0,
-    solarize threshold 128, ImageNet mean/std. Not represented: DINOv2 blurs with
+    solarize threshold 128, ImageNet mean/std. Masks (iBOT term): DINOv2's defaults
+    (``MaskingSpec``) at patch 14. Not represented: DINOv2 blurs with
     torchvision's 9-tap kernel (radius 4 px), this project with a window of 3 sigma
     (``photometric/torch_ops.py``): equal up to the tails for sigma <= 4/3, wider above.
     """
@@ -264,7 +327,7 @@ def dinov2_spec() -> AugmentationSpec:
         global_views=(ViewSpec(224, (0.32, 1.0), blur_p=0.0, solarize_p=0.0),
                       ViewSpec(224, (0.32, 1.0), blur_p=0.9, solarize_p=0.2)),
         local_view=ViewSpec(98, (0.05, 0.32), blur_p=0.5, solarize_p=0.0),
-        local_crops=8)
+        local_crops=8, masking=MaskingSpec(patch_size=14))  # DINOv2's masks, 16 x 16 grids
 
 
 SPEC_PRESETS: dict[str, Callable[[], AugmentationSpec]] = {

@@ -18,7 +18,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text()
     commands = re.findall(r"^apt-get update .*pytest -q$", readme, flags=re.M)
     assert len(commands) == 1 and commands[0] in ci
-    assert '".[all,dev,cpu]"' in commands[0]
+    assert '".[all,dev,cpu,interop]"' in commands[0]
 
 
 def test_install_without_nvcc_skips_the_kernels_and_succeeds(tmp_path):

@@ -5,7 +5,10 @@ trained on batches from ``pipelines.build_loader`` over the same data (by defaul
 ImageNet-like benchmark corpus, ``bench_data``), each backend in its own process
 (``backend_runs``: a failure is a row, the others still run; results are written after each).
 Reported: training images/s, the share of step time spent waiting for data, and the CPU
-cores the run kept busy. Two engines:
+cores the run kept busy. Each recipe of ``recipes`` (``recipe`` column; DINO and DINOv2 by
+default, DINOv2 with its masks from the loader: ``model.trainstep.recipe_sections``) runs the
+same backends in the same run, DINO first; ``speedup`` is against the reference executor of
+the same recipe. Two engines:
 
 - ``trainer`` (default): ``dino_core.train.train`` itself, with its own accounting (what it
   logs is what is reported; its first steps are included). With ``seconds`` the run is
@@ -40,7 +43,7 @@ from ..harness.bench_data import BenchData, DataChoice, prepare_data
 from ..harness.timing import BenchmarkResult, PlotSpec, cpu_cores, describe_machine, summarize
 from .pipeline import (GPU_WORKERS, QUICK_CORPUS_IMAGES, EpochCycler, backend_order,
                        opened_loader)
-from ..model.trainstep import StepShape, build_train_step, snap
+from ..model.trainstep import RECIPES, StepShape, build_train_step, recipe_sections, snap
 
 ENGINES = ("trainer", "loop")
 MAX_IMAGES_PER_S = 20_000  # bound used to size a time-limited trainer run's epochs
@@ -68,11 +71,14 @@ class E2EConfig:
     log_every: int = 20       # trainer with seconds: steps between its logged figures
     precision: str = "auto"
     engine: str = "trainer"   # trainer: dino_core.train.train; loop: loader + step, CUDA events
+    recipes: tuple[str, ...] = RECIPES  # each trains on every backend, DINO first
     limits: RunLimits = field(default_factory=RunLimits)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if not self.recipes or not set(self.recipes) <= set(RECIPES):
+            raise ValueError(f"recipes must be some of {RECIPES}, got {self.recipes!r}")
         if self.seconds > 0 and self.engine == "trainer" and not self.limits.isolate:
             raise ValueError("--seconds with the trainer engine stops each run from outside: "
                              "it needs isolated runs (drop --in-process, or use --steps)")
@@ -139,11 +145,12 @@ def train_and_account(loader, step, steps: int, warmup: int, device: torch.devic
 
 
 def measure_loop(backend: str, path: Path, cfg: E2EConfig, spec, shape: StepShape,
-                 device: torch.device) -> dict:
+                 device: torch.device, recipe: str = "dino") -> dict:
     """The loop engine's row fields (runs in the backend's own process)."""
     with opened_loader(backend, path, batch_size=cfg.batch_size, spec=spec, device=device,
                        num_workers=cfg.num_workers) as loader:
-        step, _ = build_train_step(cfg.arch, cfg.patch, shape, device, cfg.precision)
+        step, _ = build_train_step(cfg.arch, cfg.patch, shape, device, cfg.precision,
+                                   recipe=recipe)
         stats = train_and_account(loader, step, cfg.steps, cfg.warmup_steps, device,
                                   cfg.seconds)
     return {**stats, "engine": "loop", "loss_impl": step.loss_impl}
@@ -151,9 +158,10 @@ def measure_loop(backend: str, path: Path, cfg: E2EConfig, spec, shape: StepShap
 
 # ----------------------------------------------------------------------------- trainer
 def trainer_config(backend: str, path: Path, cfg: E2EConfig, spec, device: torch.device,
-                   out: Path, images: int):
-    """The ``TrainConfig`` of one backend's run: ``warmup_steps + steps`` iterations, or
-    (with ``seconds``) enough epochs of the ``images``-image data to outlast them."""
+                   out: Path, images: int, recipe: str = "dino"):
+    """The ``TrainConfig`` of one backend's run of ``recipe``: ``warmup_steps + steps``
+    iterations, or (with ``seconds``) enough epochs of the ``images``-image data to outlast
+    them."""
     from dino_core.config import DataConfig, ModelConfig, TrainConfig
 
     per_epoch = max(1, images // cfg.batch_size)
@@ -169,15 +177,17 @@ def trainer_config(backend: str, path: Path, cfg: E2EConfig, spec, device: torch
         data=DataConfig(path=str(path), backend=backend, batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, aug=spec),
         epochs=epochs, max_iters_per_epoch=cap, output_dir=str(out), device=str(device),
-        precision=cfg.precision, log_every=log_every, knn_eval=False, progress=False)
+        precision=cfg.precision, log_every=log_every, knn_eval=False, progress=False,
+        **recipe_sections(recipe, cfg.patch)[0])
 
 
 def measure_trainer(backend: str, path: Path, cfg: E2EConfig, spec, device: torch.device,
-                    runs: Path, images: int) -> dict:
+                    runs: Path, images: int, recipe: str = "dino") -> dict:
     """``dino_core.train.train`` for one backend (in its own process); its summary."""
     from dino_core.train.loop import train
 
-    run_cfg = trainer_config(backend, path, cfg, spec, device, runs / backend, images)
+    run_cfg = trainer_config(backend, path, cfg, spec, device, runs / recipe / backend, images,
+                             recipe)
     cpu0, t0 = tree_cpu_seconds(), time.perf_counter()
     try:
         summary = train(run_cfg)
@@ -264,7 +274,7 @@ class TrainerWatch:
 # ----------------------------------------------------------------------------- running
 def run_e2e_benchmark(cfg: E2EConfig, device: torch.device, argv: list[str] | None = None,
                       on_partial=None) -> BenchmarkResult:
-    """The reference-fed run first, then each requested backend; one row each.
+    """Per recipe, the reference-fed run first, then each requested backend; one row each.
     ``on_partial(result so far)`` runs after every backend."""
     from pipelines import AugmentationSpec
 
@@ -284,30 +294,40 @@ def run_e2e_benchmark(cfg: E2EConfig, device: torch.device, argv: list[str] | No
         path_for = data.resolve(order)  # first: builders fork before CUDA starts here
         machine = describe_machine(device, argv)
         runs = Path(tmp) / "runs"
-        if cfg.engine == "trainer":
-            measure = functools.partial(measure_trainer, cfg=cfg, spec=spec, device=device,
-                                        runs=runs, images=data.stats.images)
-        else:
-            measure = functools.partial(measure_loop, cfg=cfg, spec=spec, shape=shape,
-                                        device=device)
         timed_trainer = cfg.engine == "trainer" and cfg.seconds > 0
-
-        def watch_for(backend: str):
-            return (TrainerWatch(runs / backend / "metrics.jsonl", cfg.seconds, cfg.batch_size)
-                    if timed_trainer else None)
 
         def result(rows: list[dict]) -> BenchmarkResult:
             rows = [dict(r) for r in rows]
-            add_ratios(rows, cfg.reference, {"speedup": "images_per_s"})
+            for recipe in cfg.recipes:  # speedup: against the same recipe's reference run
+                add_ratios([r for r in rows if r["recipe"] == recipe], cfg.reference,
+                           {"speedup": "images_per_s"})
             return e2e_result(cfg, device, machine, data, rows)
 
-        rows = for_each_backend(
-            order, {"device": device.type, "arch": cfg.arch, "patch": cfg.patch,
-                    "batch_size": cfg.batch_size, "num_workers": cfg.num_workers},
-            path_for, measure, "e2e", cfg.limits,
-            on_row=(lambda rows: on_partial(result(rows))) if on_partial else None,
-            watch_for=watch_for)
-        return result(rows)
+        done: list[dict] = []
+        for recipe in cfg.recipes:
+            masking = recipe_sections(recipe, cfg.patch)[1]
+            run_spec = spec.with_overrides(masking=masking)
+            if cfg.engine == "trainer":
+                measure = functools.partial(measure_trainer, cfg=cfg, spec=run_spec,
+                                            device=device, runs=runs, images=data.stats.images,
+                                            recipe=recipe)
+            else:
+                measure = functools.partial(measure_loop, cfg=cfg, spec=run_spec, shape=shape,
+                                            device=device, recipe=recipe)
+
+            def watch_for(backend: str, recipe: str = recipe):
+                return (TrainerWatch(runs / recipe / backend / "metrics.jsonl", cfg.seconds,
+                                     cfg.batch_size) if timed_trainer else None)
+
+            done += for_each_backend(
+                order, {"recipe": recipe, "device": device.type, "arch": cfg.arch,
+                        "patch": cfg.patch, "batch_size": cfg.batch_size,
+                        "num_workers": cfg.num_workers},
+                path_for, measure, f"e2e {recipe}", cfg.limits,
+                on_row=(lambda rows, before=list(done): on_partial(result(before + rows)))
+                if on_partial else None,
+                watch_for=watch_for)
+        return result(done)
 
 
 def e2e_result(cfg: E2EConfig, device: torch.device, machine, data: BenchData,
@@ -323,7 +343,7 @@ def e2e_result(cfg: E2EConfig, device: torch.device, machine, data: BenchData,
             "wait here says little about a GPU run; GPU figures: not measured yet."]))
 
 
-E2E_COLUMNS = ["backend", "engine", "device", "arch", "patch", "batch_size", "num_workers",
+E2E_COLUMNS = ["recipe", "backend", "engine", "device", "arch", "patch", "batch_size", "num_workers",
                "steps", "epochs", "images_per_s", "speedup", "data_wait_share", "cores_used",
                "wall_s", "cumulative_images_per_s", "cumulative_data_wait_share",
                "step_median_ms", "fetch_median_ms", "status"]
@@ -340,6 +360,6 @@ E2E_NOTES = [
     "the run's process tree (model, loader threads and workers) per wall second. Each backend "
     "runs in its own process.",
 ]
-E2E_PLOT = PlotSpec(x="backend", group=("backend",), kind="bar",
+E2E_PLOT = PlotSpec(x="backend", group=("recipe", "backend"), kind="bar",
                     panels=(("training images/s", ("images_per_s",)),
                             ("share of step time waiting for data", ("data_wait_share",))))

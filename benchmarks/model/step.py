@@ -1,4 +1,5 @@
-"""``dino-bench step``: the project's DINO step against a recreation of the reference step.
+"""``dino-bench step``: the project's DINO step against a recreation of the reference step,
+and the DINOv2 recipe's step on the same engine (``--recipes``, both by default).
 
 Both steps train the same student/teacher (same initial weights) on the same synthetic
 multi-crop batch, in the same process, one after the other (each is built, timed and freed
@@ -12,6 +13,10 @@ before the next, so its peak memory is its own):
 
 - ours+compile (``--compile``): ours with both backbones through torch.compile
   (``model.compile`` in training); its warm-up time includes the compilation.
+- recipe dinov2: ours (and ours+compile) with the DINOv2 recipe (its defaults: image term with
+  Sinkhorn-Knopp, iBOT patch term on DINOv2's masks through the shared head, KoLeo) on the
+  same views, in the same run; there is no reference step for it, and its MFU counts the
+  same model FLOPs as DINO's (the masked patch tokens through the head are not counted).
 
 Reported per architecture: images/s, median step time and spread, model-FLOPs utilisation
 against the device peak (benchmarks/model/flops.py), peak memory, and ours/reference speedup. Each
@@ -29,8 +34,8 @@ import torch
 from .flops import ViTShape, device_peak, dino_step_flops, mfu, HeadShape
 from ..harness.timing import PeakMemory, describe_machine, resolve_device
 from ..harness.report import BenchmarkResult, PlotSpec, write_results
-from .trainstep import (StepShape, synthetic_batch, bench_config, build_models, build_train_step,
-                        failure_status, release, steady_values, time_within)
+from .trainstep import (RECIPES, StepShape, synthetic_batch, bench_config, build_models,
+                        build_train_step, failure_status, release, steady_values, time_within)
 
 
 @dataclass
@@ -78,28 +83,37 @@ def build_reference_step(arch: str, patch: int, shape: StepShape, device: torch.
     return ReferenceStep(run)
 
 
-IMPLS = ("reference", "ours")
 COMPILED = "ours+compile"
 
 
 def _build(impl: str, arch: str, patch: int, shape: StepShape, device: torch.device,
-           precision: str) -> tuple[object, str]:
-    """(a zero-argument step, the loss it uses) for ``impl``."""
+           precision: str, recipe: str = "dino") -> tuple[object, str]:
+    """(a zero-argument step, the loss it uses) for ``impl`` of ``recipe``."""
     if impl == "reference":
         return build_reference_step(arch, patch, shape, device, precision).run, \
             "reference pair loop"
-    step, _ = build_train_step(arch, patch, shape, device, precision, compile=impl == COMPILED)
+    step, _ = build_train_step(arch, patch, shape, device, precision, compile=impl == COMPILED,
+                               recipe=recipe)
     return step.run, step.loss_impl
 
 
+def recipe_impls(recipes: tuple[str, ...], compile: bool) -> list[tuple[str, str]]:
+    """(recipe, impl) rows in measuring order: DINO's reference first (the baseline), then
+    each recipe's ours (and ours+compile)."""
+    ours = ("ours",) + ((COMPILED,) if compile else ())
+    return [(r, impl) for r in recipes
+            for impl in (("reference",) if r == "dino" else ()) + ours]
+
+
 def measure_impl(impl: str, arch: str, patch: int, shape: StepShape, device: torch.device,
-                 precision: str, warmup: int, iters: int, seconds: float | None) -> dict:
-    """One row: build ``impl``'s models and step, time it, report memory; any failure is
-    written into ``status`` and the sweep goes on."""
-    row: dict = {"arch": arch, "patch": patch, "impl": impl, "batch": shape.batch,
-                 "precision": precision, "status": "ok"}
+                 precision: str, warmup: int, iters: int, seconds: float | None,
+                 recipe: str = "dino") -> dict:
+    """One row: build ``impl``'s models and step for ``recipe``, time it, report memory; any
+    failure is written into ``status`` and the sweep goes on."""
+    row: dict = {"arch": arch, "patch": patch, "recipe": recipe, "impl": impl,
+                 "batch": shape.batch, "precision": precision, "status": "ok"}
     try:
-        run, row["loss_impl"] = _build(impl, arch, patch, shape, device, precision)
+        run, row["loss_impl"] = _build(impl, arch, patch, shape, device, precision, recipe)
         with PeakMemory(device) as mem:
             bounded = time_within(run, device, warmup, iters, seconds)
         t = bounded.timing
@@ -119,9 +133,9 @@ def run_step_benchmark(device: str = "auto", archs: tuple[str, ...] | None = Non
                        patch: int = 16, batch: int | None = None, quick: bool = False,
                        iters: int | None = None, precision: str = "auto",
                        output_dir: str = "benchmarks/results", argv: list[str] | None = None,
-                       seconds: float | None = None, compile: bool = False
-                       ) -> BenchmarkResult:
-    """Time every implementation per architecture; one row each.
+                       seconds: float | None = None, compile: bool = False,
+                       recipes: tuple[str, ...] = RECIPES) -> BenchmarkResult:
+    """Time every implementation of every recipe per architecture; one row each.
 
     GPU default: ViT-S/16 and ViT-B/16, batch 64, 2x224 + 10x96, K = 65536, bf16, each
     measurement about ``seconds`` (default 5) long, at most ``iters`` (default 200) calls.
@@ -142,7 +156,7 @@ def run_step_benchmark(device: str = "auto", archs: tuple[str, ...] | None = Non
         iters = iters or 200
         seconds = 5.0 if seconds is None else seconds
         warmup = 3
-    impls = IMPLS + ((COMPILED,) if compile else ())
+    rows_to_measure = recipe_impls(recipes, compile)
     peak = device_peak(dev)
     machine = describe_machine(dev, argv)
     rows = []
@@ -150,27 +164,30 @@ def run_step_benchmark(device: str = "auto", archs: tuple[str, ...] | None = Non
         flops = dino_step_flops(ViTShape.from_arch(arch, patch), shape.global_res,
                                 shape.n_global, shape.local_res, shape.n_local,
                                 HeadShape(out_dim=shape.out_dim)).total
-        measured = [measure_impl(impl, arch, patch, shape, dev, prec, warmup, iters, seconds)
-                    for impl in impls]
-        ref = measured[0].get("_median")
+        measured = [measure_impl(impl, arch, patch, shape, dev, prec, warmup, iters, seconds,
+                                 recipe)
+                    for recipe, impl in rows_to_measure]
+        ref = next((r.get("_median") for r in measured if r["impl"] == "reference"), None)
         for row in measured:
             median = row.pop("_median", None)
             if median is not None:
                 row["mfu"] = mfu(flops, row["images_per_s"], peak)
                 row["speedup_vs_reference"] = ref / median if ref else None
-            print(f"[step] {arch} {row['impl']}: {row.get('images_per_s', 0):.1f} img/s "
-                  f"({row['status']})", flush=True)
+            print(f"[step] {arch} {row['recipe']} {row['impl']}: "
+                  f"{row.get('images_per_s', 0):.1f} img/s ({row['status']})", flush=True)
         rows += measured
     bound = (f"about {seconds:g} s of timed calls (at most {iters})" if seconds is not None
              else f"{iters} timed calls")
     result = BenchmarkResult(
-        what="step", title="DINO training step: ours vs the reference recipe's step",
+        what="step", title="Training step: DINO (ours vs the reference recipe's step) and "
+        "DINOv2 on the same engine",
         machine=machine, baseline="reference step recreated in benchmarks/model/step.py, same run",
-        rows=rows, columns=["arch", "impl", "batch", "precision", "images_per_s",
+        rows=rows, columns=["arch", "recipe", "impl", "batch", "precision", "images_per_s",
                             "step_s_median_ms", "step_s_iqr_ms", "step_s_n", "mfu",
                             "peak_mem_mb", "speedup_vs_reference", "warmup_s", "status"],
         config={"shape": shape.__dict__, "patch": patch, "iters": iters, "seconds": seconds,
-                "warmup": warmup, "compile": compile, "peak": peak.source},
+                "warmup": warmup, "compile": compile, "recipes": list(recipes),
+                "peak": peak.source},
         notes=[f"Crops per image: {shape.n_global}x{shape.global_res} + "
                f"{shape.n_local}x{shape.local_res}, K={shape.out_dim}, synthetic inputs.",
                f"Per implementation: {warmup} warm-up calls, one probe call, then {bound}; "
@@ -180,9 +197,11 @@ def run_step_benchmark(device: str = "auto", archs: tuple[str, ...] | None = Non
                f"globals) against {peak.source}.",
                "peak_mem_mb: torch.cuda.max_memory_allocated during the measurement on a GPU "
                "(models, optimizer state and activations of that implementation alone); "
-               "peak resident set size of the process on the CPU."])
+               "peak resident set size of the process on the CPU.",
+               "speedup_vs_reference: against the DINO reference step (DINOv2 rows: what "
+               "the DINOv2 step costs relative to it, not a speedup of like for like)."])
     write_results(result, output_dir, PlotSpec(x="impl", panels=(("images/s", ("images_per_s",)),),
-                                                group=("arch",), kind="bar"))
+                                                group=("arch", "recipe"), kind="bar"))
     return result
 
 
@@ -197,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, help="timed calls (with --seconds: at most this many)")
     p.add_argument("--seconds", type=float, help="timed seconds per measurement (GPU default 5)")
     p.add_argument("--compile", action="store_true", help="add an ours+compile row")
+    p.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES),
+                   help="recipes to time (default: dino dinov2)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--quick", action="store_true", help="CPU-sized smoke run")
     p.add_argument("--output-dir", default="benchmarks/results")
@@ -204,13 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     r = run_step_benchmark(a.device, tuple(a.arch) if a.arch else None, a.patch_size,
                            a.batch_size, a.quick, a.iters, a.precision, a.output_dir,
                            argv=sys.argv if argv is None else ["dino-bench", "step", *argv],
-                           seconds=a.seconds, compile=a.compile)
+                           seconds=a.seconds, compile=a.compile, recipes=tuple(a.recipes))
     for row in r.rows:
         if row["status"] != "ok":
-            print(f"{row['arch']:10s} {row['impl']:12s} {row['status']}")
+            print(f"{row['arch']:10s} {row['recipe']:6s} {row['impl']:12s} {row['status']}")
             continue
         speedup = row["speedup_vs_reference"]
-        print(f"{row['arch']:10s} {row['impl']:12s} {row['images_per_s']:9.1f} img/s  "
+        print(f"{row['arch']:10s} {row['recipe']:6s} {row['impl']:12s} "
+              f"{row['images_per_s']:9.1f} img/s  "
               f"MFU {100 * row['mfu']:5.1f}%  peak {row['peak_mem_mb']:8.0f} MiB  "
               + (f"x{speedup:.2f} vs reference" if speedup else ""))
     return 0

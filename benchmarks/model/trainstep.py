@@ -1,10 +1,11 @@
-"""The DINO training step the benchmarks time: student + teacher, loss, AdamW, EMA.
+"""The training step the benchmarks time: student + teacher, losses, AdamW, EMA.
 
 ``build_train_step`` assembles the project's own step (``dino_core.train.step.TrainStep``:
 autocast, fused/foreach AdamW, foreach per-tensor clipping, foreach EMA, no host sync) around
-the DINO recipe as training builds it (``bench_recipe``: ``dino_core.recipes``, its one model
-assembly and its loss with ``impl="auto"``, the CUDA kernel on a GPU when it builds, else the
-fused torch implementation); ``TrainStep.loss_impl`` says which ran.
+a recipe as training builds it (``RECIPES``: dino, the default, or dinov2 with its masks;
+``dino_core.recipes``, its one model assembly and its losses with ``impl="auto"``, the CUDA
+kernel on a GPU when it builds, else the fused torch implementation); ``TrainStep.loss_impl``
+says which ran.
 ``patch`` and ``step`` time it on synthetic views; ``e2e`` feeds it batches from a loader.
 ``time_within`` is how ``patch`` and ``step`` bound a measurement's run time, and
 ``failure_status`` how they record a configuration that fails without stopping the sweep.
@@ -13,18 +14,20 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
 from dino_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from dino_core.recipes.dinov2_config import DINOv2Config
 from dino_core.recipes import build_recipe
 from dino_core.recipes.base import Recipe
 from dino_core.train.schedules import StepValues, teacher_temp_schedule
 from pipelines.batch import Batch
-from pipelines.spec import AugmentationSpec
+from pipelines.sampling.masks import draw_batch_masks
+from pipelines.spec import AugmentationSpec, MaskingSpec
 
 from ..harness.timing import Timing, synchronize, time_fn
 
@@ -64,15 +67,33 @@ class TrainStep:
     step_impl: str
 
 
+RECIPES = ("dino", "dinov2")  # what the step and e2e benchmarks time, DINO first
+
+
+def recipe_sections(recipe: str, patch: int) -> tuple[dict, MaskingSpec | None]:
+    """``recipe``'s ``TrainConfig`` fields besides model, data and loss, and the spec's
+    masking section: nothing for DINO; for DINOv2 its defaults (Sinkhorn-Knopp, one shared
+    head, dino/ibot/koleo) without the teacher-temperature warm-up (a benchmark is one
+    epoch's steady state) and DINOv2's masks at ``patch``."""
+    if recipe == "dino":
+        return {}, None
+    if recipe == "dinov2":
+        return ({"recipe": "dinov2", "dinov2": DINOv2Config(warmup_teacher_temp_epochs=0)},
+                MaskingSpec(patch_size=patch))
+    raise ValueError(f"no benchmark settings for recipe {recipe!r} (one of {RECIPES})")
+
+
 def bench_config(arch: str, patch: int, shape: StepShape, compile: bool = False,
-                 loss_impl: str = "auto") -> TrainConfig:
+                 loss_impl: str = "auto", recipe: str = "dino") -> TrainConfig:
     """The training config of a timed step: ``arch``/``patch``, ``shape``'s views and K, and
-    otherwise the training defaults (the DINO recipe, tau_t 0.04 without warm-up over 100
-    epochs, ``overwrite_logits`` on), with ``loss_impl``."""
+    otherwise the training defaults of ``recipe`` (DINO: tau_t 0.04 without warm-up over 100
+    epochs, ``overwrite_logits`` on, with ``loss_impl``; DINOv2: ``recipe_sections``)."""
+    sections, masking = recipe_sections(recipe, patch)
     return TrainConfig(model=ModelConfig(arch=arch, patch_size=patch, out_dim=shape.out_dim,
                                          compile=compile),
-                       data=DataConfig(aug=AugmentationSpec(local_crops=shape.n_local)),
-                       loss=LossConfig(impl=loss_impl))
+                       data=DataConfig(aug=AugmentationSpec(local_crops=shape.n_local,
+                                                            masking=masking)),
+                       loss=LossConfig(impl=loss_impl), **sections)
 
 
 def build_models(recipe: Recipe, patch: int, device: torch.device, img_size: int = 224
@@ -95,17 +116,23 @@ def steady_values(cfg: TrainConfig, recipe: Recipe, epoch: int
                                         teacher_temp=tau)
 
 
-def synthetic_batch(views: list[torch.Tensor]) -> Batch:
-    """Views (globals first) as a ``Batch`` (labels 0, sample ids 0..B-1)."""
+def synthetic_batch(views: list[torch.Tensor], spec: AugmentationSpec | None = None) -> Batch:
+    """Views (globals first) as a ``Batch`` (labels 0, sample ids 0..B-1), with the masks of
+    batch 0 of epoch 0 (seed 0, rank 0) when ``spec`` has a masking section: CPU, as the
+    loaders give them (``views``' sizes must match the spec's mask grid)."""
     b = views[0].shape[0]
+    masks = None
+    if spec is not None and spec.masking is not None:
+        masks = draw_batch_masks(spec, 0, 0, 0, 0, b)
     return Batch(views, torch.zeros(b, dtype=torch.long, device=views[0].device),
-                 torch.arange(b, device=views[0].device))
+                 torch.arange(b, device=views[0].device), masks)
 
 
 def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.device,
-                     precision: str = "auto", compile: bool = False
+                     precision: str = "auto", compile: bool = False, recipe: str = "dino"
                      ) -> tuple[TrainStep, list[torch.Tensor]]:
-    """Recipe, models, optimizer and step for ``arch``/``patch``; returns the step and its views.
+    """``recipe``, models, optimizer and step for ``arch``/``patch``; returns the step and its
+    views.
 
     The step is ``dino_core.train.step.TrainStep`` with ``epoch`` past the last-layer
     freeze, so every parameter is updated as in steady-state training.
@@ -114,15 +141,17 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     from dino_core.train.step import TrainStep as Step
     from dino_core.train.step import resolve_precision
 
-    cfg = bench_config(arch, patch, shape, compile)
-    recipe = build_recipe(cfg)
-    student, teacher = build_models(recipe, patch, device, shape.global_res)
+    cfg = bench_config(arch, patch, shape, compile, recipe=recipe)
+    method = build_recipe(cfg)
+    student, teacher = build_models(method, patch, device, shape.global_res)
     optimizer = build_optimizer(student, "adamw", device)
     precision = resolve_precision(precision, device)
-    step = Step(recipe, student, teacher, optimizer, device, precision)
+    step = Step(method, student, teacher, optimizer, device, precision)
     views = shape.synthetic_views(device)
-    fixed = synthetic_batch(views)
-    values = steady_values(cfg, recipe, step.freeze_last_layer)
+    spec = cfg.data.aug.with_overrides(global_views=tuple(
+        replace(v, size=shape.global_res) for v in cfg.data.aug.global_views))
+    fixed = synthetic_batch(views, spec)
+    values = steady_values(cfg, method, step.freeze_last_layer)
     counter = iter(range(1 << 62))
 
     def run(batch: Batch | None = None) -> torch.Tensor:
@@ -131,7 +160,7 @@ def build_train_step(arch: str, patch: int, shape: StepShape, device: torch.devi
     logits_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     step_impl = "dino_core.train.step.TrainStep" + (" + torch.compile" if compile else "")
     return TrainStep(run=run, student=student, teacher=teacher,
-                     loss_impl=recipe.describe(device, logits_dtype), step_impl=step_impl), views
+                     loss_impl=method.describe(device, logits_dtype), step_impl=step_impl), views
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,14 @@ from typing import Callable
 CHECKPOINT_HELP = """\
 checkpoints:
   CKPT may be this project's checkpoint (OUTPUT_DIR/checkpoint.pth of dino-train), an official
-  DINO checkpoint (student/teacher/dino_loss/args, args saved as a plain dict), or a
-  backbone-only weight file (as released, or written by dino-export), with or without
-  module./backbone. prefixes. The architecture is read from the weights; --arch/--patch-size
-  only assert it. Files that pickle Python objects (the reference's argparse.Namespace) are
-  refused; the error explains how to convert them once."""
+  DINO checkpoint (student/teacher/dino_loss/args, args saved as a plain dict), a
+  backbone-only weight file (as released, timm's, or written by dino-export; with or without
+  module./backbone. prefixes), a .pth or a .safetensors file, or a Hugging Face ViTModel
+  directory (config.json + model.safetensors, e.g. facebook/dino-vits16) or its
+  model.safetensors. The layout is detected from the tensors; a conversion that does not
+  place every tensor is an error. The architecture is read from the weights;
+  --arch/--patch-size only assert it. Files that pickle Python objects (the reference's
+  argparse.Namespace) are refused; the error explains how to convert them once."""
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -77,6 +77,7 @@ OPTION_KEYS = {
     "init_backbone": "init_backbone", "checkpoint_every_min": "checkpoint.every_minutes",
     "keep_epoch_checkpoints": "saveckp_freq", "recipe": "recipe", "parallel": "parallel",
     "activation_checkpointing": "activation_checkpointing", "grad_accum": "grad_accum",
+    "ffcv_fields": "data.ffcv_fields",
 }
 
 
@@ -91,11 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML config file, or the name of a shipped preset (quickstart, "
       "dinov2_vits14, dinov2_vits14_reg4, ... vitb14, vitl14)")
     a("--recipe", choices=tuple(RECIPES),
-      help="the method: dino (default; the paper's recipe, its settings under loss.*)")
+      help="the method: dino (default; the paper's recipe, its settings under loss.*) or "
+      "dinov2 (iBOT patch loss, KoLeo, Sinkhorn-Knopp; its settings under dinov2.*, its "
+      "masks under data.aug.masking)")
     a("--data", help="ImageFolder root (class folders), a .beton (ffcv) or a shard folder "
       "(dali); default: the embedded dataset")
     a("--backend", choices=tuple(BACKENDS),
       help="data pipeline: reference (PIL, CPU workers), dali (GPU decode + augment), ffcv")
+    a("--ffcv-fields", metavar="IMAGE,LABEL",
+      help="ffcv: the image and label fields of the .beton (default: the first RGB image "
+      "field and the first int field)")
     a("--arch", choices=("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"))
     a("--patch-size", type=int, help="ViT patch size (16, 14, 8, 5 ...)")
     a("--out-dim", type=int, help="K, prototypes of the DINO head (65536 in the paper)")

@@ -36,6 +36,19 @@ def infer_backbone(state: dict[str, torch.Tensor], source: str) -> tuple[str, in
     return arch, patch, grid * patch
 
 
+def module_order(backbone: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``backbone`` with its keys in the order of ``VisionTransformer.state_dict()`` (keys
+    the module lacks last, in their own order). For files without an order of their own: a
+    safetensors file sorts its names, and a layout that joins tensors (Hugging Face's q, k,
+    v) loses the order; in the module's, a backbone written again gives the same bytes."""
+    arch, patch, img_size = infer_backbone(backbone, source)
+    with torch.device("meta"):  # the key order only: no memory, no init
+        keys = build_vit(arch, patch, img_size=img_size,
+                         **options_from_state(backbone)).state_dict().keys()
+    rank = {k: i for i, k in enumerate(keys)}
+    return {k: backbone[k] for k in sorted(backbone, key=lambda k: rank.get(k, len(rank)))}
+
+
 def materialise(make: Callable[[], nn.Module], state: dict[str, torch.Tensor], what: str,
                 source: str) -> nn.Module:
     """``make()`` built on the meta device (no random init), then given ``state`` strictly.

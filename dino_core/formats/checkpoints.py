@@ -1,8 +1,11 @@
 """Weight files in, weight files out: this project's checkpoints, the official DINO ones,
-backbone-only files.
+backbone-only files, safetensors files and Hugging Face model directories.
 
-A file is a container around a state dict; three kinds of container are recognised by their
-content, never by their name:
+A path is read by its content, never by its name: a directory is a Hugging Face model
+directory (``hf.read_directory``: ``config.json`` checked, then its weights); a file that
+starts like a safetensors file is one (``safetensors_io``); anything else is a torch file.
+What comes out is a container around a state dict; three kinds of container are recognised
+by their content:
 
 - ``project``: a dino-train checkpoint (``teacher`` / ``student`` entries,
   ``config["model"]`` with ``arch`` / ``patch_size`` / ``out_dim``; layout in
@@ -15,7 +18,7 @@ content, never by their name:
 
 The state dict's layout is detected from its keys by the format registry (``registry.py``;
 the official DINO layout, ``dino.py``, is its first entry; DINOv2's, ``dinov2.py``, is tried
-before it) and converted to the canonical
+before it; then timm's, ``timm.py``, and Hugging Face's, ``hf.py``) and converted to the canonical
 layout; the architecture is read from the weights themselves (``canonical.py``). A declared
 architecture (the file's config, or the caller's ``arch``) that disagrees is one clear error
 naming both.
@@ -32,11 +35,13 @@ from pathlib import Path
 import torch
 
 from ..models import DINOHead, VisionTransformer
-from .canonical import head_from_state, infer_backbone, vit_from_state
+from .canonical import head_from_state, infer_backbone, module_order, vit_from_state
 from .dino import DINO
 from .dinov2 import DINOV2, has_dinov2_parts, release_interpolation
+from . import timm, hf, hf_dinov2  # registered after dino and dinov2, in this order
 from .files import CheckpointError, load_checkpoint, save_checkpoint
 from .registry import FORMATS, detect_format
+from .safetensors_io import is_safetensors, read_safetensors, write_safetensors
 from .sharded import is_sharded_checkpoint, read_entry, read_run_state
 
 # Old DINO releases named the small models after DeiT.
@@ -71,6 +76,16 @@ class ImportedCheckpoint:
 
 
 # ----------------------------------------------------------------------------- reading
+def load_weights(path: str | Path) -> dict:
+    """The dict a weight path holds, by its content (module docstring)."""
+    path = Path(path)
+    if path.is_dir():
+        return hf.read_directory(path)
+    if is_safetensors(path):
+        return read_safetensors(path)
+    return load_checkpoint(path)
+
+
 def _declared(obj: dict) -> tuple[str | None, int | None]:
     """The (arch, patch_size) a full checkpoint declares in its config / args, if any."""
     cfg = obj.get("config")
@@ -117,8 +132,8 @@ def read_checkpoint(path: str | Path, checkpoint_key: str = "teacher", arch: str
     source = str(path)
     if is_sharded_checkpoint(path):  # a folder of --parallel fsdp: only the entry asked for
         obj = {**read_run_state(path), checkpoint_key: read_entry(path, checkpoint_key)}
-    else:
-        obj = load_checkpoint(path)
+    else:  # a file, or a Hugging Face folder
+        obj = load_weights(path)
     center = None
     if checkpoint_key in obj and isinstance(obj[checkpoint_key], dict):
         state = obj[checkpoint_key]
@@ -135,13 +150,15 @@ def read_checkpoint(path: str | Path, checkpoint_key: str = "teacher", arch: str
         state, kind = obj, "backbone"
     fmt = detect_format(state, source)
     canonical = fmt.to_canonical(state, source)
-    found_arch, found_patch, _ = infer_backbone(canonical.backbone, source)
+    backbone = canonical.backbone
+    if is_safetensors(path):  # its names are sorted: take the module's order
+        backbone = module_order(backbone, source)
+    found_arch, found_patch, _ = infer_backbone(backbone, source)
     _check_arch(source, (found_arch, found_patch), _declared(obj), "its own config declares")
     _check_arch(source, (found_arch, found_patch), (arch, patch_size),
                 "the requested architecture (--arch / --patch-size) is")
-    return ImportedCheckpoint(source, kind, found_arch, found_patch, canonical.backbone,
-                              canonical.head, center, fmt.name,
-                              _interpolation(obj, canonical.backbone))
+    return ImportedCheckpoint(source, kind, found_arch, found_patch, backbone, canonical.head,
+                              center, fmt.name, _interpolation(obj, backbone))
 
 
 # ----------------------------------------------------------------------------- building
@@ -171,8 +188,12 @@ def export_backbone(checkpoint: str | Path, output: str | Path,
     ``auto`` (the default): the official layout of the backbone's family, whatever layout it
     was read in: ``dinov2`` for a backbone with DINOv2's parts (LayerScale, registers, mask
     token, SwiGLU), else ``dino``. ``dino``: a plain dict of tensors with bare ViT keys (as
-    the released ``dino_deitsmall16_pretrain.pth``), which the reference code and this
-    project both load strictly. ``dinov2``: the DINOv2 hub models' layout (``dinov2.py``).
+    the released ``dino_deitsmall16_pretrain.pth``), which the reference code, timm and this
+    project load strictly; ``timm``: the same keys. ``dinov2``: the DINOv2 hub models' layout
+    (``dinov2.py``). These are one file: a ``.pth`` torch file, or a safetensors file when
+    ``output`` ends in ``.safetensors``. ``hf``: a Hugging Face model directory
+    (``hf.write_directory``: ``ViTModel``; for a backbone with DINOv2's parts
+    ``hf_dinov2.write_directory``: ``Dinov2Model`` / ``Dinov2WithRegistersModel``).
     Tensors are written exactly as stored (no dtype change).
     """
     if layout != "auto" and layout not in FORMATS:
@@ -182,6 +203,13 @@ def export_backbone(checkpoint: str | Path, output: str | Path,
     build_backbone(ck)  # refuse to write a file that would not load strictly
     if layout == "auto":
         layout = DINOV2.name if has_dinov2_parts(ck.backbone) else DINO.name
+    elif layout == hf.HF.name and has_dinov2_parts(ck.backbone):
+        layout = hf_dinov2.HF_DINOV2.name  # Dinov2Model's names: ViTModel has no place for them
     fmt = FORMATS[layout]
-    save_checkpoint(fmt.from_canonical(ck.backbone), output)
+    if fmt.write is not None:
+        fmt.write(ck.backbone, Path(output))
+    elif str(output).endswith(".safetensors"):
+        write_safetensors(fmt.from_canonical(ck.backbone), output)
+    else:
+        save_checkpoint(fmt.from_canonical(ck.backbone), output)
     return ck

@@ -44,8 +44,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+    try:  # a file object: torch >= 2.13 would hand a path named *.safetensors to safetensors
+        with open(path, "rb") as f:
+            obj = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))  # the pickled class, e.g. argparse.Namespace
         if not found:  # not a pickle of objects: random bytes or another format

@@ -4,7 +4,7 @@ the canonical layout.
 The canonical layout is this project's ``VisionTransformer.state_dict()`` (bare keys
 ``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*``) and, for
 a head, ``DINOHead.state_dict()``. Every other layout a file may hold (the official DINO
-checkpoints' prefixes today; Hugging Face or timm names later) is a ``BackboneFormat``:
+checkpoints' prefixes; Hugging Face ``hf.py``; timm ``timm.py``) is a ``BackboneFormat``:
 ``detect`` says from the keys whether a state dict uses it, ``to_canonical`` converts it
 (placing every tensor, or failing with one clear error), ``from_canonical`` writes it.
 Readers (``checkpoints.read_checkpoint``) take the first registered format that detects
@@ -14,6 +14,7 @@ detects is one error naming what was found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -43,6 +44,9 @@ class BackboneFormat:
     detect(state) -> bool, from the keys only.
     to_canonical(state, source) -> Canonical; ``source`` names the file in errors.
     from_canonical(backbone) -> the layout's backbone state dict.
+    write(backbone, path): how ``export_backbone`` writes a canonical backbone when the
+        layout is more than one tensor file (Hugging Face: a directory with its config);
+        None: the ``from_canonical`` dict in one file (``.pth``, or ``.safetensors``).
     refines: the registered format whose states this one's are a special case of (DINOv2's
         keys are DINO's plus some), so that detection tries it first; None for most.
     """
@@ -52,6 +56,7 @@ class BackboneFormat:
     detect: Callable[[Mapping[str, object]], bool]
     to_canonical: Callable[[dict, str], Canonical]
     from_canonical: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    write: Callable[[dict[str, torch.Tensor], Path], None] | None = None
     refines: str | None = None
 
 

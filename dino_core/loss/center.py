@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .reference import accumulation_dtype
 
@@ -80,3 +81,27 @@ class CenterEMA:
         pending, self._pending = self._pending, None
         if pending is not None and pending.work is not None:
             pending.work.wait()  # the collective must still complete on every rank
+
+
+class PendingCenterHooks(nn.Module):
+    """Base of a module whose ``center`` buffer a ``CenterEMA`` (``self._center_ema``) updates
+    with a deferred all-reduce: a pending update is folded in before the state dict is saved
+    or the module is moved or recast, and dropped when a state dict is loaded (the loaded
+    center replaces it)."""
+
+    center: torch.Tensor
+    _center_ema: CenterEMA
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self._center_ema.apply(self.center)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        self._center_ema.discard()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._center_ema.apply(self.center)  # before .to()/.cuda()/.double()
+        return super()._apply(fn, *args, **kwargs)

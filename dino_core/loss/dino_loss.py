@@ -34,12 +34,11 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
 
 from pipelines.kernels.library import library_path
 
 from . import cuda as cuda_ext
-from .center import CenterEMA
+from .center import CenterEMA, PendingCenterHooks
 from .fused import fused_dino_loss, teacher_probs
 from .reference import reference_dino_loss
 
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 IMPLS = ("reference", "fused", "cuda", "auto")
 
 
-class DINOLoss(nn.Module):
+class DINOLoss(PendingCenterHooks):
     """DINO cross-entropy between teacher and student views, with the teacher center.
 
     Buffers: ``center [1, out_dim]`` (float32; saved in the state dict as ``center``).
@@ -191,17 +190,3 @@ class DINOLoss(nn.Module):
     def sync_center(self) -> None:
         """Fold a pending (distributed) center update into ``center`` now."""
         self._center_ema.apply(self.center)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.sync_center()
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        self._center_ema.discard()  # the loaded center replaces any update in flight
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def _apply(self, fn, *args, **kwargs):
-        self.sync_center()  # before .to()/.cuda()/.double() moves or recasts the buffer
-        return super()._apply(fn, *args, **kwargs)

@@ -2,7 +2,8 @@
 
 The registry maps a name (``TrainConfig.recipe``, ``dino-train --recipe``) to where its class
 lives; the class is imported when a run builds it, so the CLI and the config check read the
-names without importing any model. DINO (``dino.py``) is the first recipe.
+names without importing any model. DINO (``dino.py``) is the first recipe, DINOv2
+(``dinov2.py``, its config section in ``dinov2_config.py``) the second.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 RECIPES: dict[str, str] = {
     "dino": "dino_core.recipes.dino:DINORecipe",
+    "dinov2": "dino_core.recipes.dinov2:DINOv2Recipe",
 }
 
 

@@ -12,7 +12,7 @@ Config: ``model`` (backbone and head) and ``loss`` (this recipe's section).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from ..formats.files import CheckpointError
 from ..loss import DINOLoss
 from ..models import DINOHead, MultiCropWrapper, build_vit
 from .base import Recipe
+
+W = TypeVar("W", bound=nn.Module)  # a recipe's student/teacher wrapper
 
 if TYPE_CHECKING:
     from pipelines.batch import Batch
@@ -50,20 +52,29 @@ def build_models(model: ModelConfig, init_backbone: str | None = None,
                         bottleneck_dim=m.head_bottleneck_dim)
         return MultiCropWrapper(backbone, head)
 
-    student, teacher = make(m.drop_path_rate), make(0.0)
+    return student_and_teacher(make, m, init_backbone)
+
+
+def student_and_teacher(make: Callable[[float], W], model: ModelConfig,
+                        init_backbone: str | None) -> tuple[W, W]:
+    """``make(drop_path)`` twice: the student with ``model.drop_path_rate``, the teacher
+    without, its gradient-free copy; the student's backbone from the file ``init_backbone``
+    when given (heads stay fresh); both backbones compiled when ``model.compile``. Every
+    recipe's wrappers have a ``backbone``."""
+    student, teacher = make(model.drop_path_rate), make(0.0)
     if init_backbone:  # a start from released weights: the head is fresh
         from ..train.init_backbone import load_init_backbone, read_init_backbone
-        state = read_init_backbone(init_backbone, m.arch, m.patch_size)
+        state = read_init_backbone(init_backbone, model.arch, model.patch_size)
         load_init_backbone(student.backbone, state, init_backbone)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if m.compile:
+    if model.compile:
         compile_backbones(student, teacher)
     return student, teacher
 
 
-def compile_backbones(*wrappers: MultiCropWrapper) -> None:
+def compile_backbones(*wrappers: nn.Module) -> None:
     """``torch.compile`` each wrapper's backbone in place (``nn.Module.compile``: parameter
     names and checkpoints unchanged), with static shapes: the global and local crop sizes
     each get their own graph (a dynamic-shape graph would be slower for two fixed sizes)."""

@@ -2,8 +2,9 @@
 
 Accepts every file ``dino_core.formats.read_checkpoint`` reads: a released backbone
 (e.g. ``dino_deitsmall16_pretrain.pth``: bare keys ``cls_token``, ``pos_embed``,
-``patch_embed.proj.weight``, ``blocks.0.norm1.weight`` ...), what ``dino-export`` writes, or a
-full checkpoint of this project or of the reference code (its teacher backbone is taken).
+``patch_embed.proj.weight``, ``blocks.0.norm1.weight`` ...), timm's, what ``dino-export``
+writes (``.pth``, ``.safetensors``, a Hugging Face directory), a Hugging Face ``ViTModel``
+directory or its ``model.safetensors``, or a full checkpoint of this project or of the reference code (its teacher backbone is taken).
 The architecture is read from the tensor shapes; a file of another architecture or patch
 size than the run's is one clear error naming what the file holds.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..formats import read_checkpoint
+from ..formats import build_backbone, read_checkpoint
 from ..formats.canonical import options_from_state
 from ..formats.files import CheckpointError, load_state
 from ..models import VisionTransformer
@@ -39,10 +40,11 @@ def read_init_backbone(path: str | Path, arch: str, patch_size: int
                        ) -> dict[str, torch.Tensor]:
     """The backbone tensors of ``path`` (bare ViT keys), checked against ``arch/patch_size``."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a file, or a Hugging Face model directory
         raise CheckpointError(f"--init-backbone file not found: {path}")
     try:
         ck = read_checkpoint(path, "teacher")
+        build_backbone(ck)  # every tensor of the ViT present, or one error now (no copy)
     except CheckpointError as e:
         raise CheckpointError(f"--init-backbone: {e}") from None
     if (ck.arch, ck.patch_size) != (arch, patch_size):

@@ -61,6 +61,16 @@ def resolve_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return path, (root if has_split else None)
 
 
+def backend_options(cfg: TrainConfig) -> dict:
+    """The data backend's own options the config sets (``build_loader``'s keywords)."""
+    if cfg.data.ffcv_fields is None:
+        return {}
+    if cfg.data.backend != "ffcv":
+        raise ValueError(f"--ffcv-fields / data.ffcv_fields is for --backend ffcv, not "
+                         f"{cfg.data.backend}")
+    return {"fields": cfg.data.ffcv_fields}
+
+
 @dataclass
 class Run:
     """Everything a training run holds."""
@@ -156,7 +166,8 @@ def build_run(cfg: TrainConfig, resume_from: str | None = None) -> Run:
     data, knn_root = resolve_data(cfg)
     loader = build_loader(data, backend=cfg.data.backend, batch_size=cfg.data.batch_size,
                           spec=cfg.data.aug, device=device, num_workers=cfg.data.num_workers,
-                          seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+                          seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+                          **backend_options(cfg))
     iters = len(loader)  # >= 1: build_loader refuses data that gives no batch
     if cfg.max_iters_per_epoch:
         iters = min(iters, cfg.max_iters_per_epoch)

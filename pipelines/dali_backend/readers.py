@@ -8,6 +8,8 @@ Two layouts, one interface (``read(i) -> (uint8 bytes [n], label)``, ``describe(
   through ``mmap`` at the offsets of their DALI index files (never extracted; member names
   are never used as paths). ``manifest.json`` must be there (it is written last), and every
   shard must have the size and sample count the manifest records.
+- ``stock_shards.StockShardDataset``: webdataset shards written by other tools (no
+  manifest), indexed once.
 
 The loader decides the order (a whole-dataset permutation per epoch, sharded by global
 rank) and feeds the bytes to the DALI graph; see ``loader.py``.
@@ -146,10 +148,15 @@ class ShardDataset:
 
 
 def open_dataset(data: str | Path, verify_images: bool = False) -> FolderDataset | ShardDataset:
-    """A converted shard folder (has ``manifest.json``) or an ImageFolder tree."""
+    """A converted shard folder (has ``manifest.json``), a folder of stock webdataset
+    shards (``stock_shards.py``), or an ImageFolder tree. A folder of shards whose
+    conversion did not finish (``*.shard.json`` markers, no manifest) is refused."""
     path = Path(data)
     if not path.exists():
         raise DatasetError(f"dataset path does not exist: {path}")
-    if (path / "manifest.json").is_file() or any(path.glob("*.tar")):
+    if (path / "manifest.json").is_file() or any(path.glob("*.shard.json")):
         return ShardDataset(path)
+    if any(path.glob("*.tar")):
+        from .stock_shards import StockShardDataset
+        return StockShardDataset(path)
     return FolderDataset(path, verify=verify_images)

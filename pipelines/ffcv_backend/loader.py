@@ -36,7 +36,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from ffcv.fields import IntField, RGBImageField
 from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader
 from ffcv.pipeline import PipelineSpec
@@ -45,7 +44,6 @@ from ffcv.traversal_order.base import TraversalOrder
 
 from ..copy_stream import CopyStream
 from ..folder import DatasetError
-from ..formats.manifest import Manifest
 from ..order import EpochPlan, PlanFor
 from ..photometric.finish import IMPLS, finish_many
 from ..sampling.param_row import WIDTH
@@ -54,13 +52,11 @@ from . import reader_fix
 from .decode_once import DECODE_FAILED, MultiCropDecoder
 from .outputs import KEEP, RecycledOutputs
 from .slots import GuardedLoader, Retired, SlotGuard
+from .source import BetonSource, open_beton
 
 log = logging.getLogger(__name__)
 
 reader_fix.apply()  # before any FFCV Loader exists: see reader_fix.py
-
-IMAGE_FIELD, LABEL_FIELD = "image", "label"
-
 
 @dataclass(frozen=True)
 class FFCVOptions:
@@ -83,6 +79,8 @@ class FFCVOptions:
         "auto": compiled on the CPU, device on a GPU.
     finish_impl: ``finish_many``'s implementation for "device" ("auto", "cuda",
         "cpu_kernel" or "torch"; see ``pipelines.photometric.finish``).
+    fields: "IMAGE,LABEL", the names of the image and label fields to read (``source.py``);
+        None: the file's first RGB image field and first int field.
     recycle_outputs: "compiled" only: copy each batch's finished views into a previous
         batch's tensors once nothing references them any more (``outputs.py``; saves
         mapping fresh pages every batch); False: a fresh tensor per batch.
@@ -92,6 +90,7 @@ class FFCVOptions:
     finish_impl: str = "auto"
     os_cache: bool = True
     batches_ahead: int = 2
+    fields: str | None = None
     recycle_outputs: bool = True
 
 
@@ -115,44 +114,6 @@ class RankSliceOrder(TraversalOrder):
         return self.plan.order(epoch)[self.first_sample:]
 
 
-def resolve_beton(data: str | Path) -> tuple[Path, Manifest]:
-    """The .beton behind ``data`` (the file, or a folder holding one) and its manifest."""
-    path = Path(data)
-    if not path.exists():
-        raise DatasetError(f"FFCV dataset not found: {path}")
-    if path.is_dir():
-        betons = sorted(path.glob("*.beton"))
-        if len(betons) != 1:
-            raise DatasetError(f"{path} must hold exactly one .beton file, found "
-                               f"{len(betons)} (convert with: dino-convert --format ffcv)")
-        path = betons[0]
-    elif path.suffix != ".beton":
-        raise DatasetError(f"{path} is not a .beton file (convert with: dino-convert "
-                           "--format ffcv)")
-    try:
-        manifest = Manifest.load(path.with_name("manifest.json"))
-    except (FileNotFoundError, ValueError) as e:
-        raise DatasetError(str(e)) from None
-    if manifest.format != "ffcv" or path.name not in {s.get("name") for s in manifest.shards}:
-        raise DatasetError(f"{path.with_name('manifest.json')} does not describe {path.name} "
-                           "(a conversion that did not finish, or another dataset)")
-    return path, manifest
-
-
-def _check_fields(path: Path) -> int:
-    """Number of samples, after checking the file holds an image and a label field."""
-    try:
-        reader = Reader(str(path))
-    except Exception as e:  # a truncated or foreign file fails in many ways inside FFCV
-        raise DatasetError(f"{path} is not a readable .beton ({type(e).__name__}: {e})") from None
-    fields = reader.handlers
-    if not (isinstance(fields.get(IMAGE_FIELD), RGBImageField)
-            and isinstance(fields.get(LABEL_FIELD), IntField)):
-        raise DatasetError(f"{path} must have fields '{IMAGE_FIELD}' (RGB image) and "
-                           f"'{LABEL_FIELD}' (int); it has {sorted(fields)}")
-    return int(reader.num_samples)
-
-
 class FFCVMultiCropLoader:
     """The FFCV executor, a ``pipelines.loader.Backend``.
 
@@ -163,12 +124,12 @@ class FFCVMultiCropLoader:
     reused buffers).
     """
 
-    def __init__(self, path: Path, manifest: Manifest, spec: AugmentationSpec,
-                 device: torch.device, num_workers: int, plan_for: PlanFor,
-                 options: FFCVOptions) -> None:
+    def __init__(self, source: BetonSource, spec: AugmentationSpec, device: torch.device,
+                 num_workers: int, plan_for: PlanFor, options: FFCVOptions) -> None:
+        path = source.path
         self.path, self.spec, self.device = path, spec, device
-        self.classes = list(manifest.classes)
-        self.plan: EpochPlan = plan_for(_check_fields(path))
+        self.classes = list(source.classes)
+        self.plan: EpochPlan = plan_for(source.num_samples)
         self.order = RankSliceOrder(self.plan)
         self.compiled = options.photometric == "compiled" or (
             options.photometric == "auto" and device.type == "cpu")
@@ -182,14 +143,16 @@ class FFCVMultiCropLoader:
                                         else 0)
         self.decoder = MultiCropDecoder(spec, self.plan.seed, self.plan.rank,
                                         finish=self.compiled)
+        image, label = source.image_field, source.label_field
+        pipelines = {name: None for name in source.all_fields}  # other fields: not read
+        pipelines[image] = PipelineSpec(image, decoder=self.decoder)
+        pipelines[label] = PipelineSpec(label, decoder=IntDecoder())
         self._loader = GuardedLoader(
             str(path), batch_size=self.plan.batch_size, num_workers=num_workers,
             os_cache=options.os_cache, order=self.order, drop_last=self.plan.drop_last,
-            batches_ahead=options.batches_ahead,
-            pipelines={IMAGE_FIELD: PipelineSpec(IMAGE_FIELD, decoder=self.decoder),
-                       LABEL_FIELD: PipelineSpec(LABEL_FIELD, decoder=IntDecoder())})
+            batches_ahead=options.batches_ahead, pipelines=pipelines)
         outputs = list(self._loader.pipeline_specs)
-        self._image_at, self._label_at = outputs.index(IMAGE_FIELD), outputs.index(LABEL_FIELD)
+        self._image_at, self._label_at = outputs.index(image), outputs.index(label)
         self._dtype = getattr(torch, spec.output_dtype)
         self._running: Retired | None = None  # the epoch being iterated
         self._retired: Retired | None = None  # the last one, until its copies are done
@@ -306,7 +269,7 @@ class FFCVMultiCropLoader:
 
 def build_ffcv_loader(data: str | Path, spec: AugmentationSpec, device: str | torch.device,
                       num_workers: int, plan_for: PlanFor, **opts) -> FFCVMultiCropLoader:
-    """The FFCV executor over a converted dataset (a .beton, or its folder).
+    """The FFCV executor over a .beton (converted or stock; ``source.py``), or its folder.
 
     opts: the fields of ``FFCVOptions``.
     """
@@ -326,6 +289,5 @@ def build_ffcv_loader(data: str | Path, spec: AugmentationSpec, device: str | to
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device} requested but CUDA is not available")
-    path, manifest = resolve_beton(data)
-    return FFCVMultiCropLoader(path, manifest, spec, device, max(1, num_workers), plan_for,
-                               options)
+    source = open_beton(data, options.fields)
+    return FFCVMultiCropLoader(source, spec, device, max(1, num_workers), plan_for, options)

@@ -9,6 +9,9 @@
                        (the DALI feed and the FFCV op use it; needs numba)
     param_row.py       ``ViewParams`` <-> one float64 row, the layout compiled code and the
                        photometric kernels read
+    masks.py           block-wise patch masks of a batch's global views (iBOT / DINOv2),
+                       drawn per batch by the loader wrapper from ``mask_key(seed, rank,
+                       epoch, batch)``
 
 How the drawn parameters are applied lives in ``pipelines.photometric``.
 """

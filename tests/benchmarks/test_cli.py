@@ -97,17 +97,20 @@ def test_pipeline_embedded_photos_are_labelled(tmp_path, monkeypatch):
     assert "NOT ImageNet-like" in md and "These figures do not count" in md
 
 
-@pytest.mark.parametrize("engine,steps,images", [("trainer", 3, 6), ("loop", 2, 4)])
-def test_e2e_quick(tmp_path, folder, engine, steps, images):
+@pytest.mark.parametrize("engine,steps,images,recipes", [("trainer", 3, 6, ["dino"]),
+                                                        ("loop", 2, 4, ["dino", "dinov2"])])
+def test_e2e_quick(tmp_path, folder, engine, steps, images, recipes):
     rc = cli.main(["e2e", *QUICK, "--data", str(folder), "--steps", "2", "--warmup-steps", "1",
                    "--batch-size", "2", "--workers", "0", "--engine", engine,
-                   "--output-dir", str(tmp_path)])
+                   "--recipes", *recipes, "--output-dir", str(tmp_path)])
     assert rc == 0
     rows, _ = _rows(tmp_path, "e2e")
-    (row,) = rows
-    assert row["status"] == "ok" and row["backend"] == "reference"
-    assert row["steps"] == steps and row["images"] == images  # the trainer counts warm-up
-    assert 0.0 <= row["data_wait_share"] <= 1.0 and row["images_per_s"] > 0
+    assert [r["recipe"] for r in rows] == recipes  # one backend each: the reference
+    for row in rows:
+        assert row["status"] == "ok" and row["backend"] == "reference"
+        assert row["steps"] == steps and row["images"] == images  # the trainer counts warm-up
+        assert 0.0 <= row["data_wait_share"] <= 1.0 and row["images_per_s"] > 0
+        assert row["speedup"] == 1.0
 
 
 def test_loss_and_step_are_wired_to_their_modules(tmp_path, monkeypatch):
@@ -148,7 +151,8 @@ def test_bad_arguments(capsys):
 
 def test_e2e_trainer_stopped_by_seconds(tmp_path, folder):
     rc = cli.main(["e2e", *QUICK, "--data", str(folder), "--seconds", "1", "--batch-size", "2",
-                   "--workers", "0", "--time-budget", "240", "--output-dir", str(tmp_path)])
+                   "--workers", "0", "--time-budget", "240", "--recipes", "dino",
+                   "--output-dir", str(tmp_path)])
     assert rc == 0
     (row,) = _rows(tmp_path, "e2e")[0]
     assert row["status"] == "ok" and row["engine"] == "dino_core.train.loop.train"

@@ -13,7 +13,7 @@ PRESETS = {f"dinov2_vit{s}14{r}": (arch, 4 if r else 0)
 
 
 def load_preset(name, overrides=()):
-    """The preset as shipped: it loads under whichever recipe it names (none yet: dino)."""
+    """The preset as shipped, under the recipe it names (dinov2)."""
     return load_config(PRESETS_DIR / f"{name}.yaml", list(overrides))
 
 
@@ -22,6 +22,8 @@ def test_dinov2_presets_load_with_dinov2s_settings(name):
     arch, registers = PRESETS[name]
     c = load_preset(name)
     m, o = c.model, c.optim
+    assert c.recipe == "dinov2" and c.data.aug.masking.patch_size == 14
+    assert load_preset(name, ["recipe=dino"]).recipe == "dino"  # DINO on DINOv2's sections
     assert (m.arch, m.patch_size, m.img_size, m.register_tokens) == (arch, 14, 518, registers)
     assert (m.layerscale, m.ffn_layer, m.drop_path_uniform) == (1e-5, "mlp", True)
     assert (m.interpolate_offset, m.interpolate_antialias) == ((0.0, True) if registers

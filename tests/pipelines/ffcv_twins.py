@@ -64,13 +64,15 @@ def convert_folder(folder: Path, dst: Path, mode: str) -> Path:
     return dst / "train.beton"
 
 
-def stored_images(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each sample's pixels, decoded ONCE with FFCV's own decoder (or raw), and the labels."""
+def stored_images(path: Path, image: str = "image", label: str = "label"
+                  ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each sample's pixels, decoded ONCE with FFCV's own decoder (or raw), and the labels
+    (the fields named ``image`` and ``label``)."""
     reader = Reader(str(path))
     sizes = {int(r["ptr"]): int(r["size"]) for r in reader.alloc_table}
     data = np.frombuffer(path.read_bytes(), np.uint8)
     images = []
-    for field in reader.metadata["f0"]:
+    for field in reader.metadata[f"f{reader.field_names.index(image)}"]:
         ptr, h, w = int(field["data_ptr"]), int(field["height"]), int(field["width"])
         payload = data[ptr:ptr + sizes[ptr]]
         if field["mode"] == 0:
@@ -79,7 +81,8 @@ def stored_images(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
             images.append(out.reshape(h, w, 3))
         else:
             images.append(payload.reshape(h, w, 3))
-    return images, np.asarray(reader.metadata["f1"], dtype=np.int64)
+    return images, np.asarray(reader.metadata[f"f{reader.field_names.index(label)}"],
+                              dtype=np.int64)
 
 
 def reference_params(spec: AugmentationSpec, image: np.ndarray, seed: int, rank: int,

@@ -334,7 +334,7 @@ def test_clear_errors(tmp_path, jpg):
     with pytest.raises(DatasetError, match="not found"):
         build_loader(tmp_path / "missing", backend="ffcv")
     (tmp_path / "x.beton").write_bytes(b"not a beton")
-    with pytest.raises(DatasetError, match="manifest"):
+    with pytest.raises(DatasetError, match="x.beton is not a readable .beton"):
         build_loader(tmp_path / "x.beton", backend="ffcv")
     with pytest.raises(TypeError, match="unknown ffcv backend option"):
         build_loader(jpg, backend="ffcv", colour="blue")

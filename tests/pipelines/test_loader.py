@@ -3,8 +3,9 @@
 - The three backends over the same small dataset (the reference over the ImageFolder, DALI
   on the CPU over its ``dino-convert --format wds`` shards, FFCV on the CPU over its
   ``dino-convert --format ffcv`` .beton) yield the same sample ids in the same order, with
-  the same labels, for the same seed, epoch, rank and world size, from batch 0 and from a
-  mid-epoch first batch: the plan's order (``pipelines.order``).
+  the same labels and the same block masks (``spec.masking``), for the same seed, epoch,
+  rank and world size, from batch 0 and from a mid-epoch first batch: the plan's order
+  (``pipelines.order``), the batch's mask stream (``pipelines.sampling.masks``).
 - The wrapper's own rules, with a stand-in backend: the batch count, the first-batch range,
   an error for a backend that yields other samples than the plan, ends early or runs long.
 """
@@ -20,10 +21,13 @@ from pipelines.convert.cli import main as dino_convert
 from pipelines.folder import DatasetError
 from pipelines.loader import MultiCropLoader, build_loader
 from pipelines.order import EpochPlan, epoch_order
+from pipelines.sampling.masks import draw_batch_masks
+from pipelines.spec import MaskingSpec
 from tests.dino_core.train.train_helpers import TINY_AUG
 from tests.pipelines.images import write_image_folder
 
 SPEC = load_config(None, TINY_AUG).data.aug
+MASKED = SPEC.with_overrides(masking=MaskingSpec(patch_size=4))  # 8 x 8 grids
 SEED, RANK, WORLD, BATCH = 5, 1, 2, 2
 
 
@@ -49,8 +53,11 @@ def _ids_and_labels(loader, epoch, first=0):
     batches = list(loader)
     assert all(isinstance(b, Batch) and b.sample_ids.dtype == torch.int64
                and b.sample_ids.device.type == "cpu" for b in batches)
+    assert all(b.masks.dtype == torch.bool and b.masks.shape == (2 * BATCH, 8, 8)
+               for b in batches)
     return (torch.cat([b.sample_ids for b in batches]).tolist(),
-            torch.cat([b.labels for b in batches]).tolist())
+            torch.cat([b.labels for b in batches]).tolist(),
+            torch.cat([b.masks for b in batches]).tolist())
 
 
 @pytest.mark.parametrize("backend", ["dali", "ffcv"])
@@ -59,7 +66,7 @@ def test_every_backend_reads_the_same_samples_in_the_same_order(datasets, backen
         pytest.fail(f"backend {backend} is not installed here")
     got = {}
     for name in ("reference", backend):
-        loader = build_loader(datasets[name], backend=name, batch_size=BATCH, spec=SPEC,
+        loader = build_loader(datasets[name], backend=name, batch_size=BATCH, spec=MASKED,
                               num_workers=1, seed=SEED, rank=RANK, world_size=WORLD)
         try:
             assert len(loader) == 3 and loader.num_samples == 11
@@ -68,10 +75,13 @@ def test_every_backend_reads_the_same_samples_in_the_same_order(datasets, backen
         finally:
             loader.close()
     assert got[backend] == got["reference"]
-    (ids0, _), (ids3, _), (tail, _) = got["reference"]
+    (ids0, _, masks0), (ids3, _, masks3), (tail, _, tail_masks) = got["reference"]
     assert ids0 == epoch_order(11, SEED, 0, RANK, WORLD).tolist()
     assert ids3 == epoch_order(11, SEED, 3, RANK, WORLD).tolist() != ids0
     assert tail == ids3[BATCH:]  # the resumed epoch: batches 1.. of the same order
+    assert tail_masks == masks3[2 * BATCH:]  # ... with their masks
+    want = torch.cat([draw_batch_masks(MASKED, SEED, RANK, 0, t, BATCH) for t in range(3)])
+    assert masks0 == want.tolist() and torch.tensor(masks0).any()
 
 
 # ------------------------------------------------------------------------------ the wrapper
@@ -156,3 +166,16 @@ def test_closing_the_wrapper_closes_the_backend():
         pass
     assert backend.closed
     assert np.array_equal(loader.plan.order(1), epoch_order(10, 0, 1, 0, 1))
+
+
+def test_the_wrapper_draws_each_batchs_masks_from_its_index_only_when_asked():
+    loader, _ = _wrapped(drop_last=False)
+    loader.set_epoch(1)
+    assert all(b.masks is None for b in loader)  # no masking section: DINO's batches
+    backend = StandIn(EpochPlan(num_samples=10, batch_size=3, seed=4, rank=1, world_size=2,
+                                drop_last=False))
+    masked = MultiCropLoader(backend, "data", "stand-in", MASKED)
+    masked.set_epoch(1, first_batch=1)
+    got = [b.masks for b in masked]
+    assert [m.shape[0] for m in got] == [2 * 2]  # batch 1 of 5 samples per rank: 2 of them
+    assert torch.equal(got[0], draw_batch_masks(MASKED, 4, 1, 1, 1, 2))

@@ -20,7 +20,9 @@ import os
 import sys
 import threading
 
-WATCHDOG_S = 150.0
+# a hang guard, not a speed check: numba compiles the op in the first epoch (90 s was seen
+# at load 10 on 2 cores)
+WATCHDOG_S = 300.0
 
 
 def _epoch(data: str) -> dict:

@@ -1,5 +1,5 @@
-"""dino-bench step / patch on the CPU: bounded timing, and one failing configuration
-recorded in its row while the rest still runs. No timing is asserted."""
+"""dino-bench step / patch on the CPU: bounded timing, both recipes' rows, and one failing
+configuration recorded in its row while the rest still runs. No timing is asserted."""
 import time
 
 import pytest
@@ -35,18 +35,21 @@ def test_failure_status_names_the_part_and_the_reason():
 
 def test_step_quick_rows_and_a_failing_implementation(tmp_path, monkeypatch):
     r = step_bench.run_step_benchmark("cpu", quick=True, iters=2, output_dir=str(tmp_path))
-    ref, ours = r.rows
-    assert (ref["impl"], ours["impl"]) == ("reference", "ours")
+    ref, ours, v2 = r.rows
+    assert [(x["recipe"], x["impl"]) for x in r.rows] == [
+        ("dino", "reference"), ("dino", "ours"), ("dinov2", "ours")]
     for row in r.rows:
         assert row["status"] == "ok" and row["images_per_s"] > 0 and row["mfu"] > 0
         assert row["peak_mem_mb"] > 0 and row["step_s_n"] == 2
     assert ref["speedup_vs_reference"] == 1.0 and ours["speedup_vs_reference"] > 0
+    assert v2["loss_impl"].startswith("DINOv2 (sinkhorn_knopp): dino fused, ibot fused")
 
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")
 
     monkeypatch.setattr(step_bench, "build_train_step", broken)
-    r = step_bench.run_step_benchmark("cpu", quick=True, iters=1, output_dir=str(tmp_path))
+    r = step_bench.run_step_benchmark("cpu", quick=True, iters=1, output_dir=str(tmp_path),
+                                      recipes=("dino",))
     ref, ours = r.rows
     assert ref["status"] == "ok" and ref["images_per_s"] > 0
     assert ours["status"] == "ours: RuntimeError: no kernel image is available for execution " \

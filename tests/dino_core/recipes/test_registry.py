@@ -1,4 +1,5 @@
-"""Recipes by name: dino is registered and the default; other names are one clear error."""
+"""Recipes by name: dino is registered and the default, dinov2 the second; other names are
+one clear error."""
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_dino_is_registered_and_the_default():
-    assert list(RECIPES) == ["dino"] and recipe_class("dino") is DINORecipe
+    assert list(RECIPES) == ["dino", "dinov2"] and recipe_class("dino") is DINORecipe
     cfg = load_config(None, ["model.out_dim=64"])
     assert cfg.recipe == "dino" and isinstance(build_recipe(cfg), DINORecipe)
 

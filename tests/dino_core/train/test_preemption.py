@@ -6,6 +6,9 @@ resumed, ends bit-identical to the uninterrupted one (same process count and thr
 - torchrun, two ranks on 127.0.0.1, SIGTERM to rank 1 only: both stop at the same step;
 - in-process, for the reference, DALI (CPU) and FFCV loaders;
 - a truncated or corrupt latest checkpoint is refused in one line, the previous one used.
+
+Each recipe: DINO, and DINOv2 (EMA centers, masks from the loader) in-process in the default
+suite and after kill -9 / SIGTERM of the CLI with --runslow (subprocess runs are the cost).
 """
 import importlib.util
 import os
@@ -21,13 +24,15 @@ from dino_core.formats.files import load_checkpoint
 from dino_core.train.preemption import EXIT_PREEMPTED, Preempted
 from dino_core.train.loop import train
 from tests.dino_core.parallel.test_distributed_run import free_port
-from tests.dino_core.train.train_helpers import tiny_config, tiny_overrides
+from tests.dino_core.train.train_helpers import TINY_DINOV2, tiny_config, tiny_overrides
 from tests.pipelines.images import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 # 2 epochs of 3 steps; a checkpoint every 2 steps: (epoch 0, batch 2), end of 0, (1, 1), end
 EVERY = ["checkpoint.every_steps=2"]
+RECIPE_SETS = {"dino": [], "dinov2": TINY_DINOV2 + ["dinov2.centering=ema"]}
+BY_RECIPE = [pytest.param("dino"), pytest.param("dinov2", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,10 @@ def assert_same_run(a: dict, b: dict) -> None:
         assert a[key].keys() == b[key].keys()
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs from the uninterrupted"
-    assert torch.equal(a["dino_loss"]["center"], b["dino_loss"]["center"])
+    entry = "dinov2" if a["config"]["recipe"] == "dinov2" else "dino_loss"  # the recipe's own
+    assert a[entry].keys() == b[entry].keys()
+    for k in a[entry]:
+        assert torch.equal(a[entry][k], b[entry][k]), f"{entry}.{k} differs"
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys()
     for i in sa:
@@ -64,34 +72,44 @@ def assert_same_run(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref")
-    r = _cli(_sets(data, out))
-    assert r.returncode == 0, r.stdout + r.stderr
-    return load_checkpoint(out / "checkpoint.pth")
+    """recipe -> the uninterrupted run's last checkpoint (run once per recipe)."""
+    runs = {}
+
+    def run(recipe: str) -> dict:
+        if recipe not in runs:
+            out = tmp_path_factory.mktemp(f"ref-{recipe}")
+            r = _cli(_sets(data, out, extra=RECIPE_SETS[recipe]))
+            assert r.returncode == 0, r.stdout + r.stderr
+            runs[recipe] = load_checkpoint(out / "checkpoint.pth")
+        return runs[recipe]
+    return run
 
 
-def test_kill_9_after_a_mid_epoch_checkpoint_then_resume(data, tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    r = _cli(_sets(data, out), worker=["kill", "1"])
+@pytest.mark.parametrize("recipe", BY_RECIPE)
+def test_kill_9_after_a_mid_epoch_checkpoint_then_resume(data, tmp_path, uninterrupted, recipe):
+    out, extra = tmp_path / "run", RECIPE_SETS[recipe]
+    r = _cli(_sets(data, out, extra=extra), worker=["kill", "1"])
     assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
     mid = load_checkpoint(out / "checkpoint.pth")
     assert (mid["epoch"], mid["epoch_batches"], mid["iteration"]) == (0, 2, 2)
-    r = _cli(_sets(data, out))
+    r = _cli(_sets(data, out, extra=extra))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "after epoch 0 and 2 batches" in r.stderr
-    assert_same_run(load_checkpoint(out / "checkpoint.pth"), uninterrupted)
+    assert_same_run(load_checkpoint(out / "checkpoint.pth"), uninterrupted(recipe))
 
 
-def test_sigterm_mid_epoch_checkpoints_exits_143_then_resume(data, tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    r = _cli(_sets(data, out), worker=["term", "3"])  # during epoch 1's first step
+@pytest.mark.parametrize("recipe", BY_RECIPE)
+def test_sigterm_mid_epoch_checkpoints_exits_143_then_resume(data, tmp_path, uninterrupted,
+                                                             recipe):
+    out, extra = tmp_path / "run", RECIPE_SETS[recipe]
+    r = _cli(_sets(data, out, extra=extra), worker=["term", "3"])  # during epoch 1's 1st step
     assert r.returncode == EXIT_PREEMPTED == 143, r.stdout + r.stderr
     assert "stopped on SIGTERM inside epoch 1 after 1 of 3 batches" in r.stderr
     mid = load_checkpoint(out / "checkpoint.pth")
     assert (mid["epoch"], mid["epoch_batches"], mid["iteration"]) == (1, 1, 4)
-    r = _cli(_sets(data, out))
+    r = _cli(_sets(data, out, extra=extra))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert_same_run(load_checkpoint(out / "checkpoint.pth"), uninterrupted)
+    assert_same_run(load_checkpoint(out / "checkpoint.pth"), uninterrupted(recipe))
 
 
 def _torchrun(out, data, worker=None, env=ENV, extra=()):
@@ -146,15 +164,17 @@ def _backend_data(backend, data, tmp_path_factory):
     return data
 
 
-@pytest.mark.parametrize("backend", ["reference", "dali", "ffcv"])
-def test_in_process_preemption_is_exact_for_every_loader(backend, data, tmp_path,
+@pytest.mark.parametrize("backend, recipe", [("reference", "dino"), ("dali", "dino"),
+                                             ("ffcv", "dino"), ("reference", "dinov2")])
+def test_in_process_preemption_is_exact_for_every_loader(backend, recipe, data, tmp_path,
                                                          tmp_path_factory, monkeypatch):
     module = {"reference": "PIL", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend]
     if importlib.util.find_spec(module) is None:
         pytest.fail(f"{module} is not installed: the {backend} loader cannot be checked")
     src = _backend_data(backend, data, tmp_path_factory)
     workers = 0 if backend == "reference" else 1  # in-process: no worker processes to start
-    extra = [f"data.backend={backend}", f"data.num_workers={workers}", "saveckp_freq=1", *EVERY]
+    extra = [f"data.backend={backend}", f"data.num_workers={workers}", "saveckp_freq=1", *EVERY,
+             *RECIPE_SETS[recipe]]
     cfg = lambda out: tiny_config(src, out, epochs=2, batch=2, iters=3, extra=extra)
     train(cfg(tmp_path / "ref"))
     out = tmp_path / "run"

@@ -129,7 +129,7 @@ def test_proportion_mode_mixes_jpeg_and_raw(folder, tmp_path):
 
 def test_interrupted_conversion_leaves_nothing_a_reader_accepts(folder, converted, tmp_path,
                                                                monkeypatch):
-    from pipelines.ffcv_backend.loader import resolve_beton
+    from pipelines.ffcv_backend.source import open_beton
 
     dst = tmp_path / "dst"
     beton.convert(_cfg(folder, dst))
@@ -143,11 +143,11 @@ def test_interrupted_conversion_leaves_nothing_a_reader_accepts(folder, converte
     with pytest.raises(KeyboardInterrupt):
         beton.convert(_cfg(folder, dst, jpeg_quality=80))
     with pytest.raises(DatasetError):
-        resolve_beton(dst)
+        open_beton(dst)
     monkeypatch.setattr(beton, "write_beton", real_write)
     manifest = beton.convert(_cfg(folder, dst, jpeg_quality=80))
     assert manifest.num_samples == converted[1].num_samples
-    assert resolve_beton(dst)[0] == dst / "train.beton"
+    assert open_beton(dst).path == dst / "train.beton"
 
 
 def test_a_file_failing_in_a_worker_is_skipped_with_its_reason(folder, converted, tmp_path,
