@@ -10,6 +10,7 @@ from benchmarks.data.photometric import PhotometricBenchConfig, byte_counts, mak
 from pipelines.spec import AugmentationSpec
 
 
+@pytest.mark.slow  # ~12 s: builds and runs every implementation
 def test_quick_cpu_run_writes_every_implementation(tmp_path):
     pytest.importorskip("numba")
     rc = cli.main(["photometric", "--quick", "--device", "cpu", "--threads", "1",

@@ -18,6 +18,7 @@ def folder(tmp_path_factory):
                              size=(160, 120))
 
 
+@pytest.mark.slow  # ~20 s: compiles and times every stage of the FFCV op
 def test_every_stage_has_a_row(folder):
     cfg = StagesBenchConfig(images=4, repeats=1, local_crops=2)
     rows = measure_stages(folder, cfg, log=lambda *_: None)

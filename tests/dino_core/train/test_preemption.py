@@ -164,8 +164,11 @@ def _backend_data(backend, data, tmp_path_factory):
     return data
 
 
-@pytest.mark.parametrize("backend, recipe", [("reference", "dino"), ("dali", "dino"),
-                                             ("ffcv", "dino"), ("reference", "dinov2")])
+# ffcv: ~50 s of numba compilation in the trainer's process; its loader-level exact resume
+# runs in the default suite (tests/pipelines/test_epoch_position.py)
+@pytest.mark.parametrize("backend, recipe", [
+    ("reference", "dino"), ("dali", "dino"),
+    pytest.param("ffcv", "dino", marks=pytest.mark.slow), ("reference", "dinov2")])
 def test_in_process_preemption_is_exact_for_every_loader(backend, recipe, data, tmp_path,
                                                          tmp_path_factory, monkeypatch):
     module = {"reference": "PIL", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend]
