@@ -37,7 +37,7 @@ dino-bench stages "${COMMON[@]}"
 #    (a batch's finished views are ~150 MB; at batch 8 glibc reuses freed memory anyway).
 #    Goal: speedup_per_core >= 8 (ffcv row).
 dino-bench pipeline --quick --batches 30 --warmup-batches 5 --seconds 10 --corpus-images 8192 \
-    --backends reference ffcv --no-tensorboard --output-dir "$OUT"
+    --backends reference ffcv --no-tensorboard --output-dir "$OUT/batch8"
 dino-bench pipeline --quick --batch-size 64 --batches 8 --warmup-batches 2 --seconds 10 \
     --corpus-images 8192 --backends reference ffcv --no-tensorboard \
     --output-dir "$OUT/batch64"
