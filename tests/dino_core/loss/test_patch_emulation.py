@@ -12,6 +12,7 @@ import torch
 
 from dino_core.loss import ibot, patch_cuda
 from dino_core.loss.cuda import KernelOptions
+from pipelines.kernels import build
 from tests.dino_core.loss.cases import rel_err
 from tests.dino_core.loss.patch_cases import (STUDENT_TEMP, build_twin, grad_unit, make_inputs,
                                               reference_run, twin_run)
@@ -114,6 +115,10 @@ def test_ibot_runs_the_kernel_when_asked_and_the_library_has_it(emulated):
 
 
 def test_one_backward_per_forward_with_the_gradient_in_the_forward(emulated):
+    if build.sanitizer() == "address":
+        # the error is raised inside autograd's C++ engine (a C++ throw), which the preloaded
+        # ASan runtime cannot intercept in an uninstrumented Python: it aborts there
+        pytest.skip("an exception thrown through autograd's C++ engine aborts under ASan")
     student, q, weight = make_inputs(2, 7, torch.float32)
     s = student.clone().requires_grad_()
     loss = patch_cuda.cuda_patch_ce(s, q, weight, STUDENT_TEMP, IN_FORWARD)
