@@ -126,6 +126,15 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def rescale_in_place(grad: torch.Tensor, upstream: torch.Tensor) -> None:
+    """``grad *= upstream[0]`` by the library's rescale kernel (``upstream``: ``[1]`` in the
+    accumulation dtype, read on the device; every block returns at once when it is 1)."""
+    with library.device_scope(grad.device):
+        code = _lib().dino_loss_rescale(_DTYPE_CODES[grad.dtype], _ptr(grad), grad.numel(),
+                                        _ptr(upstream), library.stream_handle(grad.device))
+    _check(code, "the gradient rescale launch")
+
+
 def plan_for(device_index: int | None, dtype: torch.dtype, ncrops: int, dim: int,
              max_clusters: int = MAX_CLUSTERS, allow_resident: bool = True) -> Plan:
     """The kernels' layout for this shape on this device (None: the CPU emulation), chosen
@@ -197,11 +206,7 @@ class CudaDINOLossFunction(torch.autograd.Function):
         upstream = grad_loss.detach().reshape(1).to(ctx.acc).contiguous()
         if ctx.in_forward:
             grad = CudaDINOLossFunction._scaled_saved_gradient(ctx)
-            with library.device_scope(grad.device):
-                code = _lib().dino_loss_rescale(_DTYPE_CODES[grad.dtype], _ptr(grad),
-                                                grad.numel(), _ptr(upstream),
-                                                library.stream_handle(grad.device))
-            _check(code, "the gradient rescale launch")
+            rescale_in_place(grad, upstream)
         else:
             student, teacher, center, stats = ctx.saved_tensors
             grad = student if ctx.overwrite else torch.empty_like(student)

@@ -14,8 +14,9 @@ divided by ``student_masks_flat.shape[0]``; the meta-architecture's ``loss_scale
 their weights from ``Batch.masks`` on the host (no device sync).
 
 Implementations (``impl``): ``reference`` (plain autograd), ``fused`` (closed form, plain
-torch), ``cuda`` (the kernel library), ``auto`` (``cuda`` for CUDA tensors when the library
-loads, else ``fused``); one log line per implementation says which runs and why.
+torch), ``cuda`` (the kernel library's patch-loss kernel, ``patch_cuda``), ``auto`` (``cuda``
+for CUDA tensors of a kernel dtype when the library loads and exports that kernel, else
+``fused``); one log line per implementation says which runs and why.
 """
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ Implementations, all with the same value and gradient:
   into the gradient in place (directly in the gradient for float32/float64 logits; through
   the chunk buffer, rounded once, for bfloat16/float16). Memory: the gradient plus one
   chunk, nothing else of size ``[M, K]``.
-- ``patch_cuda``: where the CUDA kernel plugs in; none is built yet, so ``auto`` runs the
-  fused path on a GPU too.
+- ``patch_cuda``: the CUDA kernel of the kernel library (``csrc/patch_ce_kernel.cu``, one
+  block per row, the gradient written in the forward or, for float16, in the backward);
+  ``auto`` runs it on CUDA tensors when the library loads and exports it, else the fused path.
 Accumulation in float32 (float64 for float64 logits); ``q`` and ``w`` in that dtype.
 """
 from __future__ import annotations

@@ -67,6 +67,7 @@ EMULATION_SOURCES = (EMULATION_DIR / "runtime.cpp", EMULATION_DIR / "scheduler.c
 # The kernel sources, relative to ROOT. Adding a kernel to the library is one line here.
 SOURCES: tuple[str, ...] = (
     "dino_core/loss/csrc/dino_loss_kernel.cu",
+    "dino_core/loss/csrc/patch_ce_kernel.cu",
     "pipelines/photometric/csrc/photometric_kernel.cu",
 )
 

@@ -101,15 +101,21 @@ def test_fused_equals_the_twin_in_low_precision(dtype, bound, monkeypatch):
     assert rel_err(grad, ref_grad) <= grad_bound
 
 
-def test_implementation_choice_never_reaches_a_missing_kernel():
-    """auto on CPU tensors is the fused path; 'cuda' is refused with the reason while no
-    patch-loss kernel exists (not an ImportError or a missing symbol)."""
+def test_implementation_choice_never_reaches_a_missing_kernel(monkeypatch):
+    """auto on CPU tensors is the fused path; 'cuda' is refused with the reason when the
+    library does not load, or loads but predates the patch-loss kernel (not an ImportError
+    or a missing symbol)."""
     from dino_core.loss import patch_cuda
     from dino_core.loss.ibot import resolve_impl
+    from pipelines.kernels import library
 
     logits = torch.zeros(3, 5)
     assert resolve_impl("auto", logits, set()) == "fused"
-    reason = patch_cuda.unavailable_reason()
-    if reason is not None:
-        with pytest.raises(RuntimeError, match="no patch-loss kernel"):
-            resolve_impl("cuda", logits, set())
+    monkeypatch.setattr(library, "unavailable_reason", lambda: "no library here")
+    with pytest.raises(RuntimeError, match="unavailable: no library here"):
+        resolve_impl("cuda", logits, set())
+    monkeypatch.setattr(library, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(library, "load", lambda: object())  # a library without the kernel
+    assert "has no patch_ce_rows" in patch_cuda.unavailable_reason()
+    with pytest.raises(RuntimeError, match="has no patch_ce_rows .* rebuild it"):
+        resolve_impl("cuda", logits, set())

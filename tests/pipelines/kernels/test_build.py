@@ -9,7 +9,7 @@ from pipelines.kernels import build, library
 from tests.pipelines.kernels.emulation import emulation_library  # noqa: F401
 
 LOSS_FUNCTIONS = ("dino_loss_plan", "dino_loss_forward", "dino_loss_backward",
-                  "dino_loss_rescale", "dino_loss_error_string")
+                  "dino_loss_rescale", "dino_loss_error_string", "patch_ce_rows")
 
 
 def test_library_exports_its_abi_version_archs_digest_and_kernels(built_library):

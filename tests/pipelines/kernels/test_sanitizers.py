@@ -40,11 +40,14 @@ OPTIONS = {
                 "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"},
     "thread": {"TSAN_OPTIONS": "halt_on_error=0:exitcode=66:report_signal_unsafe=0"},
 }
-# One loss launch (a cluster of 2 blocks, V = 12) and one photometric launch (both passes,
-# blur tiles above 48 KiB of shared memory).
+# One loss launch (a cluster of 2 blocks, V = 12), one patch-loss case (a forward and a
+# backward launch, 5 blocks) and one photometric launch (both passes, blur tiles above 48 KiB
+# of shared memory).
 SUBSET = (
     "tests/dino_core/loss/test_loss_emulation.py::"
     "test_kernels_match_reference_and_twin[bf16 V=12 clusters of 2]",
+    "tests/dino_core/loss/test_patch_emulation.py::"
+    "test_kernel_matches_reference_and_twin[f16 M=5 K=65 (grad in backward)]",
     "tests/pipelines/photometric/test_cuda_emulation.py::"
     "test_widest_blur_opts_in_above_48_kib_of_shared_memory",
 )
@@ -52,6 +55,7 @@ SUBSET = (
 # whole suite under a sanitizer would load DALI, FFCV ... for nothing).
 EMULATION_MODULES = ("tests/pipelines/kernels/test_emulation.py",
                      "tests/dino_core/loss/test_loss_emulation.py",
+                     "tests/dino_core/loss/test_patch_emulation.py",
                      "tests/pipelines/photometric/test_cuda_emulation.py")
 # The mutation: one blurred photometric launch through the library built from a copy of the
 # kernel without its barriers (loaded directly: its sources digest is not this checkout's).
