@@ -96,6 +96,10 @@ PARTS: tuple[Part, ...] = (
     Part("step", "our step vs the reference step, ViT-S/16, bf16, MFU",
          _bench("step", "--archs", "vit_small", "--precision", "bf16", "--seconds", "3",
                 "--recipes", "dino"), 50),
+    Part("step-dinov2", "the DINOv2 recipe's step (iBOT patch loss by its kernel, KoLeo, "
+         "Sinkhorn-Knopp) next to DINO's in the same run, ViT-S/16, bf16",
+         _bench("step", "--archs", "vit_small", "--precision", "bf16", "--seconds", "3",
+                "--recipes", "dino", "dinov2", results="dinov2"), 70),
     Part("corpus", "build the ImageNet-like corpus (8,192 JPEGs) and its .beton",
          ("{py}", "-m", "benchmarks.harness.corpus", "--convert", "ffcv"), 60),
     Part("pipeline", "FFCV + GPU finish vs the reference, ImageNet-like corpus",

@@ -81,6 +81,8 @@ CALLS: tuple[Call, ...] = (
          (_KERNELS, _FFCV)),
     Call("ffcv", "ImageNet-like corpus, FFCV pipeline, e2e, patch curve",
          ("corpus", "pipeline", "e2e", "patch"), CALL_MAX_S, (_KERNELS, _FFCV)),
+    Call("dinov2", "the DINOv2 recipe's step next to DINO's (the patch loss's cost)",
+         ("step-dinov2",), 90, (_KERNELS,)),
     *(Call(f"dali-{k}", f"stage DALI part {k}", (), 60, (f".carry/dali-{k}",),
            f"tools/gpu_dali_part.sh {k}", stage_s=20, optional=True) for k in (1, 2, 3)),
     Call("dali-4", "stage DALI part 4, unpack, DALI corpus, tests, pipeline, e2e",
