@@ -155,6 +155,15 @@ def _plan(lib: ctypes.CDLL, device_index: int | None, dtype: torch.dtype, ncrops
     return plan
 
 
+def backward_upstream(grad_loss: torch.Tensor, acc: torch.dtype, what: str) -> torch.Tensor:
+    """The upstream gradient as ``[1]`` in the accumulation dtype ``acc``, read by the kernels
+    on the device (no host sync); a double backward (``create_graph=True``) is refused."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"the CUDA {what} has no double backward (create_graph=True): "
+                           "use impl='fused'")
+    return grad_loss.detach().reshape(1).to(acc).contiguous()
+
+
 class CudaDINOLossFunction(torch.autograd.Function):
     """``(student [V*B, K], teacher [2*B, K], center [K], ncrops, student_temp, teacher_temp,
     overwrite_logits, options) -> loss``: teacher softmax, loss and gradient by the kernels
@@ -199,11 +208,7 @@ class CudaDINOLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the CUDA DINO loss has no double backward (create_graph=True): "
-                               "use impl='fused'")
-        # [1] in the accumulation dtype, read by the kernels on the device
-        upstream = grad_loss.detach().reshape(1).to(ctx.acc).contiguous()
+        upstream = backward_upstream(grad_loss, ctx.acc, "DINO loss")
         if ctx.in_forward:
             grad = CudaDINOLossFunction._scaled_saved_gradient(ctx)
             rescale_in_place(grad, upstream)

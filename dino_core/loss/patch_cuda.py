@@ -108,11 +108,7 @@ class CudaPatchCEFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the CUDA patch loss has no double backward (create_graph=True):"
-                               " use impl='fused'")
-        # [1] in the accumulation dtype, read by the kernels on the device
-        upstream = grad_loss.detach().reshape(1).to(ctx.acc).contiguous()
+        upstream = cuda.backward_upstream(grad_loss, ctx.acc, "patch loss")
         if ctx.in_forward:
             if ctx.grad is None:
                 raise RuntimeError("the CUDA patch loss supports one backward per forward "
