@@ -11,17 +11,38 @@ so every yielded tensor stays its own until its holder lets it go.
 
 References are counted with torch's storage use count (``torch._C._storage_Use_Count``, a
 private API); where it is missing every copy is fresh (``plain_copy``, the twin).
+
+Every copy runs on the calling thread alone (``one_thread_copy``): torch's ``copy_`` of a
+tensor this large splits it over torch's intra-op OpenMP pool, whose threads then spin-wait
+for the next parallel region (libgomp's default wait policy). The loader copies a batch
+every few milliseconds, so with nothing else for that pool to do the spinning alone cost
+~2 ms of CPU per image at batch 8 (more than the copy: measured here with per-thread CPU
+times; ``OMP_WAIT_POLICY=PASSIVE`` removed it), and it competes with FFCV's decode threads
+for the same cores. numpy's copy is one thread and wakes no pool.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 KEEP = 3  # batches kept: the one being consumed, the one before it, one spare
+NUMPY_DTYPES = (torch.float32, torch.float16, torch.float64, torch.uint8)  # numpy has these
 
 
 def plain_copy(src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The obviously-correct twin: a fresh copy of ``src`` as ``dtype``."""
     return src.to(dtype, copy=True)
+
+
+def one_thread_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` (same shape, CPU tensors) on the calling thread only: numpy's copy
+    (cast included: IEEE round to nearest even, as torch) where numpy has both dtypes, else
+    torch's (bfloat16, which numpy lacks: that copy may still use torch's thread pool)."""
+    if dst.dtype in NUMPY_DTYPES and src.dtype in NUMPY_DTYPES:
+        with np.errstate(over="ignore"):  # to inf, as torch, without numpy's warning
+            np.copyto(dst.numpy(), src.numpy(), casting="unsafe")
+    else:
+        dst.copy_(src)
 
 
 def _use_count(t: torch.Tensor) -> int | None:
@@ -45,11 +66,12 @@ class RecycledOutputs:
     def copy(self, src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         for i, (t, alone) in enumerate(self._kept):
             if t.shape == src.shape and t.dtype == dtype and _use_count(t) == alone:
-                t.copy_(src)
+                one_thread_copy(t, src)
                 self._kept.append(self._kept.pop(i))  # most recently used last
                 self.reused += 1
                 return t
-        fresh = plain_copy(src, dtype)
+        fresh = torch.empty(src.shape, dtype=dtype)
+        one_thread_copy(fresh, src)
         alone = _use_count(fresh)
         if alone is not None and self.keep > 0:
             self._kept.append((fresh, alone))

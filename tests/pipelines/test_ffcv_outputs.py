@@ -2,7 +2,7 @@
 values; a tensor anyone still references is never written; a dropped one is refilled."""
 import torch
 
-from pipelines.ffcv_backend.outputs import RecycledOutputs, plain_copy
+from pipelines.ffcv_backend.outputs import RecycledOutputs, one_thread_copy, plain_copy
 
 
 def _src(seed: int) -> torch.Tensor:
@@ -50,3 +50,16 @@ def test_without_torch_use_counts_every_copy_is_fresh(monkeypatch):
         assert torch.equal(out, _src(seed))
         del out
     assert pool.reused == 0
+
+
+def test_one_thread_copy_equals_torch_copy_for_every_output_dtype():
+    # float16: numpy's cast must round as torch's (nearest even; overflow to inf, subnormals)
+    src = torch.cat([torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 3,
+                     torch.tensor([65519.0, 65520.0, 1e6, -1e6, 3e-8, -6e-5, 0.0, -0.0]),
+                     torch.rand(4096, generator=torch.Generator().manual_seed(1)) * 1e-4])
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        out = torch.empty(src.shape, dtype=dtype)
+        one_thread_copy(out, src)
+        assert torch.equal(out.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                           src.to(dtype).view(torch.int16 if dtype != torch.float32
+                                              else torch.int32)), dtype
