@@ -2,7 +2,7 @@
 # Issue 26 (CPU side): the measurements behind the results files of branch cpu-perf.
 # Run on a QUIET machine (nothing else running; these figures were only ever taken on a
 # shared, loaded machine, as same-run A/B checks, and were not committed), from the
-# repository root after the merge. Whole run: ~12 min on 2 cores (estimates per step
+# repository root after the merge. Whole run: ~13 min on 2 cores (estimates per step
 # below, from the quiet-machine figures of 2026-12-05); ~10 GB of temporary disk for the
 # 100k scale step (set TMPDIR to a disk with room; hard links need the corpus's file system
 # for the inputs, outputs go to TMPDIR).
@@ -32,7 +32,7 @@ dino-bench convert "${COMMON[@]}" --images 100000 --scale-base 10000 --workers 2
 #    each stage's floor, 256 images, best of 5 (~1 min).
 dino-bench stages "${COMMON[@]}"
 
-# 4. The FFCV CPU pipeline against the PIL recipe, per core, same run (~2 min): the command
+# 4. The FFCV CPU pipeline against the PIL recipe, per core, same run (~3 min): the command
 #    of the 202612 results file (batch 8), then batch 64, where the recycled outputs matter
 #    (a batch's finished views are ~150 MB; at batch 8 glibc reuses freed memory anyway).
 #    Goal: speedup_per_core >= 8 (ffcv row).
@@ -41,5 +41,9 @@ dino-bench pipeline --quick --batches 30 --warmup-batches 5 --seconds 10 --corpu
 dino-bench pipeline --quick --batch-size 64 --batches 8 --warmup-batches 2 --seconds 10 \
     --corpus-images 8192 --backends reference ffcv --no-tensorboard \
     --output-dir "$OUT/batch64"
+#    And batch 32, the non-quick default (~1 min); the goal holds at 8, 32 and 64.
+dino-bench pipeline --quick --batch-size 32 --batches 10 --warmup-batches 3 --seconds 10 \
+    --corpus-images 8192 --backends reference ffcv --no-tensorboard \
+    --output-dir "$OUT/batch32"
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
