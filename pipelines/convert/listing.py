@@ -6,14 +6,17 @@ reference counting write to those objects' pages, so each worker ends up with it
 At ImageNet's 1.28M images that is ~250 MB per process, growing with the corpus.
 
 ``Listing`` holds the same list in four flat buffers (``array`` and ``bytes``: no numpy,
-so the wds converter starts without it), about ``len(name) + 16`` bytes per image:
+so the wds converter starts without it), ``len(name) + 8`` bytes per image as long as the
+narrow types hold (each array widens itself the first time a value does not fit):
 
 - ``dirs``: the distinct folder prefixes (``"root/class/"``), a few Python strings;
 - ``names``: every file name, ``os.fsencode``-d (undecodable names round-trip through
   surrogate escapes), concatenated (the builder's ``bytearray``, never copied);
-- ``ends`` (int64 [N]): where name ``i`` ends in ``names`` (it starts where ``i - 1`` ends);
-- ``dir_of`` (int32 [N]): the index of image ``i``'s folder in ``dirs``;
-- ``labels`` (int32 [N]): its label (-1 when unlabeled).
+- ``ends`` (uint32 [N], int64 past 4 GiB of names): where name ``i`` ends in ``names`` (it
+  starts where ``i - 1`` ends);
+- ``dir_of`` (uint16 [N], int32 past 65,535 folders): the index of image ``i``'s folder in
+  ``dirs``;
+- ``labels`` (int16 [N], int32 past 32,767 classes): its label (-1 when unlabeled).
 
 ``listing[i]`` is ``(dirs[dir_of[i]] + name_i, labels[i])``: exactly the string the folder
 scan made (the split is at the last separator, so joining gives it back unchanged). None
@@ -45,9 +48,9 @@ class Listing:
 
     dirs: tuple[str, ...]
     names: bytes | bytearray
-    ends: array       # "q": int64 [N]
-    dir_of: array     # "i": int32 [N]
-    labels: array     # "i": int32 [N]
+    ends: array       # "I" uint32 or "q" int64 [N]
+    dir_of: array     # "H" uint16 or "i" int32 [N]
+    labels: array     # "h" int16 or "i" int32 [N]
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -92,6 +95,17 @@ class Listing:
         return builder.build()
 
 
+def append_widening(values: array, value: int, wider: str) -> array:
+    """``values`` with ``value`` appended; when it does not fit ``values``' type, a copy of
+    type ``wider`` with it appended (once: later values fit the wider type)."""
+    try:
+        values.append(value)
+    except OverflowError:
+        values = array(wider, values)
+        values.append(value)
+    return values
+
+
 class ListingBuilder:
     """Collects ``(path, label)`` samples one at a time, keeping none of them: the folder
     scan ``append``-s into it instead of into a list; ``build`` gives the ``Listing``."""
@@ -100,7 +114,7 @@ class ListingBuilder:
         self._dirs: dict[str, int] = {}
         self._last: tuple[str, int] = ("", -1)  # consecutive inputs share their folder
         self._names = bytearray()
-        self._ends, self._dir_of, self._labels = array("q"), array("i"), array("i")
+        self._ends, self._dir_of, self._labels = array("I"), array("H"), array("h")
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -111,9 +125,9 @@ class ListingBuilder:
         if folder != self._last[0]:
             self._last = (folder, self._dirs.setdefault(folder, len(self._dirs)))
         self._names += os.fsencode(name)
-        self._ends.append(len(self._names))
-        self._dir_of.append(self._last[1])
-        self._labels.append(label)
+        self._ends = append_widening(self._ends, len(self._names), "q")
+        self._dir_of = append_widening(self._dir_of, self._last[1], "i")
+        self._labels = append_widening(self._labels, label, "i")
 
     def build(self) -> Listing:
         """The listing (it takes over the buffers: no copy, so no transient double)."""

@@ -3,12 +3,13 @@ scan's list of tuples (odd names included), and a size that grows by a fixed num
 per image with no Python object per image."""
 import gc
 import os
+from array import array
 from pathlib import Path
 
 import pytest
 
 from pipelines.convert.common import ConvertConfig
-from pipelines.convert.listing import Listing, ListingBuilder
+from pipelines.convert.listing import Listing, ListingBuilder, append_widening
 from pipelines.convert.sources import label_counts, list_inputs
 from pipelines.folder import scan_image_folder
 
@@ -64,8 +65,8 @@ def test_list_inputs_with_a_training_class_list_relabels(odd_folder, tmp_path):
 
 
 def test_bytes_per_image_do_not_grow_with_the_corpus():
-    """The listing's per-image buffers cost len(name) + 16 bytes (int64 end, int32 folder,
-    int32 label) at any size, and building it keeps no Python object per image."""
+    """The listing's per-image buffers cost len(name) + 8 bytes (uint32 end, uint16 folder,
+    int16 label) at any size, and building it keeps no Python object per image."""
     def build(n):
         return Listing.from_samples((f"/data/train/n{i % 10:08d}/img_{i:08d}.JPEG", i % 10)
                                     for i in range(n))
@@ -77,9 +78,17 @@ def test_bytes_per_image_do_not_grow_with_the_corpus():
     big = build(20_000)
     gc.collect()
     kept = len(gc.get_objects()) - before
-    assert small.nbytes / 1_000 == big.nbytes / 20_000 == name + 16
+    assert small.nbytes / 1_000 == big.nbytes / 20_000 == name + 8
     assert len(big.dirs) == 10
     assert kept < 100, f"{kept} Python objects kept for 20,000 inputs"
+
+
+def test_arrays_widen_when_a_value_does_not_fit():
+    samples = [(f"d{i}/x.jpg", 40_000 * (i % 2) - 1) for i in range(70_000)]
+    listing = Listing.from_samples(samples)
+    assert listing.labels.typecode == "i" and listing.dir_of.typecode == "i"
+    assert listing[69_999] == ("d69999/x.jpg", 39_999) and listing[2] == ("d2/x.jpg", -1)
+    assert append_widening(array("I", [1]), 1 << 40, "q").tolist() == [1, 1 << 40]
 
 
 def test_label_counts_in_first_appearance_order_less_the_dropped():
