@@ -44,7 +44,8 @@ from ..formats.manifest import Manifest
 from .common import ConvertConfig
 from .progress import Progress
 from .sources import Inputs, label_counts, list_inputs
-from .workers import WorkerPool, context
+from ..processes import worker_context
+from .workers import WorkerPool
 
 WRITE_MODES = ("raw", "jpg", "proportion")
 MANIFEST = "manifest.json"
@@ -254,7 +255,7 @@ def convert(cfg: ConvertConfig) -> Manifest:
     src, dst = Path(cfg.src), Path(cfg.dst)
     name = f"{src.resolve().name}.beton"
     tmp = dst / f".{name}.partial"
-    counter = context().Value("Q", 0)  # the next free page, claimed by the workers
+    counter = worker_context().Value("Q", 0)  # the next free page, claimed by the workers
     job = _BetonJob(str(tmp), page_size_for(cfg), counter, cfg.max_side, cfg.jpeg_quality,
                     cfg.write_mode, cfg.compress_probability, cfg.check)
     with WorkerPool(job, cfg.workers) as pool:  # forked before the inputs are listed

@@ -16,10 +16,11 @@ the caller; an exception inside ``job.run`` comes back with its traceback text.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import queue
 import traceback
 from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from ..processes import worker_context
 
 _DONE, _RESULT, _TICK, _ERROR, _FINISHED = range(5)
 # The caller polls its result queue this often (a long blocking get stalled two-worker
@@ -31,13 +32,6 @@ class Job(Protocol):
     def start(self, worker_id: int) -> Any: ...
     def run(self, state: Any, task: Any, tick: Callable[[int], None]) -> Any: ...
     def finish(self, state: Any) -> Any: ...
-
-
-def context():
-    """The multiprocessing context the pool's workers are made in (fork where there is one):
-    shared objects a job carries (e.g. a ``Value``) must come from the same one."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def _worker(job: Job, worker_id: int, tasks, results) -> None:
@@ -63,7 +57,7 @@ class WorkerPool:
     depend on the corpus size. ``run`` feeds them the tasks (once per pool)."""
 
     def __init__(self, job: Job, workers: int, inflight: int | None = None):
-        ctx = context()
+        ctx = worker_context()
         self.inflight = inflight or 4 * workers
         self.tasks, self.results = ctx.Queue(maxsize=self.inflight), ctx.Queue()
         self.procs = [ctx.Process(target=_worker, args=(job, i, self.tasks, self.results),
