@@ -13,6 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,13 @@ MAX_LOGGED_SKIPS = 50
 
 class DatasetError(ValueError):
     """A dataset that cannot be used at all (missing path, no classes, no images)."""
+
+
+class SampleSink(Protocol):
+    """Where a scan puts its ``(path, label)`` pairs: a list, or a compact collector."""
+
+    def append(self, sample: tuple[str, int]) -> None: ...
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Skipped:
 class FolderScan:
     root: Path
     classes: list[str]
-    samples: list[tuple[str, int]]
+    samples: list[tuple[str, int]] | SampleSink  # a list unless the caller passed another
     skipped: list[Skipped] = field(default_factory=list)
 
     @property
@@ -76,12 +84,12 @@ def check_image(path: str | Path) -> str | None:
     return None
 
 
-def _walk_files(class_dir: Path, skipped: list[Skipped]) -> list[Path]:
-    """All files below ``class_dir``, following symlinks but never around a loop."""
-    out: list[Path] = []
+def _walk_files(class_dir: Path, skipped: list[Skipped]) -> Iterator[Path]:
+    """All files below ``class_dir`` in sorted order, one at a time (no list of the whole
+    tree), following symlinks but never around a loop."""
     seen: set[str] = set()
 
-    def visit(d: Path) -> None:
+    def visit(d: Path) -> Iterator[Path]:
         try:
             real = os.path.realpath(d)
         except OSError as e:
@@ -100,16 +108,28 @@ def _walk_files(class_dir: Path, skipped: list[Skipped]) -> list[Path]:
             p = Path(e.path)
             try:
                 if e.is_dir():
-                    visit(p)
+                    yield from visit(p)
                 elif e.is_file():
-                    out.append(p)
+                    yield p
                 else:
                     skipped.append(Skipped(str(p), "not a regular file (broken link or special)"))
             except OSError as err:
                 skipped.append(Skipped(str(p), f"unreadable ({err.strerror or err})"))
 
-    visit(class_dir)
-    return out
+    return visit(class_dir)
+
+
+def _collect(top: Path, label: int, samples: SampleSink, skipped: list[Skipped],
+             verify: bool) -> None:
+    """Append ``(path, label)`` of every usable file below ``top`` to ``samples``; what is
+    not usable goes to ``skipped``: the walk's lines first, then the files' (the order of a
+    whole walk followed by the checks, kept while the walk streams)."""
+    walk_skipped: list[Skipped] = []
+    file_skipped: list[Skipped] = []
+    for f in _walk_files(top, walk_skipped):
+        if _accept(f, file_skipped, verify):
+            samples.append((str(f), label))
+    skipped += walk_skipped + file_skipped
 
 
 def is_unlabeled_folder(root: Path) -> bool:
@@ -141,40 +161,44 @@ def _accept(f: Path, skipped: list[Skipped], verify: bool) -> bool:
     return True
 
 
-def scan_unlabeled(root: Path, verify: bool = False) -> FolderScan:
-    """Every image below ``root`` at any depth, in sorted path order, label -1, no classes."""
+def scan_unlabeled(root: Path, verify: bool = False,
+                   samples: SampleSink | None = None) -> FolderScan:
+    """Every image below ``root`` at any depth, in sorted path order, label -1, no classes
+    (``samples``: see ``scan_image_folder``)."""
     skipped: list[Skipped] = []
-    samples = [(str(f), UNLABELED) for f in _walk_files(root, skipped)
-               if _accept(f, skipped, verify)]
+    samples = [] if samples is None else samples
+    _collect(root, UNLABELED, samples, skipped, verify)
     if not samples:
         raise DatasetError(f"no usable images under {root} ({len(skipped)} files skipped)")
     return FolderScan(root, [], samples, skipped)
 
 
-def scan_image_folder(root: str | Path, verify: bool = False,
-                      unlabeled: bool | None = None) -> FolderScan:
+def scan_image_folder(root: str | Path, verify: bool = False, unlabeled: bool | None = None,
+                      samples: SampleSink | None = None) -> FolderScan:
     """Scan ``root/<class>/...`` (or, unlabeled, every image below ``root``; ``None``:
     auto-detected by ``is_unlabeled_folder``). Raises DatasetError only when nothing usable
-    is there."""
+    is there.
+
+    ``samples`` receives the ``(path, label)`` pairs (``append`` and ``len``; a new list by
+    default) and becomes the scan's ``samples``: a converter passes a compact collector
+    (``convert.listing.ListingBuilder``) so no per-image object outlives the scan."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"dataset path does not exist: {root}")
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a directory: {root}")
     if unlabeled or (unlabeled is None and is_unlabeled_folder(root)):
-        return scan_unlabeled(root, verify)
+        return scan_unlabeled(root, verify, samples)
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: p.name)
     if not class_dirs:
         raise DatasetError(f"no class folders in {root} (expected {root}/<class>/<image>)")
     classes = [p.name for p in class_dirs]
-    samples: list[tuple[str, int]] = []
+    samples = [] if samples is None else samples
     skipped: list[Skipped] = []
     for label, cdir in enumerate(class_dirs):
         n_before = len(samples)
-        for f in _walk_files(cdir, skipped):
-            if _accept(f, skipped, verify):
-                samples.append((str(f), label))
+        _collect(cdir, label, samples, skipped, verify)
         if len(samples) == n_before:
             skipped.append(Skipped(str(cdir), "empty class folder (no usable images)"))
     if not samples:

@@ -218,8 +218,9 @@ def run_convert_benchmark(cfg: ConvertBenchConfig, machine) -> BenchmarkResult:
             "--no-progress ...`, `python -m benchmarks.data.ffcv_writer ...`): interpreter "
             "start, imports (FFCV's pull in numba and torch), worker start-up, fsync and exit "
             "included; startup_s = process_s - seconds; process_speedup its ratio to FFCV's "
-            "writer, whole process too; peak_mb the peak resident memory of the process and "
-            "all its workers (psutil, sampled every 50 ms; RSS summed over processes).",
+            "writer, whole process too; peak_mb the peak memory of the process and "
+            "all its workers (psutil, sampled every 50 ms; PSS summed over processes, each "
+            "physical page once; RSS where PSS cannot be read).",
             load,
             "images_per_core_s = images/s / workers (wall clock: on a shared machine another "
             "process's load lowers it and the scaling); cpu_s = CPU seconds of the converter's "

@@ -6,11 +6,15 @@ or ``python -m benchmarks.data.ffcv_writer ...`` started, waited for, its interp
 start, imports, worker start-up, conversion, fsync and exit included). Their difference is
 start-up and shut-down cost, which a user pays on every run.
 
-``run_process`` also samples the resident memory of the process and every process below it
-(psutil, every ``SAMPLE_S``): the peak of that sum is ``peak_mb``. RSS counts pages shared
-between a forked parent and its workers once per process, so the sum overstates the
-physical memory a little; it is the figure a scheduler's memory limit sees per process, and
-it is the same measure at every corpus size, which is what the scale check compares.
+``run_process`` also samples the memory of the process and every process below it (psutil,
+every ``SAMPLE_S``); ``peak_mb`` is the peak of the tree's sum of PSS (proportional set size,
+Linux): a page shared by k processes counts 1/k in each, so the sum is the physical memory
+the tree holds, each page once. Summed RSS (``peak_rss_mb``, kept as a second figure) counts
+a page a forked worker shares with its parent once per process: it overstates the tree by
+the shared pages and grows with them (a worker's view of the parent's input list counted
+again in every worker), which is not memory anyone pays for. Where PSS cannot be read (not
+Linux, or another user's process) ``peak_mb`` falls back to summed RSS; ``memory`` says which
+was measured.
 """
 from __future__ import annotations
 
@@ -30,12 +34,15 @@ SAMPLE_S = 0.05   # memory sampling period (a shorter peak than this can be miss
 
 @dataclass(frozen=True)
 class ProcessRun:
-    """One converter process: wall seconds from start to exit, the peak resident memory of
-    its process tree (MB) and the CPU seconds of the tree (user + system, reaped children)."""
+    """One converter process: wall seconds from start to exit, the peak memory of its
+    process tree (MB: ``memory`` "pss" or "rss" summed, see the module docstring), the peak
+    of its summed RSS (MB) and the CPU seconds of the tree (user + system, reaped children)."""
 
     seconds: float
     peak_mb: float
     cpu_s: float
+    peak_rss_mb: float = float("nan")
+    memory: str = "pss"
 
 
 def converter_command(name: str, src: Path, out: Path, workers: int, max_side: int,
@@ -51,19 +58,34 @@ def converter_command(name: str, src: Path, out: Path, workers: int, max_side: i
             "--no-verify", "--no-progress", str(src), str(out)]
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of ``proc`` and every process below it (0 for those that ended)."""
-    total = 0
+def _pss(p: psutil.Process) -> int | None:
+    """``p``'s proportional set size in bytes; None where the system does not give it."""
+    try:
+        return getattr(p.memory_full_info(), "pss", None)
+    except psutil.AccessDenied:
+        return None
+
+
+def tree_memory(proc: psutil.Process) -> tuple[int, int, bool]:
+    """(summed PSS, summed RSS, whether every PSS was read) in bytes, of ``proc`` and every
+    process below it; a process whose PSS cannot be read adds its RSS to the first sum, and
+    one that ended in between adds nothing."""
+    pss = rss = 0
+    exact = True
     try:
         members = [proc] + proc.children(recursive=True)
     except psutil.Error:
-        return 0
+        return 0, 0, exact
     for p in members:
         try:
-            total += p.memory_info().rss
+            resident = p.memory_info().rss
+            share = _pss(p)
         except psutil.Error:  # ended in between
             continue
-    return total
+        exact = exact and share is not None
+        rss += resident
+        pss += resident if share is None else share
+    return pss, rss, exact
 
 
 def _env() -> dict[str, str]:
@@ -82,14 +104,16 @@ def run_process(cmd: list[str]) -> ProcessRun:
     with tempfile.TemporaryFile() as errors:
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=errors)
-        peak = 0
+        peak = peak_rss = 0
+        exact = True
         try:
             watched = psutil.Process(child.pid)
         except psutil.Error:  # it ended before the first sample
             watched = None
         while True:
             if watched is not None:
-                peak = max(peak, _tree_rss(watched))
+                pss, rss, whole = tree_memory(watched)
+                peak, peak_rss, exact = max(peak, pss), max(peak_rss, rss), exact and whole
             try:  # returns the moment it exits: the wall time is not rounded to a sample
                 rc = child.wait(timeout=SAMPLE_S)
                 break
@@ -102,4 +126,5 @@ def run_process(cmd: list[str]) -> ProcessRun:
     if rc != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited with status {rc}: {err[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return ProcessRun(seconds=seconds, peak_mb=peak / 1e6, cpu_s=cpu)
+    return ProcessRun(seconds=seconds, peak_mb=(peak if exact else peak_rss) / 1e6, cpu_s=cpu,
+                      peak_rss_mb=peak_rss / 1e6, memory="pss" if exact else "rss")

@@ -7,8 +7,10 @@ format is converted as a user runs it (one process, start to exit, ``convert_pro
 - at ``base`` images with 1 worker and with ``workers`` workers (the measured scaling);
 - at ``N`` images with ``workers`` workers.
 
-Each row has images/s and the peak resident memory of the converter and all its workers
-(psutil tree, sampled); ``rate_vs_base`` and ``memory_vs_base`` compare ``N`` with ``base``
+Each row has images/s and the peak memory of the converter and all its workers (psutil,
+sampled: the tree's summed PSS, each physical page once, ``convert_process``; summed RSS,
+which counts the pages workers share with their parent once per process, is the extra
+column ``peak_rss_mb``); ``rate_vs_base`` and ``memory_vs_base`` compare ``N`` with ``base``
 at the same worker count (flat means within 10%: both near 1.0).
 
 ``projection`` turns the measured per-core rate and scaling into the time to convert
@@ -32,7 +34,8 @@ from .convert_process import converter_command, run_process
 IMAGENET_TRAIN = 1_281_167
 PROJECT_CORES = (16, 64)
 SCALE_COLUMNS = ["format", "images", "workers", "seconds", "images_per_s",
-                 "images_per_core_s", "peak_mb", "output_mb", "rate_vs_base", "memory_vs_base"]
+                 "images_per_core_s", "peak_mb", "peak_rss_mb", "output_mb", "rate_vs_base",
+                 "memory_vs_base"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ def _convert_row(fmt: str, src: Path, out: Path, images: int, workers: int,
     return {"format": fmt, "images": images, "workers": workers,
             "seconds": round(run.seconds, 3), "images_per_s": round(images / run.seconds, 1),
             "images_per_core_s": round(images / run.seconds / workers, 1),
-            "peak_mb": round(run.peak_mb, 1), "output_mb": round(mb, 3)}
+            "peak_mb": round(run.peak_mb, 1), "peak_rss_mb": round(run.peak_rss_mb, 1),
+            "memory": run.memory, "output_mb": round(mb, 3)}
 
 
 def measure_scale(src: Path, cfg: ScaleConfig, log=print) -> list[dict]:
@@ -182,6 +186,7 @@ SCALE_PLOT = PlotSpec(x="images", group=("format", "workers"), kind="line", xlab
 def run_scale_benchmark(source: DataChoice, cfg: ScaleConfig, machine) -> BenchmarkResult:
     """The ``--images N`` run: rows, projection and its assumptions as a result."""
     data, rows, load = measure_on_data(source, lambda root: measure_scale(root, cfg))
+    measures = {r["memory"] for r in rows}
     flat = [f"dino-convert {r['format']} at {r['images']:,} vs {cfg.base:,} images, "
             f"{r['workers']} workers: images/s x{r['rate_vs_base']:.3f}, peak memory "
             f"x{r['memory_vs_base']:.3f} (flat, both within 10% of 1: "
@@ -196,8 +201,14 @@ def run_scale_benchmark(source: DataChoice, cfg: ScaleConfig, machine) -> Benchm
         notes=flat + projection_notes(projection(rows, cfg), cfg) + [
             "Each row is one process from start to exit (`python -m pipelines.convert.cli "
             "--format F --workers W --no-verify --no-progress`), interpreter start and "
-            "fsync included; peak_mb is the peak resident memory of the converter and all its "
-            "workers (psutil, sampled every 50 ms, RSS summed over processes).",
+            "fsync included; peak_mb is the peak memory of the converter and all its workers "
+            "(psutil, sampled every 50 ms): "
+            + ("the PSS (proportional set size) summed over the processes, so a page a worker "
+               "shares with its parent counts once" if measures == {"pss"} else
+               "RSS summed over the processes (PSS could not be read here), so a page a "
+               "worker shares with its parent counts once per process")
+            + "; peak_rss_mb is the summed RSS (pages shared with the parent counted in every "
+            "worker again), for comparison with earlier results, which used it.",
             f"Inputs: the corpus replicated under new names (hard links): {cfg.base:,} and "
             f"{cfg.images:,} images.",
 load])

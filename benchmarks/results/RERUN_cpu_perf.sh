@@ -20,7 +20,8 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) (want < 0.3)"
 dino-bench convert "${COMMON[@]}" --no-verify --repeats 1
 
 # 2. Scale: the corpus replicated to 10,000 and 100,000 images, whole-process images/s and
-#    peak memory of the converter + workers, 2 workers, plus 10k at 1 worker for the scaling;
+#    peak memory of the converter + workers (summed PSS, each physical page once; summed
+#    RSS in peak_rss_mb), 2 workers, plus 10k at 1 worker for the scaling;
 #    ImageNet-1k projection at 16 and 64 cores in the notes (~4 min: 2 x 100k conversions
 #    at ~3,000 img/s, 9 GB written each). If the disk is slow and this step runs long,
 #    use the smaller pair instead and say so with the results:

@@ -10,6 +10,7 @@ NCCL on GPUs, gloo on CPUs. What runs on top of the group (DDP, FSDP) is a paral
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -119,7 +120,11 @@ def gather_to_main(obj) -> list | None:
 
 
 def shutdown() -> None:
+    """Destroy the process group, after anything that holds it (``Run.release``) is gone:
+    a cycle through a DDP module is collected here, while the group is still registered,
+    so the reducer never drops the group's last reference (see ``Run.release``)."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

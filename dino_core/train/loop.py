@@ -53,6 +53,7 @@ def train(cfg: TrainConfig, resume_from: str | None = None) -> dict:
     finally:
         run.gate.signals.restore()
         run.loader.close()
+        run.release()
         shutdown()
 
 

@@ -11,8 +11,12 @@ already RGB, upright and small enough is stored byte for byte without being deco
 anything else is decoded once, converted and re-encoded. Each worker packs what it made
 into its own data page and writes full pages straight into the file at pages it claims
 from a shared counter (as FFCV's writer does); the main process only collects the small
-per-sample records in input order and, at the end, writes the metadata, allocation table
-and header. Memory is flat: a bounded number of tasks is in flight, one page per worker.
+per-sample records in input order, writes each one's metadata entry into the reserved
+region as it comes and spools its allocation-table entry, and at the end copies the table
+behind the data and writes the header. Memory is flat: the workers are forked before the
+inputs are listed (a task carries its 16 paths), the input list is compact (``listing``),
+a bounded number of tasks is in flight, one page per worker, and no per-sample record is
+kept in memory.
 
 Reliability: a bad file is skipped with its reason and never costs a good image. The file
 is written as a hidden ``.<name>.partial`` and renamed only when complete; the old manifest
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +44,8 @@ from ..formats.manifest import Manifest
 from .common import ConvertConfig
 from .progress import Progress
 from .sources import Inputs, label_counts, list_inputs
-from .workers import context, run_ordered
+from ..processes import worker_context
+from .workers import WorkerPool
 
 WRITE_MODES = ("raw", "jpg", "proportion")
 MANIFEST = "manifest.json"
@@ -87,10 +93,11 @@ def _finished(dst: Path, name: str, cfg: ConvertConfig) -> Manifest | None:
 
 @dataclass
 class _BetonJob:
-    """Worker side: prepare each input and place its bytes in this worker's page."""
+    """Worker side: prepare each input and place its bytes in this worker's page. A task is
+    ``(first data byte of the file, [(index, path, label), ...])``: the workers are forked
+    before the inputs are listed, so where the data starts comes with the work."""
 
     path: str
-    data_at: int
     page_size: int
     counter: object  # multiprocessing.Value: the next free page
     max_side: int
@@ -99,18 +106,23 @@ class _BetonJob:
     compress_probability: float
     check: str
 
-    def start(self, worker_id: int) -> PageFiller:
-        return PageFiller(os.open(self.path, os.O_WRONLY), self.data_at, self.counter,
-                          self.page_size)
+    def start(self, worker_id: int) -> dict:
+        return {}  # the PageFiller, made at the first task
 
     def _raw(self, index: int) -> bool:
         if self.write_mode == "proportion":
             return random.Random(index).random() >= self.compress_probability
         return self.write_mode == "raw"
 
-    def run(self, filler: PageFiller, task: list[tuple[int, str, int]], tick) -> list[tuple]:
+    def run(self, state: dict, task: tuple[int, list[tuple[int, str, int]]], tick
+            ) -> list[tuple]:
+        data_at, items = task
+        if "filler" not in state:
+            state["filler"] = PageFiller(os.open(self.path, os.O_WRONLY), data_at,
+                                         self.counter, self.page_size)
+        filler = state["filler"]
         out = []
-        for index, path, label in task:
+        for index, path, label in items:
             try:
                 raw = self._raw(index)
                 p = prepare.prepare_image(path, self.max_side, self.quality, raw=raw,
@@ -123,58 +135,102 @@ class _BetonJob:
                                        p.width, p.height, p.how), None))
         return out
 
-    def finish(self, filler: PageFiller) -> dict[int, bytes]:
+    def finish(self, state: dict) -> dict[int, bytes]:
+        filler = state.get("filler")
+        if filler is None:  # this worker got no task
+            return {}
         filler.flush()
         os.fsync(filler.fd)
         os.close(filler.fd)
         return filler.digests
 
 
-def write_beton(inputs: Inputs, cfg: ConvertConfig, tmp: Path, progress: Progress
-                ) -> tuple[int, list[dict], dict[str, int], str]:
-    """Stream every input into ``tmp``; return (samples stored, skipped lines, counts by how,
-    the file's ``block_digest``)."""
+class _Records:
+    """The main process's side of the file's index: each stored sample's metadata entry is
+    written into the reserved metadata region as it arrives (in batches of ``BATCH``), and
+    its allocation-table entry to an anonymous spool file that ``finish`` copies behind the
+    data pages (where the table goes is known only then). Memory: one batch, whatever the
+    number of samples."""
+
+    BATCH = 4096
+
+    def __init__(self, fd: int, spool_dir: Path):
+        self.fd, self.n = fd, 0
+        self.spool = tempfile.TemporaryFile(dir=spool_dir)
+        self.meta = np.zeros(self.BATCH, dtype=SAMPLE_META)
+        self.alloc = np.zeros(self.BATCH, dtype=ALLOC_ENTRY)
+        self.filled = 0
+
+    def add(self, label: int, ptr: int, size: int, mode: int, w: int, h: int) -> None:
+        j = self.filled
+        self.meta[j]["f0"] = (mode, w, h, ptr)
+        self.meta[j]["f1"] = label
+        self.alloc[j] = (self.n + j, ptr, size)
+        self.filled += 1
+        if self.filled == self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending entries: metadata at its place, the table entries to the spool."""
+        if self.filled:
+            os.pwrite(self.fd, self.meta[:self.filled].tobytes(),
+                      metadata_offset() + self.n * SAMPLE_META.itemsize)
+            self.spool.write(self.alloc[:self.filled].tobytes())
+            self.n += self.filled
+            self.filled = 0
+
+    def finish(self, table_at: int) -> int:
+        """Flush, copy the spooled allocation table to ``table_at``; the samples stored."""
+        self.flush()
+        self.spool.seek(0)
+        at = table_at
+        while chunk := self.spool.read(self.BATCH * ALLOC_ENTRY.itemsize):
+            os.pwrite(self.fd, chunk, at)
+            at += len(chunk)
+        self.spool.close()
+        return self.n
+
+
+def write_beton(inputs: Inputs, cfg: ConvertConfig, tmp: Path, progress: Progress,
+                pool: WorkerPool, counter) -> tuple[int, list[dict], dict[str, int], str,
+                                                    list[int]]:
+    """Stream every input into ``tmp`` with ``pool`` (running the ``_BetonJob`` that shares
+    ``counter``); return (samples stored, skipped lines, counts by how, the file's
+    ``block_digest``, the indices of the skipped inputs)."""
     samples = inputs.samples
     page_size = page_size_for(cfg)
     start = data_start(len(samples), page_size)
     with open(tmp, "wb") as f:  # header stays zero (unreadable) until the end
         f.write(bytes(metadata_offset()))
-    counter = context().Value("Q", 0)  # the next free page, claimed by the workers
-    job = _BetonJob(str(tmp), start, page_size, counter, cfg.max_side, cfg.jpeg_quality,
-                    cfg.write_mode, cfg.compress_probability, cfg.check)
-    tasks = ([(i + j, p, label) for j, (p, label) in enumerate(samples[i:i + CHUNK])]
-             for i in range(0, len(samples), CHUNK))
-    meta = np.zeros(len(samples), dtype=SAMPLE_META)
-    alloc = np.zeros(len(samples), dtype=ALLOC_ENTRY)
+    tasks = ((start, [(i, *samples[i]) for i in range(a, min(a + CHUNK, len(samples)))])
+             for a in range(0, len(samples), CHUNK))
     skipped: list[dict] = []
+    dropped: list[int] = []
     how: dict[str, int] = {}
-    n = 0
     page_digests: dict[int, bytes] = {}
-    for chunk in run_ordered(job, tasks, cfg.workers, on_finish=page_digests.update):
-        for index, label, stored, reason in chunk:
-            if stored is None:
-                skipped.append({"path": samples[index][0], "reason": reason})
-                progress.update(skipped=1)
-                continue
-            ptr, size, mode, w, h, kind = stored
-            meta[n]["f0"] = (mode, w, h, ptr)
-            meta[n]["f1"] = label
-            alloc[n] = (n, ptr, size)
-            how[kind] = how.get(kind, 0) + 1
-            n += 1
-            progress.update(kept=1)
-    table_at = start + counter.value * page_size
     fd = os.open(tmp, os.O_WRONLY)
     try:
-        os.pwrite(fd, alloc[:n].tobytes(), table_at)
+        records = _Records(fd, tmp.parent)
+        for chunk in pool.run(tasks, on_finish=page_digests.update):
+            for index, label, stored, reason in chunk:
+                if stored is None:
+                    skipped.append({"path": samples.path(index), "reason": reason})
+                    dropped.append(index)
+                    progress.update(skipped=1)
+                    continue
+                ptr, size, mode, w, h, kind = stored
+                records.add(label, ptr, size, mode, w, h)
+                how[kind] = how.get(kind, 0) + 1
+                progress.update(kept=1)
+        table_at = start + counter.value * page_size
+        n = records.finish(table_at)
         os.pwrite(fd, field_descriptors(), len(header(0, 0)))
-        os.pwrite(fd, meta[:n].tobytes(), metadata_offset())
         os.fsync(fd)
         os.pwrite(fd, header(n, table_at, page_size), 0)  # last: the file becomes readable
         os.fsync(fd)
     finally:
         os.close(fd)
-    return n, skipped, how, _digest(tmp, start, table_at, page_size, page_digests)
+    return n, skipped, how, _digest(tmp, start, table_at, page_size, page_digests), dropped
 
 
 def _digest(path: Path, start: int, table_at: int, page_size: int,
@@ -197,18 +253,23 @@ def convert(cfg: ConvertConfig) -> Manifest:
     """Convert ``cfg.src`` into ``cfg.dst/<src name>.beton`` (+ manifest.json)."""
     _validate(cfg)
     src, dst = Path(cfg.src), Path(cfg.dst)
-    inputs = list_inputs(cfg)
     name = f"{src.resolve().name}.beton"
-    if dst.exists() and not dst.is_dir():
-        raise NotADirectoryError(f"output path {dst} exists and is not a folder")
-    dst.mkdir(parents=True, exist_ok=True)
-    done = _finished(dst, name, cfg)
-    if done is not None:
-        return done
-    (dst / MANIFEST).unlink(missing_ok=True)  # from here on dst holds no finished dataset
     tmp = dst / f".{name}.partial"
-    with Progress(len(inputs.samples), "dino-convert ffcv", cfg.progress) as progress:
-        n, bad, how, digest = write_beton(inputs, cfg, tmp, progress)
+    counter = worker_context().Value("Q", 0)  # the next free page, claimed by the workers
+    job = _BetonJob(str(tmp), page_size_for(cfg), counter, cfg.max_side, cfg.jpeg_quality,
+                    cfg.write_mode, cfg.compress_probability, cfg.check)
+    with WorkerPool(job, cfg.workers) as pool:  # forked before the inputs are listed
+        inputs = list_inputs(cfg)
+        if dst.exists() and not dst.is_dir():
+            raise NotADirectoryError(f"output path {dst} exists and is not a folder")
+        dst.mkdir(parents=True, exist_ok=True)
+        done = _finished(dst, name, cfg)
+        if done is not None:
+            return done
+        (dst / MANIFEST).unlink(missing_ok=True)  # from here on dst holds no finished dataset
+        with Progress(len(inputs.samples), "dino-convert ffcv", cfg.progress) as progress:
+            n, bad, how, digest, dropped = write_beton(inputs, cfg, tmp, progress, pool,
+                                                       counter)
     skipped = inputs.skipped + bad
     if n == 0:
         tmp.unlink(missing_ok=True)
@@ -223,6 +284,6 @@ def convert(cfg: ConvertConfig) -> Manifest:
         shards=[{"name": name, "count": n, "bytes": beton.stat().st_size,
                  "sha256_blocks": digest, "block_size": page_size_for(cfg)}],
         skipped=skipped, options=_options(cfg), labelled=inputs.labelled, stored=how,
-        seconds=progress.seconds, label_counts=label_counts(inputs.samples, skipped))
+        seconds=progress.seconds, label_counts=label_counts(inputs.samples.labels, dropped))
     manifest.save(dst / MANIFEST)
     return manifest

@@ -26,6 +26,7 @@ import re
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 from . import prepare
 from ..files import atomic_write_bytes
@@ -33,9 +34,10 @@ from ..formats.manifest import Manifest
 from ..formats.wds_index import (IMAGE_EXT, INDEX_VERSION, LABEL_EXT, IndexEntry,
                                  format_index)
 from .common import ConvertConfig
+from .listing import Listing
 from .progress import Progress
 from .sources import label_counts, list_inputs
-from .workers import run_ordered
+from .workers import WorkerPool
 
 _SHARD_RE = re.compile(r"^(\d{6})\.(tar|idx|shard\.json)$")
 _TEMP_RE = re.compile(r"^\.(\d{6}\.(tar|idx|shard\.json)|manifest\.json)\.tmp\d+$")
@@ -125,7 +127,7 @@ class _ShardWriter:
         return self._offset, self._hash.hexdigest()
 
 
-def _inputs_digest(inputs: list[tuple[str, int]], cfg: ConvertConfig) -> str:
+def _inputs_digest(inputs: Iterable[tuple[str, int]], cfg: ConvertConfig) -> str:
     h = hashlib.sha256(f"{cfg.max_side}:{cfg.jpeg_quality}:{cfg.check}\n".encode())
     for path, label in inputs:
         h.update(f"{label}\t{path}\n".encode())
@@ -213,51 +215,69 @@ def write_shard(dst: Path, k: int, inputs: list[tuple[str, int]], cfg: ConvertCo
     return rec
 
 
+def _plan(dst: Path, samples: Listing, cfg: ConvertConfig
+          ) -> tuple[dict[int, ShardRecord], list[int]]:
+    """(records of the shards a previous run finished from the same inputs, the shards still
+    to write); drops shard files this run will not produce."""
+    size, num_shards = cfg.shard_size, -(-len(samples) // cfg.shard_size)
+    records: dict[int, ShardRecord] = {}
+    todo: list[int] = []
+    for k in range(num_shards):
+        rec = _finished(dst, k, _inputs_digest(samples.items(k * size, (k + 1) * size), cfg))
+        if rec is None:
+            todo.append(k)
+        else:
+            records[k] = rec
+    _remove_stale(dst, num_shards)
+    return records, todo
+
+
+def _dropped(samples: Listing, ordered: list[ShardRecord], size: int) -> list[int]:
+    """Indices of the inputs the shards skipped (a shard's skipped paths lie in its slice)."""
+    out = []
+    for k, rec in enumerate(ordered):
+        gone = {s["path"] for s in rec.skipped}
+        if gone:
+            out += [i for i in range(k * size, min((k + 1) * size, len(samples)))
+                    if samples.path(i) in gone]
+    return out
+
+
 def convert(cfg: ConvertConfig) -> Manifest:
     """Convert ``cfg.src`` into tar shards + DALI indexes + manifest in ``cfg.dst``.
 
     Resumable: shards whose marker matches the current inputs and options are kept as they
     are; all others are (re)written, each by one worker process from start to end. Bad
-    images are skipped and listed in the manifest.
+    images are skipped and listed in the manifest. The ``cfg.workers`` workers are forked
+    before the inputs are listed (``WorkerPool``): a task carries its shard's paths.
     """
     if cfg.shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {cfg.shard_size}")
     cfg.check_options()
-    inputs = list_inputs(cfg)
-    dst = Path(cfg.dst)
-    if dst.exists() and not dst.is_dir():
-        raise NotADirectoryError(f"output path {dst} exists and is not a folder")
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "manifest.json").unlink(missing_ok=True)
-    samples = inputs.samples
-    slices = [samples[i:i + cfg.shard_size] for i in range(0, len(samples), cfg.shard_size)]
-    records: dict[int, ShardRecord] = {}
-    todo: list[int] = []
-    for k, part in enumerate(slices):
-        rec = _finished(dst, k, _inputs_digest(part, cfg))
-        if rec is None:
-            todo.append(k)
-        else:
-            records[k] = rec
-    _remove_stale(dst, len(slices))
-    total = sum(len(slices[k]) for k in todo)
-    with Progress(total, "dino-convert wds", cfg.progress) as progress:
-        workers = max(1, min(cfg.workers, len(todo)))
-        tasks = ((k, slices[k]) for k in todo)
-        for k, rec in zip(todo, run_ordered(_ShardJob(dst, cfg), tasks, workers, inflight=2
-                                            * workers, on_tick=lambda n: progress.update(n))):
-            records[k] = rec
-    ordered = [records[k] for k in range(len(slices))]
-    skipped = inputs.skipped + [s for r in ordered for s in r.skipped]
+    dst, size = Path(cfg.dst), cfg.shard_size
+    with WorkerPool(_ShardJob(dst, cfg), cfg.workers, inflight=2 * cfg.workers) as pool:
+        inputs = list_inputs(cfg)
+        if dst.exists() and not dst.is_dir():
+            raise NotADirectoryError(f"output path {dst} exists and is not a folder")
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / "manifest.json").unlink(missing_ok=True)
+        samples = inputs.samples
+        records, todo = _plan(dst, samples, cfg)
+        total = sum(min(size, len(samples) - k * size) for k in todo)
+        tasks = ((k, list(samples.items(k * size, (k + 1) * size))) for k in todo)
+        with Progress(total, "dino-convert wds", cfg.progress) as progress:
+            for k, rec in zip(todo, pool.run(tasks, on_tick=lambda n: progress.update(n))):
+                records[k] = rec
+    ordered = [records[k] for k in range(len(records))]
     manifest = Manifest(
         format="wds", classes=inputs.classes,
         num_samples=sum(r.count for r in ordered),
         shards=[r.manifest_entry() for r in ordered if r.count > 0],
-        skipped=skipped,
+        skipped=inputs.skipped + [s for r in ordered for s in r.skipped],
         options={"shard_size": cfg.shard_size, "max_side": cfg.max_side,
                  "jpeg_quality": cfg.jpeg_quality, "image_ext": IMAGE_EXT,
                  "label_ext": LABEL_EXT, "index_version": INDEX_VERSION, "check": cfg.check},
         labelled=inputs.labelled, seconds=progress.seconds,
-        label_counts=label_counts(samples, skipped))
+        label_counts=label_counts(samples.labels, _dropped(samples, ordered, size)))
     manifest.save(dst / "manifest.json")
     return manifest

@@ -1,5 +1,8 @@
 """A small process pool for converters: bounded queues, ordered results, per-worker state.
 
+``WorkerPool(job, workers)`` forks the workers when its ``with`` block is entered (before
+the caller builds anything large they should not inherit) and ``run``s the tasks later.
+
 ``run_ordered(job, tasks, workers)`` starts ``workers`` processes; each builds its state once
 (``job.start(worker_id)``), runs ``job.run(state, task, tick)`` for the tasks it takes from a
 bounded queue, and at the end ``job.finish(state)`` (e.g. flush a half-filled page). Results
@@ -12,10 +15,12 @@ the caller; an exception inside ``job.run`` comes back with its traceback text.
 """
 from __future__ import annotations
 
-import multiprocessing
+import gc
 import queue
 import traceback
 from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from ..processes import worker_context
 
 _DONE, _RESULT, _TICK, _ERROR, _FINISHED = range(5)
 # The caller polls its result queue this often (a long blocking get stalled two-worker
@@ -27,13 +32,6 @@ class Job(Protocol):
     def start(self, worker_id: int) -> Any: ...
     def run(self, state: Any, task: Any, tick: Callable[[int], None]) -> Any: ...
     def finish(self, state: Any) -> Any: ...
-
-
-def context():
-    """The multiprocessing context the pool's workers are made in (fork where there is one):
-    shared objects a job carries (e.g. a ``Value``) must come from the same one."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def _worker(job: Job, worker_id: int, tasks, results) -> None:
@@ -51,26 +49,48 @@ def _worker(job: Job, worker_id: int, tasks, results) -> None:
         results.put((_ERROR, worker_id, traceback.format_exc()))
 
 
-def run_ordered(job: Job, tasks: Iterable[Any], workers: int, inflight: int | None = None,
-                on_tick: Callable[[int], None] | None = None,
-                on_finish: Callable[[Any], None] | None = None) -> Iterator[Any]:
-    """Yield ``job.run`` of every task in ``tasks`` order, computed by ``workers`` processes.
+class WorkerPool:
+    """``workers`` processes running ``job``, forked on entering the ``with`` block: a
+    converter enters it before it lists its inputs, so the workers inherit none of that list
+    (nor the allocator's free space it leaves behind, which a worker's allocations would
+    otherwise turn into private copies of the parent's pages) and their memory does not
+    depend on the corpus size. ``run`` feeds them the tasks (once per pool)."""
 
-    ``on_finish`` receives each worker's ``job.finish`` value once all tasks are done (before
-    the generator ends).
-    """
-    ctx = context()
-    inflight = inflight or 4 * workers
-    task_q, result_q = ctx.Queue(maxsize=inflight), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(job, i, task_q, result_q), daemon=True)
-             for i in range(workers)]
-    for p in procs:
-        p.start()
-    it = iter(tasks)
-    pending: dict[int, Any] = {}
-    sent = next_out = finished = 0
-    exhausted = False
-    try:
+    def __init__(self, job: Job, workers: int, inflight: int | None = None):
+        ctx = worker_context()
+        self.inflight = inflight or 4 * workers
+        self.tasks, self.results = ctx.Queue(maxsize=self.inflight), ctx.Queue()
+        self.procs = [ctx.Process(target=_worker, args=(job, i, self.tasks, self.results),
+                                  daemon=True) for i in range(workers)]
+
+    def __enter__(self) -> "WorkerPool":
+        # Every object that exists now moves to the collector's permanent generation (here
+        # and, inherited, in the workers) until the pool ends: a full collection writes to
+        # each object it examines, which would copy every page of the parent's objects into
+        # each worker (and leave the parent's copy unshared) as soon as one runs.
+        gc.freeze()
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.unfreeze()
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+        self.tasks.cancel_join_thread()
+        self.results.cancel_join_thread()
+
+    def run(self, tasks: Iterable[Any], on_tick: Callable[[int], None] | None = None,
+            on_finish: Callable[[Any], None] | None = None) -> Iterator[Any]:
+        """Yield ``job.run`` of every task in ``tasks`` order (see ``run_ordered``)."""
+        procs, task_q, result_q, inflight = self.procs, self.tasks, self.results, self.inflight
+        it = iter(tasks)
+        pending: dict[int, Any] = {}
+        sent = next_out = finished = 0
+        exhausted = False
         while True:
             while not exhausted and sent - next_out < inflight:
                 try:
@@ -105,11 +125,16 @@ def run_ordered(job: Job, tasks: Iterable[Any], workers: int, inflight: int | No
                     on_finish(value)
             elif kind == _ERROR:
                 raise RuntimeError(f"a conversion worker failed:\n{value}")
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
-        task_q.cancel_join_thread()
-        result_q.cancel_join_thread()
+
+
+def run_ordered(job: Job, tasks: Iterable[Any], workers: int, inflight: int | None = None,
+                on_tick: Callable[[int], None] | None = None,
+                on_finish: Callable[[Any], None] | None = None) -> Iterator[Any]:
+    """Yield ``job.run`` of every task in ``tasks`` order, computed by ``workers`` processes
+    (a ``WorkerPool`` started on the first ``next``).
+
+    ``on_finish`` receives each worker's ``job.finish`` value once all tasks are done (before
+    the generator ends).
+    """
+    with WorkerPool(job, workers, inflight) as pool:
+        yield from pool.run(tasks, on_tick, on_finish)

@@ -28,6 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, default
 from ..folder import Skipped, report_skipped, scan_image_folder
 from ..images import SampleReader
 from ..order import EpochPlan, PlanFor
+from ..processes import worker_context
 from ..reference import ReferenceMultiCrop
 from ..sampling import sample_rng
 from ..signals import ignore_stop_signals
@@ -109,6 +110,7 @@ class ReferenceLoader:
             # RNG (the trainer's drop path), or a mid-epoch resume would draw differently
             generator=torch.Generator().manual_seed(self.plan.seed),
             worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+            multiprocessing_context=worker_context() if num_workers > 0 else None,
             prefetch_factor=prefetch_factor if num_workers > 0 else None)
         self._active = None  # the DataLoader iterator of the epoch in progress
 

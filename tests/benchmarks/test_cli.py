@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import cli
+from benchmarks import cli, commands
 from benchmarks.data.pipeline import make_image_folder
 
 QUICK = ["--quick", "--device", "cpu", "--threads", "1", "--no-tensorboard"]
@@ -171,7 +171,7 @@ def test_cuda_defaults_and_time_budget_options():
 
     def config(cls, *argv):
         args = cli.build_parser().parse_args(list(argv))
-        return cli._data_bench_config(cls, args, torch.device("cuda"),
+        return commands._data_bench_config(cls, args, torch.device("cuda"),
                                       {"seconds": "seconds", "engine": "engine"})
     pipe = config(PipelineBenchConfig, "pipeline")
     assert (pipe.seconds, pipe.warmup_seconds, pipe.batch_size) == (10.0, 3.0, 128)

@@ -1,8 +1,12 @@
 """dino-bench convert --images: the replicated corpus, the rows against the base size and
 the ImageNet projection's arithmetic, on a tiny folder. Asserts no timing."""
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks import cli
+from benchmarks.data.convert_process import tree_memory
 from benchmarks.data.convert_scale import (IMAGENET_TRAIN, ScaleConfig, measure_scale,
                                            projection, replicate)
 from benchmarks.data.pipeline import make_image_folder
@@ -34,6 +38,8 @@ def test_rows_against_the_base_size(folder, tmp_path):
     assert big["rate_vs_base"] == pytest.approx(big["images_per_s"] / rows[1]["images_per_s"],
                                                 rel=0.01)
     assert all(r["peak_mb"] > 10 and r["output_mb"] > 0 for r in rows)
+    assert all(r["peak_rss_mb"] >= r["peak_mb"] and r["memory"] in ("pss", "rss")
+               for r in rows)
     assert list(tmp_path.iterdir()) == []  # inputs and outputs removed
 
 
@@ -63,3 +69,25 @@ def test_cli_scale_mode_writes_results(folder, tmp_path):
     (md,) = tmp_path.glob("*_convert_scale.md")
     text = md.read_text()
     assert "dino-bench convert" in text and "--images 8" in text and "ImageNet-1k" in text
+
+
+def test_tree_memory_counts_a_page_shared_with_a_forked_child_once():
+    """20 MB written before a fork are resident in both processes: summed RSS counts them
+    twice, summed PSS (the scale check's peak_mb) once."""
+    psutil = pytest.importorskip("psutil")
+    code = ("import os, sys, time\nb = b'x' * 20_000_000\nif os.fork():\n"
+            "    print('forked', flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "forked"
+        proc = psutil.Process(parent.pid)
+        pss, rss, exact = tree_memory(proc)
+        if not exact:
+            pytest.skip("no PSS on this system")
+        assert len(proc.children()) == 1
+        assert pss > 20e6 and rss - pss > 15e6, (pss, rss)
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()

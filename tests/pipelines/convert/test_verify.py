@@ -26,14 +26,16 @@ def test_conversion_ends_with_a_verify_line_and_tampering_is_caught(src, tmp_pat
     assert f"--verify {dst}: {fmt}, 9/9 images read back, labels, decoding and checksums OK" in out
 
     manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["label_counts"]["0"] += 1  # the manifest now promises another label-0 image
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    assert convert_main(["--verify", str(dst)]) == 3
-    assert "count per label differs" in capsys.readouterr().out
+    if fmt == "wds":  # the comparison after the read is the same code for both formats, and
+        # each FFCV read is a child process compiling FFCV's pipeline (~5 s): once is enough
+        manifest["label_counts"]["0"] += 1  # the manifest now promises another label-0 image
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+        assert convert_main(["--verify", str(dst)]) == 3
+        assert "count per label differs" in capsys.readouterr().out
 
-    manifest["label_counts"]["0"] -= 1
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    assert convert_main(["--verify", str(dst)]) == 0
+        manifest["label_counts"]["0"] -= 1
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+        assert convert_main(["--verify", str(dst)]) == 0
     shard = dst / manifest["shards"][0]["name"]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF

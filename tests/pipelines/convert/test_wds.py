@@ -2,6 +2,7 @@
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -207,3 +208,18 @@ def test_cli_converts_and_reports_skipped_files(folder, tmp_path, capsys):
     assert "wrote 14 images in 3 classes" in out.out
     assert "skipped" in out.err and "truncated.jpg" in out.err
     assert Manifest.load(dst / "manifest.json").options["shard_size"] == 4
+
+
+def test_label_counts_leave_out_what_a_shard_skipped_also_when_resumed(folder, tmp_path):
+    """A file the scan accepts but the converter cannot read: its label is not counted,
+    whether its shard was written now or kept from an earlier run (read from .shard.json)."""
+    src = tmp_path / "src2"
+    shutil.copytree(folder, src)
+    junk_class = sorted(src.iterdir())[0]
+    (junk_class / "aa_junk.jpg").write_bytes(b"not a jpeg" * 10)
+    scan = [y for _, y in wds.list_inputs(_cfg(src, tmp_path / "x")).samples]
+    want = {str(y): scan.count(y) - (y == 0) for y in sorted(set(scan))}
+    first = wds.convert(_cfg(src, tmp_path / "wds"))
+    again = wds.convert(_cfg(src, tmp_path / "wds"))  # every shard kept
+    assert [Path(s["path"]).name for s in first.skipped] == ["aa_junk.jpg"]
+    assert first.label_counts == again.label_counts == want

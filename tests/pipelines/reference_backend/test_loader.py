@@ -175,3 +175,24 @@ def test_abandoned_epoch_does_not_leak_workers(folder):
     gone, alive = psutil.wait_procs(first, timeout=60)  # a hang guard: ends when they do
     assert not alive
     loader.close()
+
+
+def test_workers_are_forked_even_where_the_default_is_spawn(folder):
+    """Inside a spawned process (dino-bench's backend child) the default start method is
+    spawn; spawned DataLoader workers can abort at exit (pipelines/processes.py). The
+    loader's workers are forks: same command line as this process, not spawn_main's."""
+    import multiprocessing
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        before = _children()
+        loader = make(folder, num_workers=2, batch_size=2)
+        it = iter(loader)
+        next(it)
+        workers = [psutil.Process(pid) for pid in _children() - before]
+        assert len(workers) == 2
+        for w in workers:
+            assert w.cmdline() == psutil.Process().cmdline(), w.cmdline()
+        loader.close()
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
