@@ -34,8 +34,8 @@ from .convert_process import converter_command, run_process
 IMAGENET_TRAIN = 1_281_167
 PROJECT_CORES = (16, 64)
 SCALE_COLUMNS = ["format", "images", "workers", "seconds", "images_per_s",
-                 "images_per_core_s", "peak_mb", "peak_rss_mb", "output_mb", "rate_vs_base",
-                 "memory_vs_base"]
+                 "images_per_core_s", "cpu_ms_per_image", "peak_mb", "peak_rss_mb",
+                 "output_mb", "rate_vs_base", "cpu_vs_base", "memory_vs_base"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ def _convert_row(fmt: str, src: Path, out: Path, images: int, workers: int,
     return {"format": fmt, "images": images, "workers": workers,
             "seconds": round(run.seconds, 3), "images_per_s": round(images / run.seconds, 1),
             "images_per_core_s": round(images / run.seconds / workers, 1),
+            "cpu_ms_per_image": round(1e3 * run.cpu_s / images, 4),
             "peak_mb": round(run.peak_mb, 1), "peak_rss_mb": round(run.peak_rss_mb, 1),
             "memory": run.memory, "output_mb": round(mb, 3)}
 
@@ -120,6 +121,7 @@ def measure_scale(src: Path, cfg: ScaleConfig, log=print) -> list[dict]:
         base = next(b for b in rows if b["format"] == r["format"] and b["images"] == cfg.base
                     and b["workers"] == r["workers"])
         r["rate_vs_base"] = round(r["images_per_s"] / base["images_per_s"], 3)
+        r["cpu_vs_base"] = round(r["cpu_ms_per_image"] / base["cpu_ms_per_image"], 3)
         r["memory_vs_base"] = round(r["peak_mb"] / base["peak_mb"], 3)
     return rows
 
@@ -190,7 +192,7 @@ def run_scale_benchmark(source: DataChoice, cfg: ScaleConfig, machine) -> Benchm
     flat = [f"dino-convert {r['format']} at {r['images']:,} vs {cfg.base:,} images, "
             f"{r['workers']} workers: images/s x{r['rate_vs_base']:.3f}, peak memory "
             f"x{r['memory_vs_base']:.3f} (flat, both within 10% of 1: "
-            f"{'yes' if is_flat(r) else 'NO'})"
+            f"{'yes' if is_flat(r) else 'NO'}); CPU per image x{r['cpu_vs_base']:.3f}"
             for r in rows if r["images"] == cfg.images and cfg.images != cfg.base]
     return BenchmarkResult(
         what="convert_scale", title="dino-convert at scale: images/s and peak memory, "
@@ -208,7 +210,12 @@ def run_scale_benchmark(source: DataChoice, cfg: ScaleConfig, machine) -> Benchm
                "RSS summed over the processes (PSS could not be read here), so a page a "
                "worker shares with its parent counts once per process")
             + "; peak_rss_mb is the summed RSS (pages shared with the parent counted in every "
-            "worker again), for comparison with earlier results, which used it.",
+            "worker again), for comparison with earlier results, which used it. "
+            "cpu_ms_per_image: CPU seconds of the process and its workers (user + system, "
+            "getrusage of the reaped children) per image; cpu_vs_base compares it with the "
+            "base size's: the converter's own work per image. When it stays near 1 while "
+            "images/s drops, the drop is time spent waiting (e.g. the page cache writing "
+            "back a 100k run's ~9 GB of output to the disk), not work that grows.",
             f"Inputs: the corpus replicated under new names (hard links): {cfg.base:,} and "
             f"{cfg.images:,} images.",
 load])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -117,6 +118,19 @@ def _session(sid: int) -> list[psutil.Process]:
     return members
 
 
+def _signal_state(pid: int) -> str:
+    """What the process does with signals (blocked, ignored, caught masks from /proc) and
+    the SIGINT bit (2) of each: why a SIGINT was not acted on, when it was not."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as e:
+        return f"no /proc status ({e})"
+    masks = {k: int(v, 16) for k, v in (ln.split(":\t") for ln in lines
+                                         if ln.startswith(("SigBlk", "SigIgn", "SigCgt")))}
+    return ", ".join(f"{k} {v:#x} (SIGINT {'set' if v >> (signal.SIGINT - 1) & 1 else 'clear'})"
+                     for k, v in masks.items())
+
+
 @pytest.mark.parametrize("target", ["process", "process group"])
 def test_ctrl_c_stops_promptly_and_leaves_no_orphan_workers(images, target):
     """SIGINT to the iterating process alone (kill -INT) or to its whole process group
@@ -135,7 +149,10 @@ def test_ctrl_c_stops_promptly_and_leaves_no_orphan_workers(images, target):
             os.kill(proc.pid, signal.SIGINT)
         else:
             os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=300)  # a hang fails here, not forever
+        try:
+            out, err = proc.communicate(timeout=60)  # a hang fails here, not forever
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after SIGINT; {_signal_state(proc.pid)}")
         # No wait here, however loaded the machine: communicate() returned at EOF on pipes
         # every worker inherited, and the loader joins (reaps) the workers it stops before
         # its process exits, so any process of the session still alive now outlived it. (An

@@ -38,6 +38,10 @@ def test_rows_against_the_base_size(folder, tmp_path):
     assert big["rate_vs_base"] == pytest.approx(big["images_per_s"] / rows[1]["images_per_s"],
                                                 rel=0.01)
     assert all(r["peak_mb"] > 10 and r["output_mb"] > 0 for r in rows)
+    # the converter's own CPU per image: the process and its reaped workers, never zero
+    assert all(r["cpu_ms_per_image"] > 0 for r in rows) and rows[1]["cpu_vs_base"] == 1.0
+    assert big["cpu_vs_base"] == pytest.approx(
+        big["cpu_ms_per_image"] / rows[1]["cpu_ms_per_image"], rel=0.01)
     assert all(r["peak_rss_mb"] >= r["peak_mb"] and r["memory"] in ("pss", "rss")
                for r in rows)
     assert list(tmp_path.iterdir()) == []  # inputs and outputs removed
