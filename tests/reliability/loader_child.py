@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import psutil
@@ -21,6 +22,10 @@ from tests.reliability.checks import PLAIN_SPEC
 
 
 def main(data: str) -> int:
+    # A test suite started as a background job of a non-interactive shell (``cmd &``)
+    # runs with SIGINT ignored, which this process would inherit; it stands in for a
+    # program in a terminal, so it takes Ctrl-C as Python does by default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     loader = build_loader(data, "reference", batch_size=2, spec=PLAIN_SPEC, num_workers=2,
                           shuffle=True, drop_last=True)
     try:
